@@ -1,0 +1,51 @@
+# corral: the two commands a new user needs are `make run` and `make test`.
+# Both set everything up on a clean Debian machine (as root: apt-get is used for
+# the system tools the tests drive, such as wrk, curl, lintian and rpmbuild).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SYSSTAMP := .venv/.sysdeps
+
+# System packages the test-suite and benchmark drive for real.
+APT_PACKAGES := curl wrk util-linux systemd lintian rpm debhelper dh-python \
+	pybuild-plugin-pyproject python3-all python3-setuptools python3-build \
+	python3-installer python3-wheel python3-venv fakeroot prometheus
+
+.PHONY: run test bench sysdeps venv clean deb rpm
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv $(VENV) || { apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,bench]'
+	@touch $@
+
+sysdeps: $(SYSSTAMP)
+
+$(SYSSTAMP): Makefile
+	@mkdir -p $(VENV)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install: $$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+## Serve the bundled demo app on http://127.0.0.1:8000 (Ctrl-C stops it).
+run: $(STAMP)
+	$(BIN)/corral run corral.demo.app:app
+
+## Run the whole test-suite.
+test: $(STAMP) $(SYSSTAMP)
+	$(BIN)/python -m pytest -q -ra tests
+
+## Benchmark corral against uvicorn, granian and a bare uvloop+httptools server.
+bench: $(STAMP) $(SYSSTAMP)
+	$(BIN)/python bench/bench.py
+
+clean:
+	rm -rf $(VENV) build dist daemon/*.egg-info

@@ -1,0 +1,87 @@
+"""Turning an app spec such as ``pkg.module:app`` or ``pkg.module:create()`` into an app.
+
+Used only inside worker processes (and ``corral check``): the supervisor never
+imports the application.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from typing import Any, Callable
+
+
+class AppLoadError(Exception):
+    """The app spec could not be turned into a callable; the message says why and how to fix it."""
+
+
+def parse_spec(spec: str) -> tuple[str, str, bool]:
+    """Split ``module:attr`` or ``module:factory()`` into (module, attr, is_factory)."""
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise AppLoadError(
+            f"app spec {spec!r} is not MODULE:ATTR; write e.g. 'myproject.asgi:app' "
+            "or 'myproject.app:create_app()' for a factory"
+        )
+    is_factory = attr.endswith("()")
+    if is_factory:
+        attr = attr[:-2]
+    if not attr.replace(".", "_").isidentifier():
+        raise AppLoadError(f"app spec {spec!r}: {attr!r} is not a Python attribute name")
+    return module, attr, is_factory
+
+
+def load_app(spec: str, *, app_dir: str | None = None) -> Callable[..., Any]:
+    """Import the module named by ``spec`` and return the app object.
+
+    Import errors from the app itself propagate unchanged, so the user sees
+    their own traceback rather than ours.
+    """
+    module_name, attr, is_factory = parse_spec(spec)
+    if app_dir is not None and app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name) and module_name.split(".")[0] == exc.name.split(".")[0]:
+            raise AppLoadError(
+                f"cannot import {module_name!r}: no module named {exc.name!r}; "
+                "run corral from the project directory, or set app_dir / the virtualenv in the config"
+            ) from exc
+        raise
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppLoadError(f"module {module_name!r} has no attribute {attr!r} (app spec {spec!r})") from None
+    if is_factory:
+        if not callable(obj):
+            raise AppLoadError(f"app factory {spec!r} is not callable")
+        obj = obj()
+    if not callable(obj):
+        raise AppLoadError(f"app {spec!r} is a {type(obj).__name__}, not a callable ASGI or WSGI app")
+    return obj
+
+
+def detect_interface(app: Callable[..., Any]) -> str:
+    """Guess whether ``app`` is ASGI 3 or WSGI from its signature.
+
+    ASGI 3 apps are ``async def app(scope, receive, send)`` (or objects whose
+    ``__call__`` is a coroutine function); WSGI apps are plain callables taking
+    ``(environ, start_response)``.
+    """
+    target = app
+    if not inspect.isfunction(app) and not inspect.ismethod(app) and hasattr(app, "__call__"):
+        target = app.__call__  # type: ignore[assignment]
+    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(app):
+        return "asgi"
+    try:
+        params = [
+            p for p in inspect.signature(target).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return "asgi"
+    return "asgi" if len(params) == 3 else "wsgi"

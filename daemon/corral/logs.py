@@ -1,0 +1,61 @@
+"""Logging set-up shared by the supervisor and the workers.
+
+Under systemd (JOURNAL_STREAM set and pointing at our stderr) each line starts with
+a syslog priority prefix such as ``<3>`` and carries no timestamp: journald adds its
+own, and a second one only clutters ``journalctl``. Elsewhere lines are timestamped
+for humans.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is the journald stream systemd connected us to."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+class JournalFormatter(logging.Formatter):
+    """``<N>name: message``: the prefix becomes the journal PRIORITY field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _PRIORITY.get(record.levelno, 6)
+        text = super().format(record)
+        # Every physical line needs its own prefix, or journald files tracebacks at <6>.
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines() or [""])
+
+
+def setup_logging(level: str = "info", *, role: str = "corral") -> None:
+    """Configure the root logger to write to stderr in the right dialect."""
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter(f"{role}[%(process)d]: %(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s %(levelname)-7s {role}[%(process)d]: %(message)s",
+                datefmt="%Y-%m-%d %H:%M:%S",
+            )
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
