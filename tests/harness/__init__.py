@@ -1,0 +1,1 @@
+"""Test harnesses shared across test directories (``from harness.systemd import SystemdNamespace``)."""
