@@ -1,0 +1,221 @@
+"""``wsgi.input``: the request body as a file-like object, in bounded memory.
+
+Two shapes, one per execution mode:
+
+* :class:`SpooledBody` (inline mode, ``threads: 0``). The app runs on the event
+  loop and must never block it waiting for the client, so the whole body is
+  received first. It is kept in memory up to ``spool_threshold`` bytes and moved
+  to an anonymous temporary file past that, so a 1 GiB upload costs disk, not
+  RAM. The app then reads a plain ``BytesIO`` or file.
+
+* :class:`StreamingInput` (thread-pool mode). The app runs in a worker thread and
+  reads the body while it arrives. The event loop feeds chunks in; when more
+  than ``high_water`` bytes wait unread, the loop stops reading the socket
+  until the app has consumed them (``pause``/``resume`` callbacks), so memory
+  per request stays bounded whatever the client sends.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import threading
+from typing import BinaryIO, Callable, Iterator
+
+
+class ClientDisconnected(ConnectionResetError):
+    """The client went away (or timed out) before sending the whole request body."""
+
+
+class SpooledBody:
+    """Collects a request body on the event loop; memory up to ``threshold`` bytes, then a temp file."""
+
+    __slots__ = ("_chunks", "_size", "_file", "_threshold", "_spool_dir")
+
+    def __init__(self, threshold: int, spool_dir: str | None = None) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._file: BinaryIO | None = None
+        self._threshold = threshold
+        self._spool_dir = spool_dir
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def spooled(self) -> bool:
+        """True once the body has moved to a temporary file."""
+        return self._file is not None
+
+    def feed(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._chunks.append(data)
+        if self._size > self._threshold:
+            # Anonymous (already unlinked) file: nothing is left behind if the worker dies.
+            self._file = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115 - closed by close()
+            self._file.writelines(self._chunks)
+            self._chunks = []
+
+    def finish(self) -> BinaryIO:
+        """The complete body as a readable stream positioned at its start."""
+        if self._file is not None:
+            self._file.flush()
+            self._file.seek(0)
+            return self._file
+        chunks, self._chunks = self._chunks, []
+        if not chunks:
+            return io.BytesIO()
+        return io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def close(self) -> None:
+        self._chunks = []
+        if self._file is not None:
+            self._file.close()
+
+
+class StreamingInput:
+    """A thread-safe, bounded, blocking body stream: the loop feeds it, the app thread reads it.
+
+    Loop side (event-loop thread only): :meth:`feed`, :meth:`feed_eof`,
+    :meth:`feed_error`. ``feed`` returns True when the buffer is above
+    ``high_water`` and the caller should pause reading the socket; the stream
+    then calls ``resume`` (from the app thread) once the app wants more.
+
+    ``on_first_read`` is called once, from the app thread, before the first
+    read blocks: the protocol sends ``100 Continue`` then, if the client asked.
+    """
+
+    def __init__(
+        self,
+        high_water: int,
+        resume: Callable[[], None],
+        on_first_read: Callable[[], None] | None = None,
+    ) -> None:
+        self._buf = bytearray()
+        self._eof = False
+        self._error: BaseException | None = None
+        self._paused = False
+        self._high = high_water
+        self._low = high_water // 4
+        self._resume = resume
+        self._on_first_read = on_first_read
+        self._cond = threading.Condition(threading.Lock())
+
+    # -- loop side ---------------------------------------------------------
+
+    def feed(self, data: bytes) -> bool:
+        """Append body bytes; True means "pause reading until resume() is called"."""
+        with self._cond:
+            self._buf += data
+            self._cond.notify()
+            if len(self._buf) >= self._high:
+                self._paused = True
+                return True
+            return False
+
+    def feed_eof(self) -> None:
+        with self._cond:
+            self._eof = True
+            self._cond.notify()
+
+    def feed_error(self, exc: BaseException) -> None:
+        """The body will never complete (disconnect, timeout, over the size limit)."""
+        with self._cond:
+            if not self._eof:
+                self._error = exc
+            self._cond.notify()
+
+    # -- app side ----------------------------------------------------------
+
+    def _wait(self) -> None:
+        """Block until more data, EOF or an error arrives. Called with the lock held."""
+        if self._error is not None:
+            raise self._error
+        if self._on_first_read is not None:
+            callback, self._on_first_read = self._on_first_read, None
+            callback()
+        if self._paused:
+            # The app needs more than is buffered: let the loop read again.
+            self._paused = False
+            self._resume()
+        self._cond.wait()
+        if self._error is not None and not self._buf:
+            raise self._error
+
+    def _take(self, n: int) -> bytes:
+        """Remove and return the first ``n`` buffered bytes. Called with the lock held."""
+        buf = self._buf
+        data = bytes(buf[:n])
+        del buf[:n]  # O(1) for a bytearray prefix: CPython moves its start offset
+        if self._paused and len(buf) < self._low:
+            self._paused = False
+            self._resume()
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        with self._cond:
+            if size is None or size < 0:
+                while not self._eof:
+                    self._wait()
+                return self._take(len(self._buf))
+            while len(self._buf) < size and not self._eof:
+                self._wait()
+            return self._take(min(size, len(self._buf)))
+
+    def read1(self, size: int = -1) -> bytes:
+        """Whatever is buffered (at least one byte unless at EOF), up to ``size``."""
+        with self._cond:
+            while not self._buf and not self._eof:
+                self._wait()
+            n = len(self._buf) if size is None or size < 0 else min(size, len(self._buf))
+            return self._take(n)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = -1 if size is None else size
+        with self._cond:
+            scanned = 0
+            while True:
+                buf = self._buf
+                nl = buf.find(b"\n", scanned)
+                if nl != -1:
+                    end = nl + 1
+                    break
+                if 0 <= limit <= len(buf) or self._eof:
+                    end = len(buf)
+                    break
+                scanned = len(buf)
+                self._wait()
+            if 0 <= limit < end:
+                end = limit
+            return self._take(end)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Apps may close wsgi.input; unread data is discarded by the protocol, not here."""
