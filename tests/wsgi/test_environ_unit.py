@@ -9,6 +9,8 @@ import pytest
 from corral.engine.wsgi.environ import (
     ERRORS,
     build_environ,
+    environ_base,
+    set_client,
     decode_path,
     header_key,
     script_name_for,
@@ -25,8 +27,8 @@ PEP3333_KEYS = {
 
 def make(headers=(), raw_path=b"/", query=b"", version="1.1", client=("10.0.0.9", 5555),
          server=("127.0.0.1", 8000), scheme="http", script_name="", method="GET"):
-    return build_environ(method, raw_path, query, version, list(headers), client, server, scheme,
-                         script_name, io.BytesIO(), True, True, object)
+    base = environ_base(client, server, scheme, script_name, True, True, object)
+    return build_environ(base, method, raw_path, query, version, list(headers), io.BytesIO())
 
 
 def test_every_pep3333_key_present_and_typed():
@@ -81,7 +83,7 @@ def test_headers_mapped_merged_and_content_headers_unprefixed():
 def test_underscore_header_names_are_dropped():
     env = make([(b"x_forwarded_for", b"1.2.3.4"), (b"x-forwarded-for", b"5.6.7.8")])
     assert env["HTTP_X_FORWARDED_FOR"] == "5.6.7.8"
-    assert header_key(b"x_forwarded_for") is None
+    assert header_key(b"x_forwarded_for") == ""
 
 
 def test_no_content_length_without_header():
@@ -114,6 +116,15 @@ def test_remote_addr_and_scheme():
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"], env["wsgi.url_scheme"]) == ("192.0.2.7", "40000", "https")
     env = make(client=None)
     assert env["REMOTE_ADDR"] == "" and "REMOTE_PORT" not in env
+    set_client(env, ("203.0.113.5", 0))  # a request's trusted X-Forwarded-For overrides the peer
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("203.0.113.5", "0")
+
+
+def test_base_is_not_modified_by_requests():
+    base = environ_base(("1.2.3.4", 1), ("127.0.0.1", 80), "http", "", False, True, None)
+    before = dict(base)
+    build_environ(base, "POST", b"/x", b"a=1", "1.1", [(b"host", b"h:1"), (b"x-a", b"1")], io.BytesIO())
+    assert base == before
 
 
 def test_errors_stream_logs_lines(caplog):

@@ -20,26 +20,26 @@ WSGI_VERSION = (1, 0)
 # Header names that PEP 3333 (via CGI) maps without the HTTP_ prefix.
 _UNPREFIXED = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
 
-# wire name (any case) -> environ key, or None for names we drop. Bounded so a
+# wire name (any case) -> environ key, or "" for names we drop. Bounded so a
 # client sending random header names cannot grow it without limit.
-_KEY_CACHE: dict[bytes, str | None] = {}
+_KEY_CACHE: dict[bytes, str] = {}
 _KEY_CACHE_MAX = 2048
 
 
-def header_key(name: bytes) -> str | None:
-    """The environ key for header ``name``, or None if the header must be dropped.
+def header_key(name: bytes) -> str:
+    """The environ key for header ``name``, or "" if the header must be dropped.
 
     Names containing ``_`` are dropped: ``X_Forwarded_For`` and
     ``X-Forwarded-For`` would both become ``HTTP_X_FORWARDED_FOR``, letting a
     client smuggle a value past a proxy that only strips the dashed form (the
     same default as gunicorn's ``header_map = drop`` and nginx).
     """
-    key = _KEY_CACHE.get(name, False)
-    if key is not False:
-        return key  # type: ignore[return-value]
+    key = _KEY_CACHE.get(name)
+    if key is not None:
+        return key
     lower = name.lower()
     if b"_" in lower:
-        key = None
+        key = ""
     else:
         key = _UNPREFIXED.get(lower) or "HTTP_" + lower.decode("latin-1").upper().replace("-", "_")
     if len(_KEY_CACHE) >= _KEY_CACHE_MAX:
@@ -130,46 +130,31 @@ class ErrorStream:
 ERRORS = ErrorStream()
 
 
-def build_environ(
-    method: str,
-    raw_path: bytes,
-    query: bytes,
-    http_version: str,
-    headers: Iterable[tuple[bytes, bytes]],
+def environ_base(
     client: tuple[str, int] | None,
     server: tuple[str, int] | None,
     scheme: str,
     script_name: str,
-    wsgi_input: BinaryIO,
     multithread: bool,
     multiprocess: bool,
     file_wrapper: Any,
 ) -> dict[str, Any]:
-    """The environ for one request. Hot path.
+    """The part of the environ that is the same for every request on one connection.
 
-    ``raw_path`` is the request target's path as sent (still percent-encoded),
-    ``headers`` the request's header fields in order (trailers excluded),
-    ``client``/``scheme`` already resolved through trusted proxy headers, and
-    ``script_name`` the result of :func:`script_name_for`.
+    ``client``/``scheme`` are the connection's own peer and scheme; a request
+    whose trusted proxy headers say otherwise overrides them after
+    :func:`build_environ`. ``script_name`` comes from :func:`script_name_for`.
     """
-    path = raw_path.decode("latin-1") if b"%" not in raw_path else unquote_to_bytes(raw_path).decode("latin-1")
-    if script_name:
-        path = split_script_name(path, script_name)
-    qs = query.decode("latin-1") if query else ""
-    raw_uri = raw_path.decode("latin-1")
-    if query:
-        raw_uri = raw_uri + "?" + qs
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": method,
+    if server is not None:
+        server_name, server_port = server[0], str(server[1])
+    else:  # unix socket: only a Host header can tell
+        server_name, server_port = "localhost", "443" if scheme == "https" else "80"
+    base: dict[str, Any] = {
         "SCRIPT_NAME": script_name,
-        "PATH_INFO": path,
-        "QUERY_STRING": qs,
-        "RAW_URI": raw_uri,
-        "REQUEST_URI": raw_uri,
-        "SERVER_PROTOCOL": "HTTP/1.1" if http_version == "1.1" else "HTTP/" + http_version,
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
         "wsgi.version": WSGI_VERSION,
         "wsgi.url_scheme": scheme,
-        "wsgi.input": wsgi_input,
         "wsgi.errors": ERRORS,
         "wsgi.multithread": multithread,
         "wsgi.multiprocess": multiprocess,
@@ -177,36 +162,80 @@ def build_environ(
         "wsgi.input_terminated": True,
         "wsgi.file_wrapper": file_wrapper,
     }
-    cache = _KEY_CACHE
-    for name, value in headers:
-        key = cache.get(name, False)
-        if key is False:
-            key = header_key(name)
-        if key is None:
-            continue
-        text = value.decode("latin-1")
-        if key in environ:
-            if key == "CONTENT_LENGTH":
-                continue  # identical duplicates only: the parser rejects differing ones
-            # Repeated fields are one comma-separated list (RFC 9110 5.3);
-            # Cookie is the exception, whose pairs are joined with "; ".
-            text = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + text
-        environ[key] = text
-    host = environ.get("HTTP_HOST")
-    if host:
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = split_host(host, scheme)
-    elif server is not None:
-        environ["SERVER_NAME"] = server[0]
-        environ["SERVER_PORT"] = str(server[1])
-    else:
-        environ["SERVER_NAME"] = "localhost"
-        environ["SERVER_PORT"] = "443" if scheme == "https" else "80"
+    set_client(base, client)
+    return base
+
+
+def set_client(environ: dict[str, Any], client: tuple[str, int] | None) -> None:
+    """REMOTE_ADDR / REMOTE_PORT for a peer address (None for a unix-socket peer)."""
     if client is not None:
         environ["REMOTE_ADDR"] = client[0]
         environ["REMOTE_PORT"] = str(client[1])
     else:
         # A unix-socket peer has no address; gunicorn gives "" as well.
         environ["REMOTE_ADDR"] = ""
+        environ.pop("REMOTE_PORT", None)
+
+
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+# Host header value -> (SERVER_NAME, SERVER_PORT) per scheme; bounded like _KEY_CACHE.
+_HOST_CACHE: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def build_environ(
+    base: dict[str, Any],
+    method: str,
+    raw_path: bytes,
+    query: bytes,
+    http_version: str,
+    headers: Iterable[tuple[bytes, bytes]],
+    wsgi_input: Any,
+) -> dict[str, Any]:
+    """The environ for one request: ``base`` (from :func:`environ_base`) plus the request. Hot path.
+
+    ``raw_path`` is the request target's path as sent (still percent-encoded)
+    and ``headers`` the request's header fields in order, trailers excluded.
+    """
+    environ = base.copy()
+    raw_uri = raw_path.decode("latin-1")
+    environ["REQUEST_METHOD"] = method
+    environ["PATH_INFO"] = raw_uri if b"%" not in raw_path else unquote_to_bytes(raw_path).decode("latin-1")
+    if query:
+        qs = query.decode("latin-1")
+        environ["QUERY_STRING"] = qs
+        environ["RAW_URI"] = raw_uri + "?" + qs
+    else:
+        environ["QUERY_STRING"] = ""
+        environ["RAW_URI"] = raw_uri
+    environ["SERVER_PROTOCOL"] = _PROTOCOLS.get(http_version) or "HTTP/" + http_version
+    environ["wsgi.input"] = wsgi_input
+    if environ["SCRIPT_NAME"]:
+        environ["PATH_INFO"] = split_script_name(environ["PATH_INFO"], environ["SCRIPT_NAME"])
+    cache = _KEY_CACHE
+    for name, value in headers:
+        key = cache.get(name)
+        if key is None:
+            key = header_key(name)
+        if not key:
+            continue
+        if key in environ:
+            if key == "CONTENT_LENGTH":
+                continue  # identical duplicates only: the parser rejects differing ones
+            # Repeated fields are one comma-separated list (RFC 9110 5.3);
+            # Cookie is the exception, whose pairs are joined with "; ".
+            environ[key] = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value.decode("latin-1")
+        else:
+            environ[key] = value.decode("latin-1")
+    host = environ.get("HTTP_HOST")
+    if host:
+        scheme = environ["wsgi.url_scheme"]
+        name_port = _HOST_CACHE.get((host, scheme))
+        if name_port is None:
+            name_port = split_host(host, scheme)
+            if len(_HOST_CACHE) >= _KEY_CACHE_MAX:
+                _HOST_CACHE.clear()
+            _HOST_CACHE[(host, scheme)] = name_port
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = name_port
     return environ
 
 
@@ -214,6 +243,8 @@ __all__ = [
     "ERRORS",
     "ErrorStream",
     "build_environ",
+    "environ_base",
+    "set_client",
     "decode_path",
     "header_key",
     "script_name_for",

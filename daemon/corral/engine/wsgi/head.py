@@ -1,0 +1,153 @@
+"""Turning a WSGI ``status`` and ``response_headers`` into response-head bytes.
+
+WSGI gives native strings (``"200 OK"``, ``[("Content-Type", "text/html")]``);
+they are validated here, because a CR or LF in either would let the app (or
+whoever controls a value it echoes) split the response.
+
+Hot path: status strings and header names are validated once and memoised;
+values are checked together, on the joined header block, with three C-level
+scans instead of one regex per value.
+"""
+
+from __future__ import annotations
+
+import re
+
+from corral.engine.wire import STATUS_LINES, InvalidResponse
+
+_CACHE_LIMIT = 4096
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Control characters other than HTAB, CR and LF (those two are counted separately).
+_CTL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+# status string -> (code, status line bytes)
+_STATUS: dict[str, tuple[int, bytes]] = {}
+# header name as given -> lower-cased name (only validated names get in)
+_NAMES: dict[str, str] = {}
+
+# Hop-by-hop fields are the server's business (PEP 3333): framing is ours,
+# so an app's Transfer-Encoding/Connection/Keep-Alive are not passed on;
+# "Connection: close" is still honoured.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+                         "proxy-authenticate", "proxy-authorization"})
+
+
+def encode_status(status: object) -> tuple[int, bytes]:
+    """``"404 Not Found"`` -> (404, b"HTTP/1.1 404 Not Found\\r\\n"). Hot path (memoised)."""
+    known = _STATUS.get(status)  # type: ignore[arg-type]
+    if known is not None:
+        return known
+    if type(status) is not str:
+        raise InvalidResponse(f"WSGI status must be a str such as '200 OK', not {type(status).__name__}")
+    code_text, sep, reason = status.partition(" ")
+    if len(code_text) != 3 or not code_text.isdigit() or not sep or not "100" <= code_text <= "599":
+        raise InvalidResponse(f"WSGI status {status!r} must be a 3-digit code from 100 to 599, "
+                              "a space and a reason phrase, e.g. '200 OK'")
+    if "\r" in reason or "\n" in reason or _CTL.search(reason):
+        raise InvalidResponse(f"WSGI status {status!r} contains a control character")
+    code = int(code_text)
+    try:
+        line = f"HTTP/1.1 {code_text} {reason}\r\n".encode("latin-1")
+    except UnicodeEncodeError:
+        line = STATUS_LINES[code]
+    result = (code, line)
+    if len(_STATUS) < _CACHE_LIMIT:
+        _STATUS[status] = result
+    return result
+
+
+def _check_name(name: object) -> str:
+    if type(name) is not str:
+        raise InvalidResponse(f"WSGI response header name {name!r} must be a str, not {type(name).__name__}")
+    if not _TOKEN.fullmatch(name):
+        raise InvalidResponse(f"invalid WSGI response header name {name!r}: only RFC 9110 token "
+                              "characters are allowed (no spaces, colons, CR, LF or NUL)")
+    lower = name.lower()
+    if len(_NAMES) < _CACHE_LIMIT:
+        _NAMES[name] = lower
+    return lower
+
+
+def _explain_bad_value(headers: list[tuple[str, str]]) -> InvalidResponse:
+    for name, value in headers:
+        if "\r" in value or "\n" in value or _CTL.search(value):
+            return InvalidResponse(f"WSGI response header {name!r} value {value!r} contains a control "
+                                   "character (CR, LF, NUL, ...); refusing to send it (response splitting)")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            return InvalidResponse(f"WSGI response header {name!r} value {value!r} is not latin-1; "
+                                   "PEP 3333 headers are native strings of bytes (encode non-ASCII text, "
+                                   "e.g. RFC 8187 for Content-Disposition filenames)")
+    return InvalidResponse("invalid WSGI response headers")
+
+
+# tuple(response_headers) -> encode_headers() result. Many responses repeat a
+# header list exactly (same type, same length); those skip all the work below.
+_HEADERS: dict[tuple, tuple[bytes, int | None, bool]] = {}
+_HEADERS_LIMIT = 1024
+
+
+def encode_headers(headers: object) -> tuple[bytes, int | None, bool]:
+    """Validate the app's headers; return (header block, Content-Length or None, app asked to close).
+
+    The block is ``name: value\\r\\n`` lines as the app spelled them, minus
+    hop-by-hop fields. Hot path: memoised on the whole header list.
+    """
+    if type(headers) is not list:
+        raise InvalidResponse(f"WSGI response_headers must be a list of (name, value) tuples, "
+                              f"not {type(headers).__name__}")
+    try:
+        key: tuple | None = tuple(headers)
+        known = _HEADERS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # unhashable items (lists): validate without memoising
+        key = known = None
+    if known is not None:
+        return known
+    result = _encode_headers(headers)
+    if key is not None:
+        if len(_HEADERS) >= _HEADERS_LIMIT:
+            _HEADERS.clear()
+        _HEADERS[key] = result
+    return result
+
+
+def _encode_headers(headers: list) -> tuple[bytes, int | None, bool]:
+    names = _NAMES
+    parts = []
+    content_length: int | None = None
+    close = False
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            # PEP 3333 says tuples; a two-item list is accepted as gunicorn does.
+            if type(item) is not list or len(item) != 2:
+                raise InvalidResponse(f"WSGI response header {item!r} must be a (name, value) tuple")
+        name, value = item
+        lower = names.get(name)
+        if lower is None:
+            lower = _check_name(name)
+        if type(value) is not str:
+            raise InvalidResponse(f"WSGI response header {name!r} value {value!r} must be a str, "
+                                  f"not {type(value).__name__}")
+        if lower in _HOP_BY_HOP:
+            if lower == "connection" and "close" in value.lower():
+                close = True
+            continue
+        if lower == "content-length":
+            length = value.strip()
+            if not length.isdigit() or not length.isascii():
+                raise InvalidResponse(f"WSGI response Content-Length {value!r} is not a number of bytes")
+            if content_length is not None:
+                if int(length) != content_length:
+                    raise InvalidResponse("WSGI response has two different Content-Length headers")
+                continue
+            content_length = int(length)
+        parts.append(f"{name}: {value}\r\n")
+    block = "".join(parts)
+    n = len(parts)
+    if block.count("\n") != n or block.count("\r") != n or _CTL.search(block):
+        raise _explain_bad_value(headers)
+    try:
+        return block.encode("latin-1"), content_length, close
+    except UnicodeEncodeError:
+        raise _explain_bad_value(headers) from None

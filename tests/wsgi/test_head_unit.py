@@ -1,0 +1,66 @@
+"""Unit tests of WSGI status/header validation and encoding (response splitting refused)."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.engine.wire import InvalidResponse
+from corral.engine.wsgi.head import encode_headers, encode_status
+
+
+def test_status_encoded_and_memoised():
+    assert encode_status("200 OK") == (200, b"HTTP/1.1 200 OK\r\n")
+    assert encode_status("418 I'm a teapot") == (418, b"HTTP/1.1 418 I'm a teapot\r\n")
+    assert encode_status("200 OK") is encode_status("200 OK")
+
+
+@pytest.mark.parametrize("status", ["200", "99 Low", "600 High", "abc OK", "200 OK\r\nX: y", b"200 OK", 200, "2000 x"])
+def test_bad_status_rejected(status):
+    with pytest.raises(InvalidResponse):
+        encode_status(status)
+
+
+def test_headers_block_length_and_close():
+    block, length, close = encode_headers([("Content-Type", "text/plain"), ("Content-Length", "13")])
+    assert block == b"Content-Type: text/plain\r\nContent-Length: 13\r\n"
+    assert (length, close) == (13, False)
+    # hop-by-hop fields are the server's: dropped, but "close" is honoured
+    block, length, close = encode_headers([("Connection", "Close"), ("Transfer-Encoding", "chunked"),
+                                           ("Keep-Alive", "timeout=5"), ("X-A", "1")])
+    assert (block, length, close) == (b"X-A: 1\r\n", None, True)
+    # identical duplicate Content-Length is folded into one
+    assert encode_headers([("Content-Length", "5"), ("content-length", "5")])[0] == b"Content-Length: 5\r\n"
+    # latin-1 values go out as the bytes they stand for
+    assert encode_headers([("X-Name", "caf\xe9")])[0] == b"X-Name: caf\xe9\r\n"
+    # a two-item list is accepted, as gunicorn does
+    assert encode_headers([["X-L", "v"]])[0] == b"X-L: v\r\n"
+
+
+@pytest.mark.parametrize("headers", [
+    [("X-Evil", "a\r\nSet-Cookie: stolen=1")],
+    [("X-Evil", "a\nb")],
+    [("X-Evil", "a\rb")],
+    [("X-Evil", "nul\x00")],
+    [("X-Evil", "bell\x07")],
+    [("X Evil", "v")],
+    [("X-Evil:", "v")],
+    [("X-Evil\r\n", "v")],
+    [("X-Num", 1)],
+    [(b"X-Bytes", "v")],
+    [("X-Euro", "\u20ac")],
+    [("Content-Length", "12a")],
+    [("Content-Length", "5"), ("Content-Length", "6")],
+    [("a", "b", "c")],
+    (("X", "tuple-of-headers"),),
+    "X: y",
+])
+def test_bad_headers_rejected(headers):
+    with pytest.raises(InvalidResponse):
+        encode_headers(headers)
+
+
+def test_memoised_result_is_revalidated_for_different_lists():
+    good = [("X", "v")]
+    encode_headers(good)
+    with pytest.raises(InvalidResponse):
+        encode_headers([("X", "v\r\nY: z")])
