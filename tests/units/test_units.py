@@ -107,8 +107,10 @@ def test_service_settings_the_supervisor_relies_on(service: str) -> None:
     exec_start = values(path, "Service", "ExecStart")
     assert len(exec_start) == 1 and re.match(r"/\S*/corral run --config /etc/corral/\S+\.yaml$",
                                              exec_start[0]), exec_start
+    # The same binary and config: the config may move the control socket.
+    binary, config = exec_start[0].split()[0], exec_start[0].split()[-1]
     assert [v.split() for v in values(path, "Service", "ExecReload")] == \
-        [[exec_start[0].split()[0], "reload"]]
+        [[binary, "reload", "--config", config]]
     assert seconds(values(path, "Service", "WatchdogSec")[0]) > 0
     # The unit does not know the app's config, so it must outlast the default drain.
     assert seconds(values(path, "Service", "TimeoutStopSec")[0]) > default_graceful_timeout()
