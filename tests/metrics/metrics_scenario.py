@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import socket
 import tempfile
 from typing import Iterator
@@ -67,7 +68,9 @@ def heartbeat(requests: int, rng: random.Random, in_flight: int = 0) -> dict:
 
 
 @contextlib.contextmanager
-def realistic_metrics(pending_http: int = 2) -> Iterator[Metrics]:
+def realistic_metrics(pending_http: int = 2, http_addr: tuple[str, int] = ("127.0.0.1", 0),
+                      metrics_addr: tuple[str, int] = ("127.0.0.1", 0),
+                      unix_dir: str | None = None) -> Iterator[Metrics]:
     """4 workers of generation 2 after one good reload, one failed reload and three restarts;
     an http TCP listener with ``pending_http`` unaccepted connections, a unix one, and the
     metrics socket."""
@@ -80,15 +83,15 @@ def realistic_metrics(pending_http: int = 2) -> Iterator[Metrics]:
         m.set_desired_workers(4)
         http = socket.socket()
         opened.append(http)
-        http.bind(("127.0.0.1", 0))
+        http.bind(http_addr)
         http.listen(2048)
         unix = socket.socket(socket.AF_UNIX)
         opened.append(unix)
-        unix.bind(os.path.join(tmp.name, "app.sock"))
+        unix.bind(os.path.join(unix_dir or tmp.name, "app.sock"))
         unix.listen(2048)
         metrics_sock = socket.socket()
         opened.append(metrics_sock)
-        metrics_sock.bind(("127.0.0.1", 0))
+        metrics_sock.bind(metrics_addr)
         metrics_sock.listen(64)
         m.add_listener(http, "http")
         m.add_listener(unix, "http")
@@ -145,6 +148,16 @@ def realistic_metrics(pending_http: int = 2) -> Iterator[Metrics]:
 
 
 if __name__ == "__main__":
-    with realistic_metrics() as metrics:
-        print(metrics.render(), end="")
-        print("# STATUS=" + metrics.status_line())
+    # For the README: the addresses of a typical deployment, if free here.
+    run_dir = "/run/myapp"
+    try:
+        os.mkdir(run_dir)
+    except OSError:
+        run_dir = tempfile.mkdtemp(prefix="myapp-")
+    try:
+        with realistic_metrics(http_addr=("127.0.0.1", 8000), metrics_addr=("127.0.0.1", 9108),
+                               unix_dir=run_dir) as metrics:
+            print(metrics.render(), end="")
+            print("# STATUS=" + metrics.status_line())
+    finally:
+        shutil.rmtree(run_dir)

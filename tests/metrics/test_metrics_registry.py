@@ -426,3 +426,13 @@ def test_metrics_modules_import_only_the_standard_library():
             "and not m.startswith('corral.metrics')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] []"
+
+
+def test_requests_per_second_with_frequent_heartbeats(metrics, clock):
+    # Heartbeats ten times a second must not shrink the window to the last few tenths.
+    _start(metrics, 10, 0)
+    for step in range(81):
+        clock.now = 100 + step / 10
+        metrics.worker_heartbeat(10, {"requests_total": 10 * step + (500 if step == 80 else 0)})
+    # The 500-request burst in the last tenth is spread over the ~5 s window, not over 0.1 s.
+    assert 100 + 500 / 5 <= metrics.requests_per_second() <= 100 + 500 / 4.5

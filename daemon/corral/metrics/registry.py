@@ -50,6 +50,7 @@ RELOAD_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 # last RATE_WINDOW seconds; a worker silent for longer than RATE_STALE counts as 0.
 RATE_WINDOW = 5.0
 RATE_STALE = 3.0
+RATE_MIN_STEP = 0.25
 
 
 @dataclass(slots=True)
@@ -150,7 +151,7 @@ class _Worker:
     state: str = "booting"
     counters: WorkerCounters = field(default_factory=WorkerCounters)
     last_heartbeat: float | None = None
-    rate_samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=16))
+    rate_samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=24))
     rss_bytes: int | None = None
     uss_bytes: int | None = None
     cpu_seconds: float | None = None
@@ -317,7 +318,12 @@ class Metrics:
         w.counters = new
         now = self._clock()
         w.last_heartbeat = now
-        w.rate_samples.append((now, new.requests))
+        samples = w.rate_samples
+        if len(samples) >= 2 and now - samples[-2][0] < RATE_MIN_STEP:
+            # Frequent heartbeats must not shrink the window: keep samples RATE_MIN_STEP apart.
+            samples[-1] = (now, new.requests)
+        else:
+            samples.append((now, new.requests))
 
     def worker_process(self, pid: int, *, rss_bytes: int, uss_bytes: int | None = None,
                        cpu_seconds: float | None = None, open_fds: int | None = None) -> None:
@@ -453,7 +459,7 @@ class Metrics:
                                 "Time from request received to response sent, all workers.")
         if self._bounds is not None:
             counts = total.duration_counts or [0] * (len(self._bounds) + 1)
-            duration.add(ex.Histogram(self._bounds, counts, total.duration_sum))
+            duration.add(ex.Histogram(self._bounds, counts, round(total.duration_sum, 6)))
         in_flight = ex.gauge("corral_requests_in_flight", "Requests being processed now.")
         in_flight.add(total.in_flight)
         conns = ex.gauge("corral_connections_open", "Client connections open now.")
