@@ -1,0 +1,52 @@
+"""corral's HTTP/1.1 engine: serves an ASGI 3 (or WSGI) app on already-listening sockets.
+
+The engine knows nothing of the supervisor, of systemd, or of who created its
+sockets. The worker process (``corral.worker``) drives it through this API:
+
+    from corral.engine import Server, EngineSettings, LifespanError
+
+    server = Server(app, settings, interface="asgi")   # or "wsgi"
+    await server.startup()          # lifespan startup; raises LifespanError(app's message)
+    await server.serve(sockets)     # start accepting on listening sockets; returns at once
+    server.stats                    # EngineStats: counters the worker puts in its heartbeat
+    server.pause_accepting() / server.resume_accepting()
+    server.max_connections          # at this many open connections the engine stops accepting
+    await server.shutdown(timeout)  # graceful drain, then lifespan shutdown
+
+Contract details:
+
+* ``EngineSettings`` (``corral.engine.settings``): frozen dataclass, one field
+  per limit/option, simple types, safe defaults; the config key is the field
+  name. Invalid values raise ValueError with the fix in the message.
+* ``serve(socks)``: TCP (v4/v6) or unix stream sockets, already bound and
+  listening. The engine sets them non-blocking and accepts on them; it never
+  calls bind()/listen() and never closes them (the caller owns them).
+* ``pause_accepting()``/``resume_accepting()``: for accept balancing between
+  workers. Independently, at ``max_connections`` open connections the engine
+  stops accepting and resumes below it (the kernel backlog, and other
+  workers, take the overflow: no storm of 503s).
+* ``stats`` (``corral.engine.stats.EngineStats``): ``requests_total``,
+  ``responses`` (index = status class; ``responses_by_class()``), ``in_flight``,
+  ``oldest_in_flight`` (time.monotonic() or None), ``connections_open``,
+  ``connections_accepted``, ``duration_counts`` (per bucket of
+  ``DURATION_BUCKETS``, plus +Inf), ``duration_sum``; ``snapshot()`` gives a
+  JSON-able dict. Cheap to update; ``in_flight``/``oldest_in_flight`` are
+  computed when read.
+* ``shutdown(timeout)``: stop accepting; close idle keep-alive connections at
+  once; busy ones send ``Connection: close`` on their current response; wait
+  up to ``timeout`` for in-flight requests, then close what remains and cancel
+  app tasks; then lifespan shutdown.
+* ``request_timeout`` (setting): an ASGI request running longer is cancelled:
+  504 if its response has not started, else the connection is closed.
+* Interfaces: "asgi" (``corral.engine.asgi``) and "wsgi" (``corral.engine.wsgi``,
+  class ``WSGIInterface``). An interface adapter provides ``cycle_class``,
+  ``state`` (dict), ``async startup()`` and ``async shutdown(timeout)``; the
+  per-request cycle interface is documented in ``corral.engine.protocol``.
+"""
+
+from corral.engine.lifespan import LifespanError
+from corral.engine.server import Server
+from corral.engine.settings import EngineSettings
+from corral.engine.stats import DURATION_BUCKETS, EngineStats
+
+__all__ = ["Server", "EngineSettings", "EngineStats", "LifespanError", "DURATION_BUCKETS"]

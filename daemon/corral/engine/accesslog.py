@@ -1,0 +1,91 @@
+"""Access log: one line per finished request, on the ``corral.access`` logger.
+
+Formats:
+  common    ``host - - [time] "METHOD /path?query HTTP/1.1" status bytes duration``
+  combined  common + ``"referer" "user-agent"`` (before the duration)
+  json      one JSON object per line
+Control characters, quotes and backslashes in request-derived fields are
+escaped (``\\xHH``), so a client cannot forge log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from corral.engine.cycle import Cycle
+
+access_logger = logging.getLogger("corral.access")
+
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f"\\]')
+
+
+def escape(text: str) -> str:
+    """Escape control characters, quotes and backslashes as ``\\xHH``."""
+    return _UNSAFE.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+
+
+def _header(cycle: "Cycle", name: bytes) -> str:
+    for key, value in cycle.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _target(cycle: "Cycle") -> str:
+    scope = cycle.scope
+    target = scope["raw_path"].decode("latin-1")
+    if scope["query_string"]:
+        target += "?" + scope["query_string"].decode("latin-1")
+    return target
+
+
+def _client(cycle: "Cycle") -> str:
+    client = cycle.scope.get("client")
+    return client[0] if client else "-"
+
+
+def make_access_logger(fmt: str) -> Callable[["Cycle"], None]:
+    """A function logging one finished cycle in ``fmt``."""
+
+    def common(cycle: "Cycle") -> None:
+        if not access_logger.isEnabledFor(logging.INFO):
+            return
+        scope = cycle.scope
+        duration = time.monotonic() - cycle.start if cycle.start else 0.0
+        stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+        line = (f'{escape(_client(cycle))} - - [{stamp}] '
+                f'"{escape(scope["method"])} {escape(_target(cycle))} HTTP/{scope["http_version"]}" '
+                f'{cycle.status} {cycle.bytes_sent}')
+        if fmt == "combined":
+            referer = escape(_header(cycle, b"referer")) or "-"
+            agent = escape(_header(cycle, b"user-agent")) or "-"
+            line += f' "{referer}" "{agent}"'
+        access_logger.info("%s %.6f", line, duration)
+
+    def as_json(cycle: "Cycle") -> None:
+        if not access_logger.isEnabledFor(logging.INFO):
+            return
+        scope = cycle.scope
+        duration = time.monotonic() - cycle.start if cycle.start else 0.0
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "client": _client(cycle),
+            "method": scope["method"],
+            "path": scope["raw_path"].decode("latin-1"),
+            "query": scope["query_string"].decode("latin-1"),
+            "protocol": f"HTTP/{scope['http_version']}",
+            "status": cycle.status,
+            "bytes": cycle.bytes_sent,
+            "duration": round(duration, 6),
+            "referer": _header(cycle, b"referer"),
+            "user_agent": _header(cycle, b"user-agent"),
+        }
+        # ensure_ascii escapes every control and non-ASCII character.
+        access_logger.info("%s", json.dumps(record, ensure_ascii=True))
+
+    return as_json if fmt == "json" else common

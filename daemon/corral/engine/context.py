@@ -1,0 +1,88 @@
+"""State shared by all connections of one engine: settings as plain attributes, stats, caches.
+
+Protocols read these on every request, so the settings they need are copied
+here as plain attributes (one attribute load instead of two).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from corral.engine.proxy import TrustedPeers
+from corral.engine.settings import EngineSettings
+from corral.engine.stats import EngineStats
+from corral.engine.wire import default_headers
+
+if TYPE_CHECKING:
+    from corral.engine.cycle import Cycle
+    from corral.engine.protocol import HttpProtocol
+
+
+class EngineContext:
+    def __init__(self, loop: asyncio.AbstractEventLoop, app: Any, settings: EngineSettings,
+                 cycle_class: type["Cycle"], state: dict[str, Any]) -> None:
+        self.loop = loop
+        self.app = app
+        self.settings = settings
+        self.cycle_class = cycle_class
+        self.state = state  # lifespan state; each request gets a shallow copy
+        self.connections: set[HttpProtocol] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()  # app tasks of requests that suspended
+        self.draining = False
+        self.monotonic = time.monotonic
+        self.stats = EngineStats(self._live_cycles)
+        self.on_connection_closed: Callable[[], None] | None = None
+
+        s = settings
+        self.max_request_line = s.max_request_line
+        self.max_header_count = s.max_header_count
+        self.max_header_size = s.max_header_size
+        # What httptools may buffer for one request head before we give up on it.
+        self.max_head_bytes = s.max_request_line + s.max_header_size + 4 * s.max_header_count + 1024
+        self.max_body_size = s.max_body_size
+        self.header_timeout = s.header_timeout
+        self.keepalive_timeout = s.keepalive_timeout
+        self.body_timeout = s.body_timeout
+        self.write_timeout = s.write_timeout
+        self.request_timeout = s.request_timeout
+        self.body_buffer_size = s.body_buffer_size
+        self.write_buffer_size = s.write_buffer_size
+        self.root_path = s.root_path
+        self.root_path_bytes = s.root_path.encode("utf-8")
+        self.trusted = TrustedPeers(s.forwarded_allow_ips)
+        self.access_log: Callable[[Cycle], None] | None = None
+        if s.access_log:
+            from corral.engine.accesslog import make_access_logger
+            self.access_log = make_access_logger(s.access_log_format)
+
+        self.default_headers = b""
+        self.date_line = b""
+        self.server_line = b""
+        self._date_second = -1
+        self.refresh_headers()
+
+    def refresh_headers(self) -> None:
+        """Rebuild the cached Date/Server lines when the wall-clock second changed."""
+        now = time.time()
+        second = int(now)
+        if second == self._date_second:
+            return
+        self._date_second = second
+        s = self.settings
+        self.date_line = default_headers(None, s.date_header, now)
+        self.server_line = default_headers(s.server_header, False)
+        self.default_headers = self.date_line + self.server_line
+
+    def connection_closed(self) -> None:
+        if self.on_connection_closed is not None:
+            self.on_connection_closed()
+
+    def _live_cycles(self) -> list["Cycle"]:
+        live = []
+        for conn in self.connections:
+            cur = conn._cur
+            if cur is not None and not cur.response_complete:
+                live.append(cur)
+        return live

@@ -1,0 +1,389 @@
+"""One request/response exchange: the part shared by the ASGI and WSGI cycles.
+
+The protocol (``corral.engine.protocol``) parses requests and creates one cycle
+per request; the interface subclass (``ASGICycle``, ``WSGICycle``) runs the app.
+This base class owns everything that must be identical for both interfaces:
+request-body buffering with flow control, response framing (Content-Length,
+chunked, close-delimited, no body for HEAD/204/304), header validation, error
+responses, and completion. The contract is written down in the protocol
+module's docstring.
+
+Everything here runs on the event loop thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Iterable
+
+from corral.engine.wire import (
+    CONTINUE_100,
+    STATUS_LINES,
+    InvalidResponse,
+    check_name,
+    check_value,
+    error_response,
+    names_cache,
+    values_cache,
+)
+
+if TYPE_CHECKING:
+    from corral.engine.protocol import HttpProtocol
+
+log = logging.getLogger("corral.engine")
+
+_NAMES = names_cache()
+_VALUES = values_cache()
+
+# Response header names the engine looks at (the rest pass through untouched).
+_RESP_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection", b"date", b"server"))
+_F_TE = 1
+_F_CLOSE = 2
+_F_CONN = 4
+_F_DATE = 8
+_F_SERVER = 16
+
+# Framing of the response body, decided when the head is written.
+_UNDECIDED = 0
+_LENGTH = 1
+_CHUNKED = 2
+_UNTIL_CLOSE = 3
+_NO_BODY = 4
+
+
+class ClientDisconnected(OSError):
+    """The client closed the connection; raised by ``send()`` (ASGI spec 2.4: an OSError)."""
+
+
+def _as_bytes(data: Any) -> bytes:
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"response body must be bytes, not {type(data).__name__}")
+
+
+class Cycle:
+    """Base class of a request/response cycle; see the protocol module docstring."""
+
+    __slots__ = (
+        "conn", "ctx", "scope", "keep_alive", "is_head", "http10", "expect_continue", "start",
+        # request body
+        "_chunks", "_buffered", "body_complete", "body_received", "disconnected", "_body_paused",
+        # response
+        "status", "response_started", "head_sent", "response_complete", "bytes_sent",
+        "_lines", "_length", "_flags", "_framing", "_remaining",
+    )
+
+    def __init__(self, conn: "HttpProtocol", scope: dict[str, Any], keep_alive: bool,
+                 expect_continue: bool, body_expected: bool) -> None:
+        self.conn = conn
+        self.ctx = conn.ctx
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.is_head = scope["method"] == "HEAD"
+        self.http10 = scope["http_version"] == "1.0"
+        self.expect_continue = expect_continue
+        self.start = 0.0
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self.body_complete = not body_expected
+        self.body_received = 0
+        self.disconnected = False
+        self._body_paused = False
+        self.status = 0
+        self.response_started = False
+        self.head_sent = False
+        self.response_complete = False
+        self.bytes_sent = 0
+        self._lines: list[bytes] = []
+        self._length: int | None = None
+        self._flags = 0
+        self._framing = _UNDECIDED
+        self._remaining = 0
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    def run(self) -> None:
+        """Start the application for this request (called once, on the loop, in order)."""
+        raise NotImplementedError
+
+    def on_body_event(self) -> None:
+        """Body bytes arrived, the body is complete, or the client went away: wake a reader."""
+
+    def on_request_timeout(self) -> None:
+        """``request_timeout`` passed and the response is not complete: stop the app if possible."""
+
+    def on_drain(self) -> None:
+        """The connection's write buffer drained below the low-water mark (or the client left)."""
+
+    # ------------------------------------------------------------------ request body (protocol side)
+
+    def feed_body(self, data: bytes) -> None:
+        """The protocol hands over request-body bytes (hot path for uploads)."""
+        if self.response_complete:
+            return  # the app answered without reading the rest: discard it
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > self.ctx.body_buffer_size and not self._body_paused:
+            self._body_paused = True
+            self.conn.pause_reading_for(self)
+        self.on_body_event()
+
+    def end_body(self) -> None:
+        """The protocol saw the end of the request body."""
+        self.body_complete = True
+        self.on_body_event()
+
+    def on_disconnect(self) -> None:
+        """The connection is gone (called by the protocol once)."""
+        self.disconnected = True
+        self.on_body_event()
+        self.on_drain()
+
+    # ------------------------------------------------------------------ request body (app side)
+
+    @property
+    def body_buffered(self) -> int:
+        return self._buffered
+
+    def take_body(self) -> bytes:
+        """All buffered body bytes (possibly b""); resumes reading if it was paused."""
+        chunks = self._chunks
+        if not chunks:
+            data = b""
+        elif len(chunks) == 1:
+            data = chunks[0]
+            chunks.clear()
+        else:
+            data = b"".join(chunks)
+            chunks.clear()
+        self._buffered = 0
+        if self._body_paused:
+            self._body_paused = False
+            self.conn.resume_reading_for(self)
+        return data
+
+    def want_body(self) -> None:
+        """The app is about to wait for body bytes: send 100 Continue if owed, arm the body timeout."""
+        if self.expect_continue:
+            self.expect_continue = False
+            if not self.head_sent and not self.disconnected:
+                self.conn.write(CONTINUE_100)
+        self.conn.waiting_for_body(self, True)
+
+    def body_wait_over(self) -> None:
+        self.conn.waiting_for_body(self, False)
+
+    # ------------------------------------------------------------------ response
+
+    def start_response(self, status: int, headers: Iterable[Any]) -> None:
+        """Validate and record the response head; it is written with the first body bytes.
+
+        Raises InvalidResponse (nothing is written) for a bad status or header, so
+        the caller's error path can still answer 500.
+        """
+        if self.response_started:
+            raise InvalidResponse("the response was already started (http.response.start sent twice)")
+        if type(status) is not int or not 200 <= status <= 599:
+            raise InvalidResponse(f"invalid response status {status!r}: must be an int from 200 to 599 "
+                                  "(1xx interim responses are the server's job)")
+        # Hot path: validate and collect the app's headers; names and common
+        # values are memoised, so this is mostly dictionary lookups.
+        names = _NAMES
+        values = _VALUES
+        lines = self._lines
+        length = None
+        flags = 0
+        try:
+            for name, value in headers:
+                lname = names.get(name)
+                if lname is None:
+                    lname = check_name(name)
+                if value not in values:
+                    check_value(name, value)
+                if lname in _RESP_SPECIAL:
+                    if lname == b"content-length":
+                        if not value.isdigit():
+                            raise InvalidResponse(f"invalid Content-Length {value!r}: must be digits")
+                        n = int(value)
+                        if length is not None:
+                            if n != length:
+                                raise InvalidResponse(f"conflicting Content-Length values {length} and {n}")
+                            continue
+                        length = n
+                        if status == 204 or (100 <= status < 200):
+                            continue  # RFC 9110 8.6: never sent with 1xx or 204
+                    elif lname == b"transfer-encoding":
+                        flags |= _F_TE  # framing is the server's job; the app's header is dropped
+                        continue
+                    elif lname == b"connection":
+                        flags |= _F_CONN
+                        if b"close" in value.lower():
+                            flags |= _F_CLOSE
+                    elif lname == b"date":
+                        flags |= _F_DATE
+                    else:
+                        flags |= _F_SERVER
+                lines.append(name + b": " + value)
+        except (TypeError, ValueError) as exc:
+            lines.clear()
+            raise InvalidResponse(f"response headers must be an iterable of (name, value) byte-string "
+                                  f"pairs: {exc}") from None
+        except InvalidResponse:
+            lines.clear()
+            raise
+        if flags & _F_TE and length is not None:
+            lines.clear()
+            raise InvalidResponse("the app sent both Content-Length and Transfer-Encoding")
+        self.status = status
+        self._length = length
+        self._flags = flags
+        if flags & _F_CLOSE:
+            self.keep_alive = False
+        self.response_started = True
+
+    def write_body(self, body: bytes, more: bool) -> None:
+        """Frame and write body bytes; ``more=False`` completes the response (hot path).
+
+        Raises ClientDisconnected if the client is gone, InvalidResponse if the
+        body breaks the declared Content-Length (the connection is then closed
+        and nothing beyond the declared length is sent).
+        """
+        if type(body) is not bytes:
+            body = _as_bytes(body)
+        if self.response_complete:
+            raise InvalidResponse("response body sent after the response was complete")
+        if self.disconnected:
+            raise ClientDisconnected("the client closed the connection")
+        if not self.response_started:
+            raise InvalidResponse("response body sent before the response was started")
+        framing = self._framing
+        if framing == _UNDECIDED:
+            self._write_first(body, more)
+        elif framing == _LENGTH:
+            n = len(body)
+            if n > self._remaining:
+                self._framing_error(f"response body longer than its Content-Length {self._length}")
+            self._remaining -= n
+            if n:
+                self.conn.write(body)
+                self.bytes_sent += n
+            if not more and self._remaining:
+                self._framing_error(f"response body shorter than its Content-Length {self._length} "
+                                    f"({self._length - self._remaining} bytes sent)")
+        elif framing == _CHUNKED:
+            n = len(body)
+            if n:
+                data = b"%x\r\n" % n + body + (b"\r\n" if more else b"\r\n0\r\n\r\n")
+                self.bytes_sent += n
+            else:
+                data = b"" if more else b"0\r\n\r\n"
+            if data:
+                self.conn.write(data)
+        elif framing == _UNTIL_CLOSE:
+            if body:
+                self.conn.write(body)
+                self.bytes_sent += len(body)
+        # _NO_BODY: HEAD, 204, 304: body bytes are dropped.
+        if not more:
+            self._complete()
+
+    def _write_first(self, body: bytes, more: bool) -> None:
+        """Write the head, together with the first body bytes in one write (hot path)."""
+        status = self.status
+        lines = self._lines
+        flags = self._flags
+        length = self._length
+        if self.is_head or status == 204 or status == 304:
+            framing = _NO_BODY
+        elif length is not None:
+            framing = _LENGTH
+            n = len(body)
+            if n > length or (not more and n != length):
+                # Nothing is written yet: the error path can still answer 500.
+                lines.clear()
+                self.response_started = False
+                self._raise_framing(f"response body {'longer' if n > length else 'shorter'} than its "
+                                    f"Content-Length {length} ({n} bytes)")
+            self._remaining = length - n
+        elif not more:
+            # The whole body is here: a Content-Length beats chunked framing for every client.
+            framing = _LENGTH
+            lines.append(b"content-length: " + str(len(body)).encode())
+        elif not self.http10:
+            framing = _CHUNKED
+            lines.append(b"transfer-encoding: chunked")
+        else:
+            framing = _UNTIL_CLOSE  # HTTP/1.0 has no chunked coding: the close ends the body
+            self.keep_alive = False
+        if self.keep_alive and (self.ctx.draining or (self.expect_continue and not self.body_complete)):
+            # Draining, or the client still withholds a body we never asked for: close after this.
+            self.keep_alive = False
+        if not self.keep_alive:
+            if not flags & _F_CLOSE:
+                lines.append(b"connection: close")
+        elif self.http10 and not flags & _F_CONN:
+            lines.append(b"connection: keep-alive")
+        ctx = self.ctx
+        if flags & (_F_DATE | _F_SERVER):
+            tail = (b"" if flags & _F_DATE else ctx.date_line) + (b"" if flags & _F_SERVER else ctx.server_line)
+        else:
+            tail = ctx.default_headers
+        if lines:
+            head = STATUS_LINES[status] + b"\r\n".join(lines) + b"\r\n" + tail + b"\r\n"
+        else:
+            head = STATUS_LINES[status] + tail + b"\r\n"
+        self._framing = framing
+        self.head_sent = True
+        if framing == _NO_BODY or not body:
+            if framing == _CHUNKED and not more:
+                head += b"0\r\n\r\n"
+            self.conn.write(head)
+        elif framing == _CHUNKED:
+            self.conn.write(head + b"%x\r\n" % len(body) + body + (b"\r\n" if more else b"\r\n0\r\n\r\n"))
+            self.bytes_sent = len(body)
+        else:
+            self.conn.write(head + body)
+            self.bytes_sent = len(body)
+
+    def _raise_framing(self, message: str) -> None:
+        """Log the app's framing error once and raise it to the app."""
+        full = f"{message} ({self.scope.get('method')} {self.scope.get('path')}); closing the connection"
+        log.error("%s", full)
+        exc = InvalidResponse(full)
+        exc.logged = True  # type: ignore[attr-defined]
+        raise exc
+
+    def _framing_error(self, message: str) -> None:
+        """The app broke its framing after the head went out: close the connection, tell the app."""
+        self.keep_alive = False
+        self.response_complete = True
+        self.conn.response_done(self)
+        self._raise_framing(message)
+
+    def _complete(self) -> None:
+        self.response_complete = True
+        self.conn.response_done(self)
+
+    def abort_response(self, status: int = 500, message: str = "Internal Server Error") -> None:
+        """End this exchange after an error: answer ``status`` if nothing was written, else close."""
+        if self.response_complete:
+            return
+        self.keep_alive = False
+        if self.head_sent or self.disconnected:
+            self.response_complete = True
+            self.conn.response_done(self)
+            return
+        self.status = status
+        self.head_sent = True
+        self.response_started = True
+        data = error_response(status, message, self.ctx.default_headers)
+        self.conn.write(data)
+        self.response_complete = True
+        self.conn.response_done(self)
+
+    # ------------------------------------------------------------------ flow control for writers
+
+    def drain(self) -> "asyncio.Future[None] | None":
+        """A future to await while the client is not reading fast enough, or None if no wait is needed."""
+        return self.conn.drain_waiter()

@@ -1,0 +1,723 @@
+"""HTTP/1.1 over one connection: httptools parsing, limits, timeouts, pipelining.
+
+One :class:`HttpProtocol` per connection. It parses requests with httptools,
+enforces the limits of :class:`~corral.engine.settings.EngineSettings`, and
+hands each request to a *cycle* object, one per request, which runs the app and
+writes the response. Requests on a connection are answered strictly in order,
+one at a time (pipelined ones wait in a queue, with reading paused).
+
+The cycle interface (what an interface such as ASGI or WSGI implements)
+=======================================================================
+
+A cycle class subclasses :class:`corral.engine.cycle.Cycle` and is constructed
+by the protocol as ``cls(conn, scope, keep_alive, expect_continue, body_expected)``.
+``scope`` is a complete ASGI HTTP scope dict (``type``, ``asgi``, ``http_version``,
+``method``, ``scheme``, ``path``, ``raw_path``, ``query_string``, ``root_path``,
+``headers`` (lower-cased names, in order, no trailers), ``client``, ``server``,
+``state``), already corrected by trusted proxy headers; a WSGI cycle builds its
+environ from it. Everything below runs on the event-loop thread; a cycle that
+runs the app in a thread must hop back with ``loop.call_soon_threadsafe``.
+
+The subclass implements (hooks called by the protocol):
+
+``run()``
+    Start the app for this request. Called once, when it is this request's turn.
+    Must not block. When the app is done the cycle must have completed the
+    response (``write_body(..., more=False)``) or called ``abort_response()``.
+    It sets ``self.start = time.monotonic()`` (request_timeout and stats use it).
+``on_body_event()``
+    Body bytes arrived, the body ended, or the client disconnected: wake
+    whoever waits in a body read.
+``on_drain()``
+    The write buffer drained (or the client left): wake writers waiting on it.
+``on_request_timeout()``
+    ``request_timeout`` expired before the response completed: stop the app if
+    possible and then ``abort_response(504, ...)`` (which answers 504 if nothing
+    was written yet, else closes the connection).
+
+The base class provides (called by the subclass):
+
+Request body, with flow control. The protocol buffers at most about
+``body_buffer_size`` unread bytes, then stops reading from the socket until the
+app takes them.
+    ``take_body() -> bytes``      all buffered bytes (maybe b""); resumes reading
+    ``body_buffered``             bytes waiting; ``body_complete``: no more will come
+    ``disconnected``              the client is gone
+    ``want_body()``               call before waiting for body bytes: sends
+                                  ``100 Continue`` if the client asked for it and arms
+                                  the body-read timeout; ``body_wait_over()`` after
+Response. Nothing reaches the socket until the first ``write_body`` call, so a
+head that fails validation can still become a 500.
+    ``start_response(status, headers)``   status 200-599; headers an iterable of
+                                  (bytes, bytes); raises ``InvalidResponse`` (nothing
+                                  written) on CR/LF/NUL, bad names, bad Content-Length
+    ``write_body(data, more)``    frames and writes (Content-Length, chunked for 1.1,
+                                  until-close for 1.0, nothing for HEAD/204/304); the
+                                  head goes out in the same write as the first bytes.
+                                  ``more=False`` completes the response. Raises
+                                  ``ClientDisconnected`` (an OSError) when the client is
+                                  gone, ``InvalidResponse`` when the body breaks the
+                                  declared Content-Length (the connection is closed)
+    ``drain() -> Future | None``  await it (if not None) before writing more: the
+                                  client is not reading; ``write_timeout`` applies
+    ``abort_response(status, msg)``  error exit: a canned ``status`` response if the
+                                  head is unsent, else close the connection
+    ``response_started``, ``head_sent``, ``response_complete``, ``status``,
+    ``bytes_sent``, ``keep_alive`` (set False to close after the response)
+
+The interface adapter (``Server(app, settings, interface=...)``) is an object with
+``cycle_class``, ``state`` (dict: lifespan state, copied into each scope),
+``async startup()`` and ``async shutdown()``; see ``corral.engine.server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
+
+from corral.engine.proxy import apply_proxy_headers
+from corral.engine.wire import error_response
+
+if TYPE_CHECKING:
+    from corral.engine.context import EngineContext
+    from corral.engine.cycle import Cycle
+
+log = logging.getLogger("corral.engine")
+
+# Request header names the protocol inspects while parsing (hot path: a set lookup).
+_H_HOST = b"host"
+_H_EXPECT = b"expect"
+_H_CL = b"content-length"
+_H_TE = b"transfer-encoding"
+_PROXY_HEADERS = frozenset((b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
+_SPECIAL = frozenset((_H_HOST, _H_EXPECT, _H_CL, _H_TE)) | _PROXY_HEADERS
+
+_METHODS = {m.encode(): m for m in (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")}
+
+# What the read deadline is for.
+_NONE = 0
+_HEADER = 1  # waiting for (the rest of) a request head
+_KEEPALIVE = 2  # idle between requests
+_BODY = 3  # the app waits for body bytes
+_LINGER = 4  # an error response went out; draining the client's input before closing
+
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 1 << 20
+
+
+class Reject(Exception):
+    """Raised inside parser callbacks to refuse the request with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _ErrorCycle:
+    """A queued refusal: answered in order, after the requests before it."""
+
+    __slots__ = ("status", "message")
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+class HttpProtocol(asyncio.Protocol):
+    __slots__ = (
+        "ctx", "loop", "transport", "_parser", "_closed", "_client", "_server", "_trusted",
+        # current request head
+        "_url", "_headers", "_nheaders", "_hsize", "_hosts", "_expect", "_clen", "_te", "_fwd",
+        "_in_head", "_head_extra", "_in_trailers",
+        # requests
+        "_cur", "_parsing", "_queue", "_driving", "_stop", "_last_request", "_upgrade",
+        # flow control and deadlines
+        "_read_paused", "_body_reader_paused", "_write_paused", "_drain_waiters",
+        "_deadline", "_deadline_kind", "_write_deadline", "_linger_budget", "_eof",
+    )
+
+    def __init__(self, ctx: "EngineContext") -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._closed = False
+        self._client: tuple[str, int] | None = None
+        self._server: tuple[str, int | None] | None = None
+        self._trusted = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._nheaders = 0
+        self._hsize = 0
+        self._hosts = 0
+        self._expect: bytes | None = None
+        self._clen: bytes | None = None
+        self._te: bytes | None = None
+        self._fwd = False
+        self._in_head = False
+        self._head_extra = 0
+        self._in_trailers = False
+        self._cur: Cycle | None = None
+        self._parsing: Cycle | None = None
+        self._queue: deque[Any] = deque()
+        self._driving = False
+        self._stop = False
+        self._last_request = False
+        self._upgrade = False
+        self._read_paused = False
+        self._body_reader_paused = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._deadline = 0.0
+        self._deadline_kind = _NONE
+        self._write_deadline = 0.0
+        self._linger_budget = 0
+        self._eof = False
+
+    # ------------------------------------------------------------------ connection events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ctx = self.ctx
+        self.transport = transport  # type: ignore[assignment]
+        ctx.connections.add(self)
+        stats = ctx.stats
+        stats.connections_open += 1
+        stats.connections_accepted += 1
+        peer = transport.get_extra_info("peername")
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._client = (peer[0], peer[1])
+            self._trusted = ctx.trusted.trusts(peer[0])
+        else:  # unix socket
+            self._client = None
+            self._trusted = ctx.trusted.trusts(None)
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            self._server = (sockname[0], sockname[1])
+        elif sockname:
+            self._server = (sockname if isinstance(sockname, str) else sockname.decode("utf-8", "replace"), None)
+        transport.set_write_buffer_limits(high=ctx.write_buffer_size)  # type: ignore[attr-defined]
+        self._deadline = self.loop.time() + ctx.header_timeout
+        self._deadline_kind = _HEADER
+        if ctx.draining:
+            self.transport.close()  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        ctx.stats.connections_open -= 1
+        seen = set()
+        for cycle in (self._cur, self._parsing, *self._queue):
+            if cycle is not None and not isinstance(cycle, _ErrorCycle) and id(cycle) not in seen:
+                seen.add(id(cycle))
+                cycle.on_disconnect()
+        self._queue.clear()
+        self._write_paused = False
+        self._wake_drain(ClientDisconnected("the client closed the connection"))
+        ctx.connection_closed()
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed. Keep the socket open to answer what it sent;
+        # with nothing in progress there is nothing left to do.
+        self._eof = True
+        if self._cur is None and not self._queue and self._parsing is None:
+            return False  # the transport closes itself
+        if self._in_head or (self._parsing is not None and not self._parsing.body_complete):
+            # The request can never be completed now.
+            return False
+        return True
+
+    # ------------------------------------------------------------------ input
+
+    def data_received(self, data: bytes) -> None:
+        # Hot path.
+        if self._stop:
+            if self._deadline_kind == _LINGER:
+                self._linger_budget -= len(data)
+                if self._linger_budget < 0:
+                    self._close()
+            return
+        was_in_head = self._in_head
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade:
+            self._on_upgrade()
+        except HttpParserCallbackError as exc:
+            reason = exc.__context__
+            if isinstance(reason, Reject):
+                self._reject(reason.status, reason.message)
+            else:
+                log.error("internal error while parsing a request", exc_info=reason or exc)
+                self._reject(500, "Internal Server Error")
+        except HttpParserError as exc:
+            if not self._stop:
+                self._reject_parse_error(exc)
+        if self._in_head:
+            # httptools buffers a header line until it is complete, without a
+            # callback: bound what a client can make it hold.
+            if was_in_head:
+                self._head_extra += len(data)
+                if self._head_extra > self.ctx.max_head_bytes and not self._stop:
+                    if self._nheaders == 0 and len(self._url) >= self.ctx.max_request_line:
+                        self._reject(414, "URI Too Long")
+                    else:
+                        self._reject(431, "Request Header Fields Too Large")
+        if self._cur is None and self._queue and not self._driving:
+            self._drive()
+
+    def _reject_parse_error(self, exc: HttpParserError) -> None:
+        text = str(exc)
+        if "HTTP version" in text:
+            self._reject(505, "HTTP Version Not Supported")
+        else:
+            self._reject(400, f"Bad Request: {text}")
+
+    def _on_upgrade(self) -> None:
+        # The request was fully parsed (llhttp stops at the end of its head);
+        # bytes after it belong to another protocol: never parse them as HTTP.
+        self._stop = True
+        self.transport.pause_reading()  # type: ignore[union-attr]
+        self._read_paused = True
+
+    # ------------------------------------------------------------------ parser callbacks (hot path)
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_extra = 0
+        self._in_trailers = False
+        self._url = b""
+        self._headers = []
+        self._nheaders = 0
+        self._hsize = 0
+        self._hosts = 0
+        self._expect = None
+        self._clen = None
+        self._te = None
+        self._fwd = False
+        if self._deadline_kind == _KEEPALIVE:
+            self._deadline = self.loop.time() + self.ctx.header_timeout
+            self._deadline_kind = _HEADER
+
+    def on_url(self, url: bytes) -> None:
+        url = self._url + url
+        if len(url) > self.ctx.max_request_line:
+            raise Reject(414, f"URI Too Long (limit {self.ctx.max_request_line} bytes)")
+        self._url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ctx = self.ctx
+        self._nheaders += 1
+        self._hsize += len(name) + len(value)
+        if self._nheaders > ctx.max_header_count or self._hsize > ctx.max_header_size:
+            what = "trailer" if self._in_trailers else "header"
+            raise Reject(431, f"Request Header Fields Too Large ({what} limits: "
+                              f"{ctx.max_header_count} fields, {ctx.max_header_size} bytes)")
+        if self._in_trailers:
+            return  # trailer fields never reach scope["headers"]
+        name = name.lower()
+        if value and value[-1] in (32, 9):
+            value = value.rstrip(b" \t")  # OWS is not part of the value (llhttp keeps trailing OWS)
+        self._headers.append((name, value))
+        if name in _SPECIAL:
+            if name == _H_HOST:
+                self._hosts += 1
+            elif name == _H_CL:
+                self._clen = value
+            elif name == _H_TE:
+                self._te = value
+            elif name == _H_EXPECT:
+                self._expect = value
+            else:
+                self._fwd = True
+
+    def on_headers_complete(self) -> None:
+        ctx = self.ctx
+        parser = self._parser
+        self._in_head = False
+        self._in_trailers = True  # further on_header calls are trailers
+        self._nheaders = 0
+        self._hsize = 0
+        version = parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0":
+                raise Reject(505, f"HTTP Version Not Supported (HTTP/{version}; use 1.0 or 1.1)")
+            if self._te is not None:
+                raise Reject(400, "Bad Request: Transfer-Encoding in an HTTP/1.0 request")
+        elif self._hosts != 1:
+            raise Reject(400, "Bad Request: missing Host header" if not self._hosts
+                         else "Bad Request: more than one Host header")
+        if self._hosts > 1:
+            raise Reject(400, "Bad Request: more than one Host header")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        body_expected = self._te is not None
+        if self._clen is not None:
+            length = int(self._clen)  # llhttp accepts digits only
+            if ctx.max_body_size is not None and length > ctx.max_body_size:
+                raise Reject(413, f"Content Too Large (limit {ctx.max_body_size} bytes)")
+            body_expected = length > 0
+        if parser.should_upgrade():
+            if method == "CONNECT":
+                raise Reject(501, "Not Implemented: CONNECT")
+            if body_expected:
+                raise Reject(400, "Bad Request: an Upgrade request with a body is not supported")
+            # Served as plain HTTP (no protocol switch is supported); the
+            # connection closes after the response.
+            self._upgrade = True
+        expect = False
+        if self._expect is not None:
+            if self._expect.lower() != b"100-continue":
+                raise Reject(417, "Expectation Failed")
+            expect = body_expected
+
+        url = self._url
+        if url[:1] == b"/" and b"#" not in url:
+            raw_path, _, query = url.partition(b"?")
+        elif url == b"*":
+            if method != "OPTIONS":
+                raise Reject(400, "Bad Request: request target '*' is only valid with OPTIONS")
+            raw_path, query = b"*", b""
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise Reject(400, "Bad Request: invalid request target") from None
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+        if b"%" in raw_path:
+            path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+        else:
+            path = raw_path.decode("ascii")
+        if ctx.root_path:
+            path = ctx.root_path + path
+            raw_path = ctx.root_path_bytes + raw_path
+
+        keep_alive = parser.should_keep_alive() and not self._upgrade
+        if not keep_alive:
+            self._last_request = True
+        state = ctx.state
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": version,
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": ctx.root_path,
+            "headers": self._headers,
+            "client": self._client,
+            "server": self._server,
+            "state": state.copy() if state else {},
+        }
+        if self._fwd and self._trusted:
+            apply_proxy_headers(scope, ctx.trusted)
+        cycle = ctx.cycle_class(self, scope, keep_alive, expect, body_expected)
+        ctx.stats.requests_total += 1
+        if body_expected:
+            self._parsing = cycle
+        self._queue.append(cycle)
+        if self._deadline_kind == _HEADER:
+            self._deadline = 0.0
+            self._deadline_kind = _NONE
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self._parsing
+        cycle.body_received += len(body)
+        limit = self.ctx.max_body_size
+        if limit is not None and cycle.body_received > limit:
+            raise Reject(413, f"Content Too Large (limit {limit} bytes)")
+        cycle.feed_body(body)
+        if self._deadline_kind == _BODY:
+            self._deadline = self.loop.time() + self.ctx.body_timeout
+
+    def on_message_complete(self) -> None:
+        cycle = self._parsing
+        if cycle is not None:
+            self._parsing = None
+            cycle.end_body()
+            if self._deadline_kind == _BODY:
+                self._deadline = 0.0
+                self._deadline_kind = _NONE
+        if self._last_request:
+            # Bytes after a request that ends the connection are never answered.
+            self._stop = True
+
+    # ------------------------------------------------------------------ running requests
+
+    def _drive(self) -> None:
+        """Run queued requests, in order, one at a time."""
+        queue = self._queue
+        self._driving = True
+        try:
+            while self._cur is None and queue and not self._closed:
+                cycle = queue.popleft()
+                if isinstance(cycle, _ErrorCycle):
+                    self._write_error(cycle.status, cycle.message)
+                    queue.clear()
+                    return
+                self._cur = cycle
+                cycle.run()
+        finally:
+            self._driving = False
+        if queue and not self._read_paused:
+            # Pipelined requests are waiting: read no more until they are answered.
+            self._read_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def response_done(self, cycle: "Cycle") -> None:
+        """The cycle's response is complete (hot path): account, then next request or idle."""
+        if cycle is not self._cur:
+            return
+        self._cur = None
+        ctx = self.ctx
+        ctx.stats.observe(cycle.status, ctx.monotonic() - cycle.start)
+        if ctx.access_log is not None:
+            ctx.access_log(cycle)
+        if not cycle.keep_alive or self._closed:
+            self._close()
+            return
+        parsing = self._parsing
+        if parsing is cycle:
+            # Answered before the whole body arrived: keep reading and drop it.
+            cycle.take_body()
+        if self._eof and not self._queue:
+            self._close()
+            return
+        if self._queue:
+            if not self._driving:
+                self._drive()
+            return
+        if self._read_paused and not self._stop and not self._body_reader_paused:
+            self._read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        if not self._in_head:
+            self._deadline = self.loop.time() + ctx.keepalive_timeout
+            self._deadline_kind = _KEEPALIVE
+        elif self._deadline_kind != _HEADER:
+            self._deadline = self.loop.time() + ctx.header_timeout
+            self._deadline_kind = _HEADER
+
+    # ------------------------------------------------------------------ refusing requests
+
+    def _reject(self, status: int, message: str) -> None:
+        """Refuse the request being parsed: answer ``status`` after earlier requests, then close."""
+        self._stop = True
+        self._in_head = False
+        ctx = self.ctx
+        parsing = self._parsing
+        if status != 500:
+            log.info("refused request from %s: %d %s", self._peer_text(), status, message)
+        if parsing is not None:
+            # The refused request already has a cycle (body too large, bad chunk, bad trailer).
+            self._parsing = None
+            parsing.keep_alive = False
+            if parsing is self._cur:
+                parsing.on_disconnect()  # the app gets http.disconnect; its sends fail
+                if parsing.head_sent:
+                    self._close()
+                    return
+                parsing.head_sent = parsing.response_started = parsing.response_complete = True
+                parsing.status = status
+                self._cur = None
+                self._write_error(status, message)
+                return
+            if parsing not in self._queue:
+                return  # already answered; the connection closes after that response
+            self._queue.remove(parsing)
+        else:
+            ctx.stats.requests_total += 1
+        self._queue.append(_ErrorCycle(status, message))
+        if self._cur is None and not self._driving:
+            self._drive()
+
+    def _write_error(self, status: int, message: str) -> None:
+        """Write a refusal and close gracefully: half-close, then drain the client's input briefly."""
+        ctx = self.ctx
+        transport = self.transport
+        if self._closed or transport is None or transport.is_closing():
+            return
+        transport.write(error_response(status, message, ctx.default_headers))
+        ctx.stats.observe(status, 0.0)
+        # Lingering close: a client still sending (say, a large upload) would get
+        # a TCP reset that can destroy our response before it reads it.
+        self._stop = True
+        self._deadline = self.loop.time() + _LINGER_SECONDS
+        self._deadline_kind = _LINGER
+        self._linger_budget = _LINGER_BYTES
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:
+                self._close()
+        else:
+            self._close()
+
+    def _peer_text(self) -> str:
+        if self._client is None:
+            return "unix socket"
+        return f"{self._client[0]}:{self._client[1]}"
+
+    # ------------------------------------------------------------------ output and flow control
+
+    def write(self, data: bytes) -> None:
+        # Hot path.
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._write_deadline = self.loop.time() + self.ctx.write_timeout
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._write_deadline = 0.0
+        self._wake_drain(None)
+
+    def drain_waiter(self) -> "asyncio.Future[None] | None":
+        if self._closed:
+            fut = self.loop.create_future()
+            fut.set_exception(ClientDisconnected("the client closed the connection"))
+            return fut
+        if not self._write_paused:
+            return None
+        fut = self.loop.create_future()
+        self._drain_waiters.append(fut)
+        return fut
+
+    def _wake_drain(self, exc: BaseException | None) -> None:
+        waiters = self._drain_waiters
+        if waiters:
+            self._drain_waiters = []
+            for fut in waiters:
+                if not fut.done():
+                    if exc is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(exc)
+        cur = self._cur
+        if cur is not None:
+            cur.on_drain()
+
+    def pause_reading_for(self, cycle: "Cycle") -> None:
+        """The cycle's body buffer is full."""
+        self._body_reader_paused = True
+        if not self._read_paused and not self._closed:
+            self._read_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_reading_for(self, cycle: "Cycle") -> None:
+        """The app took the buffered body."""
+        self._body_reader_paused = False
+        if self._read_paused and not self._queue and not self._closed and not self._stop:
+            self._read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def waiting_for_body(self, cycle: "Cycle", waiting: bool) -> None:
+        """Arm (or disarm) the body-read idle timeout while the app waits for body bytes."""
+        if waiting:
+            if not cycle.body_complete:
+                self._deadline = self.loop.time() + self.ctx.body_timeout
+                self._deadline_kind = _BODY
+                if self._read_paused and not self._queue and not self._stop and not self._closed:
+                    self._read_paused = False
+                    self._body_reader_paused = False
+                    self.transport.resume_reading()  # type: ignore[union-attr]
+        elif self._deadline_kind == _BODY:
+            self._deadline = 0.0
+            self._deadline_kind = _NONE
+
+    # ------------------------------------------------------------------ timeouts and shutdown
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the server about twice a second with ``loop.time()``."""
+        if self._closed:
+            return
+        if self._write_deadline and self._write_deadline <= now:
+            log.info("closing connection from %s: the client did not read the response for %.0fs "
+                     "(write_timeout)", self._peer_text(), self.ctx.write_timeout)
+            self._abort()
+            return
+        if not self._deadline or self._deadline > now:
+            return
+        kind = self._deadline_kind
+        self._deadline = 0.0
+        self._deadline_kind = _NONE
+        if kind == _KEEPALIVE:
+            self._close()
+        elif kind == _HEADER:
+            if self._in_head:
+                log.info("closing connection from %s: request headers not received within %.0fs "
+                         "(header_timeout)", self._peer_text(), self.ctx.header_timeout)
+                self._in_head = False
+                self._stop = True
+                self.ctx.stats.requests_total += 1
+                self._write_error(408, "Request Timeout")
+                self._close()
+            else:
+                self._close()
+        elif kind == _BODY:
+            log.info("closing connection from %s: no request body bytes for %.0fs (body_timeout)",
+                     self._peer_text(), self.ctx.body_timeout)
+            cur = self._cur
+            self._stop = True
+            if cur is not None and not cur.head_sent:
+                cur.abort_response(408, "Request Timeout")
+            self._close()
+        else:  # _LINGER
+            self._abort()
+
+    def check_request_timeout(self, now_monotonic: float, limit: float) -> None:
+        cur = self._cur
+        if cur is not None and cur.start and now_monotonic - cur.start > limit and not cur.response_complete:
+            cur.on_request_timeout()
+
+    def is_idle(self) -> bool:
+        return (self._cur is None and not self._queue and self._parsing is None and not self._in_head)
+
+    def drain_for_shutdown(self) -> None:
+        """Graceful shutdown: close now if idle, else close after the current response."""
+        if self._closed:
+            return
+        if self.is_idle():
+            self._close()
+            return
+        self._last_request = True
+        for cycle in (self._cur, self._parsing):
+            if cycle is not None:
+                cycle.keep_alive = False
+        if self._cur is not None and not self._in_head:
+            # Pipelined requests after the current one will not be answered.
+            self._queue.clear()
+            self._stop = True
+
+    def _close(self) -> None:
+        self._stop = True
+        self._queue.clear()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    def _abort(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
+
+    def force_close(self) -> None:
+        self._abort()
+
+
+from corral.engine.cycle import ClientDisconnected  # noqa: E402  (cycle imports us for typing only)

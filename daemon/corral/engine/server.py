@@ -1,0 +1,282 @@
+"""The engine's public face: :class:`Server` accepts on listening sockets and serves an app.
+
+The sockets are already bound and listening; the engine never calls bind() or
+listen() on them (that would override systemd's ``Backlog=`` and trips SELinux
+policies) and never closes them: whoever created them owns them. Accepting is
+done with our own ``add_reader`` + ``accept()`` loop, which makes pausing and
+resuming (accept balancing, the ``max_connections`` cap) a matter of adding or
+removing a reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+from typing import Any
+
+from corral.engine.context import EngineContext
+from corral.engine.lifespan import LifespanError
+from corral.engine.protocol import HttpProtocol
+from corral.engine.settings import EngineSettings
+from corral.engine.stats import EngineStats
+
+log = logging.getLogger("corral.engine")
+
+_TICK = 0.5  # seconds between deadline sweeps (and Date refreshes)
+_ACCEPT_BATCH = 16  # connections accepted per readiness event, so one worker does not hog a burst
+_ACCEPT_ERRORS_BACKOFF = 0.5  # pause after EMFILE/ENFILE/ENOBUFS/ENOMEM instead of spinning
+
+__all__ = ["Server", "LifespanError"]
+
+
+def _make_interface(app: Any, settings: EngineSettings, interface: str) -> Any:
+    if interface == "asgi":
+        from corral.engine.asgi import ASGIInterface
+        return ASGIInterface(app, settings)
+    if interface == "wsgi":
+        from corral.engine.wsgi import WSGIInterface  # type: ignore[attr-defined]
+        return WSGIInterface(app, settings)
+    raise ValueError(f"interface must be 'asgi' or 'wsgi', got {interface!r}")
+
+
+class Server:
+    """Serve ``app`` over HTTP/1.1 on sockets handed to :meth:`serve`.
+
+    Usage (inside a running event loop, normally uvloop)::
+
+        server = Server(app, EngineSettings(), interface="asgi")
+        await server.startup()        # lifespan startup; raises LifespanError
+        await server.serve([sock])    # returns at once; accepting runs in the loop
+        ...
+        await server.shutdown(30.0)   # graceful drain, then lifespan shutdown
+    """
+
+    def __init__(self, app: Any, settings: EngineSettings | None = None, interface: str = "asgi") -> None:
+        self.app = app
+        self.settings = settings if settings is not None else EngineSettings()
+        self.interface = interface
+        self._adapter = _make_interface(app, self.settings, interface)
+        self._ctx: EngineContext | None = None
+        self._sockets: list[socket.socket] = []
+        self._reading: set[int] = set()
+        self._paused_by_caller = False
+        self._paused_by_capacity = False
+        self._backoff: asyncio.TimerHandle | None = None
+        self._pending = 0  # accepted sockets whose transports are being set up
+        self._ticker: asyncio.TimerHandle | None = None
+        self._closed_event: asyncio.Event | None = None
+        self._serving = False
+        self._shut_down = False
+        self._stats_placeholder = EngineStats()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def stats(self) -> EngineStats:
+        """Counters for the worker's heartbeat (see ``corral.engine.stats``)."""
+        return self._ctx.stats if self._ctx is not None else self._stats_placeholder
+
+    @property
+    def max_connections(self) -> int:
+        return self.settings.max_connections
+
+    @property
+    def accepting(self) -> bool:
+        return bool(self._reading)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def startup(self) -> None:
+        """Run the interface's startup (ASGI lifespan). Raises LifespanError with the app's message."""
+        await self._adapter.startup()
+
+    def _context(self) -> EngineContext:
+        if self._ctx is None:
+            loop = asyncio.get_running_loop()
+            self._ctx = EngineContext(loop, self.app, self.settings, self._adapter.cycle_class,
+                                      self._adapter.state)
+            self._ctx.on_connection_closed = self._on_connection_closed
+        return self._ctx
+
+    async def serve(self, socks: list[socket.socket]) -> None:
+        """Start accepting connections on already-listening sockets; returns immediately."""
+        ctx = self._context()
+        for sock in socks:
+            if sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"socket {sock!r} is not a stream socket")
+            # Accepting must never block the loop when another worker wins the race.
+            sock.setblocking(False)
+            self._sockets.append(sock)
+        self._serving = True
+        if self._ticker is None:
+            self._ticker = ctx.loop.call_later(_TICK, self._tick)
+        self._update_accepting()
+
+    def pause_accepting(self) -> None:
+        """Stop accepting new connections (existing ones are served as usual)."""
+        self._paused_by_caller = True
+        self._update_accepting()
+
+    def resume_accepting(self) -> None:
+        self._paused_by_caller = False
+        self._update_accepting()
+
+    async def shutdown(self, timeout: float | None = 30.0) -> None:
+        """Graceful drain, then the interface's shutdown (ASGI lifespan). Returns when done.
+
+        Stops accepting; closes idle connections at once; busy ones finish their
+        current response (sent with ``Connection: close``); after ``timeout``
+        seconds what is left is closed and its app tasks cancelled.
+        """
+        if self._shut_down:
+            return
+        self._shut_down = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout if timeout is not None else 1e9)
+        self._serving = False
+        self._stop_reading()
+        ctx = self._ctx
+        if ctx is not None:
+            ctx.draining = True
+            # Let data that already arrived be parsed first, so a request that is
+            # on its way is answered instead of reset (uvicorn discussion #2315).
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            for conn in list(ctx.connections):
+                conn.drain_for_shutdown()
+            await self._wait_idle(ctx, deadline)
+            if ctx.connections:
+                log.warning("shutdown: closing %d connection(s) still busy after %ss",
+                            len(ctx.connections), timeout)
+                for conn in list(ctx.connections):
+                    conn.force_close()
+            tasks = [t for t in ctx.tasks if not t.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=5.0)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self._backoff is not None:
+            self._backoff.cancel()
+            self._backoff = None
+        remaining = max(deadline - loop.time(), 5.0)
+        await self._adapter.shutdown(remaining)
+
+    async def _wait_idle(self, ctx: EngineContext, deadline: float) -> None:
+        loop = ctx.loop
+        while ctx.connections or self._pending:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._closed_event = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._closed_event.wait(), min(left, _TICK))
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._closed_event = None
+
+    # ------------------------------------------------------------------ accepting
+
+    def _update_accepting(self) -> None:
+        want = self._serving and not self._paused_by_caller and not self._paused_by_capacity \
+            and self._backoff is None
+        if want:
+            self._start_reading()
+        else:
+            self._stop_reading()
+
+    def _start_reading(self) -> None:
+        loop = self._context().loop
+        for sock in self._sockets:
+            fd = sock.fileno()
+            if fd >= 0 and fd not in self._reading:
+                loop.add_reader(fd, self._accept, sock)
+                self._reading.add(fd)
+
+    def _stop_reading(self) -> None:
+        if self._ctx is None:
+            return
+        loop = self._ctx.loop
+        for fd in list(self._reading):
+            try:
+                loop.remove_reader(fd)
+            except (ValueError, OSError):
+                pass
+        self._reading.clear()
+
+    def _accept(self, lsock: socket.socket) -> None:
+        ctx = self._ctx
+        assert ctx is not None
+        limit = self.settings.max_connections
+        for _ in range(_ACCEPT_BATCH):
+            if len(ctx.connections) + self._pending >= limit:
+                self._paused_by_capacity = True
+                self._update_accepting()
+                return
+            try:
+                conn, _addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept() failed: %s; pausing accepting for %.1fs (raise LimitNOFILE= "
+                              "or lower max_connections)", exc, _ACCEPT_ERRORS_BACKOFF)
+                    self._backoff = ctx.loop.call_later(_ACCEPT_ERRORS_BACKOFF, self._end_backoff)
+                    self._update_accepting()
+                    return
+                raise
+            conn.setblocking(False)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+            self._pending += 1
+            task = ctx.loop.create_task(self._connect(ctx, conn))
+            ctx.tasks.add(task)
+            task.add_done_callback(ctx.tasks.discard)
+
+    async def _connect(self, ctx: EngineContext, conn: socket.socket) -> None:
+        try:
+            await ctx.loop.connect_accepted_socket(lambda: HttpProtocol(ctx), conn)
+        except OSError as exc:
+            log.debug("connection set-up failed: %s", exc)
+            conn.close()
+        finally:
+            self._pending -= 1
+
+    def _end_backoff(self) -> None:
+        self._backoff = None
+        self._update_accepting()
+
+    def _on_connection_closed(self) -> None:
+        if self._paused_by_capacity and self._ctx is not None \
+                and len(self._ctx.connections) + self._pending < self.settings.max_connections:
+            self._paused_by_capacity = False
+            self._update_accepting()
+        if self._closed_event is not None and self._ctx is not None and not self._ctx.connections:
+            self._closed_event.set()
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def _tick(self) -> None:
+        ctx = self._ctx
+        assert ctx is not None
+        self._ticker = ctx.loop.call_later(_TICK, self._tick)
+        ctx.refresh_headers()
+        now = ctx.loop.time()
+        for conn in list(ctx.connections):
+            conn.check_deadlines(now)
+        limit = ctx.request_timeout
+        if limit is not None:
+            mono = time.monotonic()
+            for conn in list(ctx.connections):
+                conn.check_request_timeout(mono, limit)

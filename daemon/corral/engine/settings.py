@@ -1,0 +1,95 @@
+"""Engine limits and options: one frozen dataclass, one field per knob.
+
+The supervisor builds :class:`EngineSettings` from the YAML config by field name
+(config key == field name) and checks value types against the annotations, so
+every field has a simple type and a safe default. ``__post_init__`` rejects
+values that are the right type but make no sense, with the fix in the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+LIFESPAN_MODES = ("auto", "on", "off")
+ACCESS_LOG_FORMATS = ("common", "combined", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    # --- request size limits ------------------------------------------------
+    max_request_line: int = 8192  # bytes of the request target (URL); over it: 414
+    max_header_count: int = 100  # header (and, separately, trailer) fields per request; over it: 431
+    max_header_size: int = 65536  # bytes of all header names+values of one request; over it: 431
+    max_body_size: int | None = 104857600  # request body bytes (100 MiB); over it: 413; None = unlimited
+
+    # --- timeouts (seconds) -------------------------------------------------
+    header_timeout: float = 30.0  # from connect / first byte of a request until its headers are complete
+    keepalive_timeout: float = 65.0  # idle keep-alive connection; above common 60 s load-balancer idle timeouts
+    body_timeout: float = 60.0  # idle gap while the app waits for request body bytes
+    write_timeout: float = 60.0  # a client that stops reading a response is closed after this long
+    request_timeout: float | None = None  # per-request deadline: cancel the app, 504 (or close); None = off
+
+    # --- capacity and buffers -----------------------------------------------
+    max_connections: int = 1024  # open connections per worker; at the limit the worker stops accepting
+    body_buffer_size: int = 65536  # unread request-body bytes buffered before reading from the client pauses
+    write_buffer_size: int = 65536  # unsent response bytes above which send() waits for the client to drain
+
+    # --- application interface ----------------------------------------------
+    lifespan: str = "auto"  # ASGI lifespan protocol: "auto" (use if supported), "on" (required), "off"
+    root_path: str = ""  # ASGI root_path: the URL prefix the app is mounted under behind a proxy
+
+    # --- response headers ---------------------------------------------------
+    server_header: str | None = "corral"  # value of the Server response header; None = no header
+    date_header: bool = True  # send a Date header (cached, refreshed once a second)
+
+    # --- proxies ------------------------------------------------------------
+    # Peers whose X-Forwarded-For/-Proto/-Host and Forwarded headers are believed:
+    # IPs, CIDR networks, "unix" (unix-socket peers) or "*" (anyone; spoofable).
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1", "unix")
+
+    # --- access log ---------------------------------------------------------
+    access_log: bool = False  # one line per finished request on the "corral.access" logger (off: faster)
+    access_log_format: str = "common"  # "common", "combined" or "json"
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_line", "max_header_count", "max_header_size",
+                     "max_connections", "body_buffer_size", "write_buffer_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_body_size is not None and (isinstance(self.max_body_size, bool)
+                                               or not isinstance(self.max_body_size, int)
+                                               or self.max_body_size < 0):
+            raise ValueError(f"max_body_size must be a number of bytes >= 0 or null (no limit), "
+                             f"got {self.max_body_size!r}")
+        for name in ("header_timeout", "keepalive_timeout", "body_timeout", "write_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if self.request_timeout is not None and (isinstance(self.request_timeout, bool)
+                                                 or not isinstance(self.request_timeout, (int, float))
+                                                 or self.request_timeout <= 0):
+            raise ValueError(f"request_timeout must be a number of seconds > 0 or null (off), "
+                             f"got {self.request_timeout!r}")
+        if self.lifespan not in LIFESPAN_MODES:
+            raise ValueError(f"lifespan must be one of {', '.join(LIFESPAN_MODES)}, got {self.lifespan!r}")
+        if self.access_log_format not in ACCESS_LOG_FORMATS:
+            raise ValueError(f"access_log_format must be one of {', '.join(ACCESS_LOG_FORMATS)}, "
+                             f"got {self.access_log_format!r}")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ValueError(f"root_path must start with '/' and not end with one (e.g. '/api'), "
+                             f"got {self.root_path!r}")
+        if self.server_header is not None and any(c in self.server_header for c in "\r\n\0"):
+            raise ValueError("server_header must not contain CR, LF or NUL")
+        if isinstance(self.forwarded_allow_ips, str):
+            raise ValueError("forwarded_allow_ips must be a list of addresses, not a string; "
+                             "write e.g. ['127.0.0.1', '10.0.0.0/8']")
+        # Import here: proxy imports nothing from settings, and this keeps the
+        # validation of addresses next to the code that uses them.
+        from corral.engine.proxy import TrustedPeers
+        TrustedPeers(self.forwarded_allow_ips)  # raises ValueError naming the bad entry
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The config keys this dataclass accepts (for the config loader's error messages)."""
+        return tuple(f.name for f in fields(cls))

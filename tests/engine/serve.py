@@ -1,0 +1,95 @@
+"""Run the engine alone on a socket it is handed: the tests' (and the early benchmark's) server.
+
+    python tests/engine/serve.py --app MODULE:ATTR [--settings JSON] [--bind HOST:PORT | --unix PATH]
+
+Binds and listens itself (like the supervisor or systemd would), then gives the
+socket to ``corral.engine.Server``. Prints ``READY <port-or-path>`` on stdout
+once accepting. SIGTERM/SIGINT start a graceful shutdown; the shutdown timeout
+is ``--shutdown-timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+
+import uvloop
+
+from corral.appload import load_app
+from corral.engine import EngineSettings, LifespanError, Server
+from corral.logs import setup_logging
+
+
+def _listen(bind: str | None, unix: str | None) -> socket.socket:
+    if unix:
+        if os.path.exists(unix):
+            os.unlink(unix)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(unix)
+    else:
+        host, _, port = (bind or "127.0.0.1:0").rpartition(":")
+        host = host.strip("[]")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+    sock.listen(1024)
+    return sock
+
+
+async def _main(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    settings = EngineSettings(**json.loads(args.settings)) if args.settings else EngineSettings()
+    sock = _listen(args.bind, args.unix)
+    server = Server(app, settings, interface=args.interface)
+    try:
+        await server.startup()
+    except LifespanError as exc:
+        print(f"lifespan startup failed: {exc}", file=sys.stderr, flush=True)
+        return 3
+    await server.serve([sock])
+    where = args.unix or sock.getsockname()[1]
+    print(f"READY {where}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if args.stats_file:
+        loop.create_task(_dump_stats(server, args.stats_file))
+    await stop.wait()
+    await server.shutdown(args.shutdown_timeout)
+    print("STOPPED", flush=True)
+    sock.close()
+    return 0
+
+
+async def _dump_stats(server: Server, path: str) -> None:
+    while True:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(server.stats.snapshot(), f)
+        os.replace(tmp, path)
+        await asyncio.sleep(0.1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--settings", default="")
+    parser.add_argument("--bind")
+    parser.add_argument("--unix")
+    parser.add_argument("--interface", default="asgi")
+    parser.add_argument("--shutdown-timeout", type=float, default=10.0)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--stats-file")
+    args = parser.parse_args()
+    setup_logging(args.log_level, role="engine-test")
+    return uvloop.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
