@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 __all__ = ["CONTENT_TYPE", "Family", "Histogram", "counter", "gauge", "histogram", "render",
@@ -26,7 +25,6 @@ _TYPES = ("counter", "gauge", "histogram")
 Labels = Mapping[str, str]
 
 
-@dataclass(slots=True)
 class Histogram:
     """One histogram series: per-bucket counts (not cumulative) and the sum of observations.
 
@@ -34,11 +32,10 @@ class Histogram:
     observations above the highest bound (the ``+Inf`` bucket's own share).
     """
 
-    bounds: Sequence[float]
-    counts: Sequence[int]
-    sum: float
+    __slots__ = ("bounds", "counts", "sum")
 
-    def __post_init__(self) -> None:
+    def __init__(self, bounds: Sequence[float], counts: Sequence[int], sum: float) -> None:
+        self.bounds, self.counts, self.sum = bounds, counts, sum
         if len(self.counts) != len(self.bounds) + 1:
             raise ValueError(f"histogram has {len(self.bounds)} bounds but {len(self.counts)} "
                              f"counts; expected one count per bound plus one for +Inf")
@@ -48,16 +45,14 @@ class Histogram:
                              f"implied): {list(self.bounds)}")
 
 
-@dataclass(slots=True)
 class Family:
     """A metric family: one name, one type, one HELP text, any number of labelled samples."""
 
-    name: str
-    type: str
-    help: str
-    samples: list[tuple[Labels, float | Histogram]] = field(default_factory=list)
+    __slots__ = ("name", "type", "help", "samples")
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str, type: str, help: str) -> None:
+        self.name, self.type, self.help = name, type, help
+        self.samples: list[tuple[Labels, float | Histogram]] = []
         if self.type not in _TYPES:
             raise ValueError(f"metric {self.name}: type {self.type!r} is not one of {_TYPES}")
         if not _METRIC_NAME.match(self.name):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 __all__ = ["SelfProcess", "self_process"]
 
@@ -17,8 +17,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass(frozen=True, slots=True)
-class SelfProcess:
+class SelfProcess(NamedTuple):
     rss_bytes: int
     cpu_seconds: float
     open_fds: int

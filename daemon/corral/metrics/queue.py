@@ -26,8 +26,7 @@ import itertools
 import os
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 __all__ = ["QueueDepth", "accept_queue", "tcp_accept_queue", "unix_accept_queue"]
 
@@ -72,8 +71,7 @@ def _borrowed(fd: int) -> Iterator[socket.socket]:
         s.detach()
 
 
-@dataclass(frozen=True, slots=True)
-class QueueDepth:
+class QueueDepth(NamedTuple):
     """Connections waiting in a listener's accept queue, and the queue's limit."""
 
     depth: int

@@ -23,7 +23,6 @@ import logging
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from corral import __version__
@@ -53,19 +52,25 @@ RATE_STALE = 3.0
 RATE_MIN_STEP = 0.25
 
 
-@dataclass(slots=True)
 class WorkerCounters:
     """One heartbeat's figures, normalised. Counters are cumulative since the worker started."""
 
-    requests: int = 0
-    responses: list[int] = field(default_factory=lambda: [0] * len(STATUS_CLASSES))
-    in_flight: int = 0
-    oldest_in_flight_start: float | None = None  # time.monotonic() of the worker; system-wide clock
-    connections_open: int = 0
-    connections_accepted: int = 0
-    duration_bounds: tuple[float, ...] | None = None
-    duration_counts: list[int] | None = None  # per bucket, plus one for +Inf
-    duration_sum: float = 0.0
+    __slots__ = ("requests", "responses", "in_flight", "oldest_in_flight_start",
+                 "connections_open", "connections_accepted", "duration_bounds",
+                 "duration_counts", "duration_sum")
+
+    def __init__(self, requests: int = 0, in_flight: int = 0, connections_open: int = 0,
+                 connections_accepted: int = 0) -> None:
+        self.requests = requests
+        self.responses = [0] * len(STATUS_CLASSES)
+        self.in_flight = in_flight
+        # time.monotonic() in the worker: CLOCK_MONOTONIC is one clock for all processes.
+        self.oldest_in_flight_start: float | None = None
+        self.connections_open = connections_open
+        self.connections_accepted = connections_accepted
+        self.duration_bounds: tuple[float, ...] | None = None
+        self.duration_counts: list[int] | None = None  # per bucket, plus one for +Inf
+        self.duration_sum = 0.0
 
 
 def _count(stats: Mapping[str, Any], key: str) -> int:
@@ -141,40 +146,43 @@ def parse_heartbeat(stats: Mapping[str, Any]) -> WorkerCounters:
     return c
 
 
-@dataclass(slots=True)
 class _Worker:
-    pid: int
-    slot: int
-    generation: int
-    started: float           # monotonic
-    started_wall: float      # Unix time
-    state: str = "booting"
-    counters: WorkerCounters = field(default_factory=WorkerCounters)
-    last_heartbeat: float | None = None
-    rate_samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=24))
-    rss_bytes: int | None = None
-    uss_bytes: int | None = None
-    cpu_seconds: float | None = None
-    open_fds: int | None = None
+    __slots__ = ("pid", "slot", "generation", "started", "started_wall", "state", "counters",
+                 "last_heartbeat", "rate_samples", "rss_bytes", "uss_bytes", "cpu_seconds",
+                 "open_fds")
+
+    def __init__(self, pid: int, slot: int, generation: int, started: float,
+                 started_wall: float) -> None:
+        self.pid, self.slot, self.generation = pid, slot, generation
+        self.started = started            # monotonic
+        self.started_wall = started_wall  # Unix time
+        self.state = "booting"
+        self.counters = WorkerCounters()
+        self.last_heartbeat: float | None = None
+        self.rate_samples: deque[tuple[float, int]] = deque(maxlen=24)
+        self.rss_bytes: int | None = None
+        self.uss_bytes: int | None = None
+        self.cpu_seconds: float | None = None
+        self.open_fds: int | None = None
 
 
-@dataclass(slots=True)
 class _Listener:
-    sock: socket.socket
-    name: str
-    address: str
-    app_traffic: bool
-    broken: bool = False  # probing failed once: logged, then left out of the scrape
+    __slots__ = ("sock", "name", "address", "app_traffic", "broken")
+
+    def __init__(self, sock: socket.socket, name: str, address: str, app_traffic: bool) -> None:
+        self.sock, self.name, self.address, self.app_traffic = sock, name, address, app_traffic
+        self.broken = False  # probing failed once: logged, then left out of the scrape
 
 
-@dataclass(slots=True)
 class _Reloads:
-    counts: dict[str, list[int]] = field(default_factory=lambda: {
-        o: [0] * (len(RELOAD_BUCKETS) + 1) for o in RELOAD_OUTCOMES})
-    sums: dict[str, float] = field(default_factory=lambda: {o: 0.0 for o in RELOAD_OUTCOMES})
-    last_outcome: str | None = None
-    last_duration: float = 0.0
-    last_time: float = 0.0
+    __slots__ = ("counts", "sums", "last_outcome", "last_duration", "last_time")
+
+    def __init__(self) -> None:
+        self.counts = {o: [0] * (len(RELOAD_BUCKETS) + 1) for o in RELOAD_OUTCOMES}
+        self.sums = dict.fromkeys(RELOAD_OUTCOMES, 0.0)
+        self.last_outcome: str | None = None
+        self.last_duration = 0.0
+        self.last_time = 0.0
 
 
 def listener_address(sock: socket.socket) -> str:
@@ -614,9 +622,9 @@ class Metrics:
     def _total(self) -> WorkerCounters:
         """Retired plus live counters; the gauges only from live workers."""
         r = self._retired
-        t = WorkerCounters(requests=r.requests, responses=list(r.responses),
-                           connections_accepted=r.connections_accepted,
-                           duration_sum=r.duration_sum)
+        t = WorkerCounters(requests=r.requests, connections_accepted=r.connections_accepted)
+        t.responses = list(r.responses)
+        t.duration_sum = r.duration_sum
         if self._bounds is not None:
             t.duration_counts = list(r.duration_counts or [0] * (len(self._bounds) + 1))
         for w in self._workers.values():
