@@ -47,5 +47,13 @@ test: $(STAMP) $(SYSSTAMP)
 bench: $(STAMP) $(SYSSTAMP)
 	$(BIN)/python bench/bench.py
 
+## Build the Debian package into packaging/out/deb/ and lint it (fetches pinned wheels once).
+deb: $(SYSSTAMP)
+	packaging/build-deb.sh
+
+## Build the RPM into packaging/out/rpm/ (on Debian, a check build with compat macros).
+rpm: $(SYSSTAMP)
+	packaging/build-rpm.sh
+
 clean:
 	rm -rf $(VENV) build dist daemon/*.egg-info
