@@ -16,8 +16,9 @@ from typing import Iterator
 
 from corral.metrics.registry import Metrics
 
-# Plausible engine bucket bounds; the engine owns the real ones and sends them in heartbeats.
-BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+# The engine's bucket bounds (corral.engine.stats.DURATION_BUCKETS, which the worker sends in
+# its heartbeats); repeated here because these tests must not import the engine.
+BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 MIB = 1 << 20
 
 
@@ -26,7 +27,7 @@ class EngineStats:
 
     _CLASS_WEIGHTS = [0, 95.3, 1.0, 3.5, 0.2]
     # Most requests fast, with a thin tail.
-    _BUCKET_WEIGHTS = [5, 30, 30, 15, 8, 5, 3, 2, 1, 0.5, 0.3, 0.1, 0.05, 0.05]
+    _BUCKET_WEIGHTS = [5, 30, 30, 15, 8, 5, 3, 2, 1, 0.5, 0.3, 0.1, 0.05, 0.02, 0.01, 0.01]
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
@@ -44,7 +45,7 @@ class EngineStats:
             self.responses[cls] += 1
         for b in self.rng.choices(range(len(self.buckets)), self._BUCKET_WEIGHTS, k=n):
             self.buckets[b] += 1
-            self.duration += BOUNDS[b] * 0.7 if b < len(BOUNDS) else 12.0
+            self.duration += BOUNDS[b] * 0.7 if b < len(BOUNDS) else 75.0
         self.accepted += -(-n // 9)
         return self
 
@@ -53,11 +54,11 @@ class EngineStats:
             "requests_total": self.requests,
             "responses": dict(zip(("1xx", "2xx", "3xx", "4xx", "5xx"), self.responses)),
             "in_flight": self.in_flight,
-            "oldest_in_flight_start": None,
+            "oldest_in_flight": None,
             "connections_open": 2 + self.in_flight,
             "connections_accepted": self.accepted,
-            "duration_bounds": BOUNDS,
-            "duration_buckets": list(self.buckets),
+            "duration_buckets": list(BOUNDS),
+            "duration_counts": list(self.buckets),
             "duration_sum": round(self.duration, 6),
         }
 
@@ -147,7 +148,50 @@ def realistic_metrics(pending_http: int = 2, http_addr: tuple[str, int] = ("127.
         tmp.cleanup()
 
 
+# Families and series left out of the README's abridged sample (``--readme``).
+_README_SKIP_FAMILIES = {
+    "corral_worker_start_time_seconds", "corral_worker_heartbeat_age_seconds",
+    "corral_worker_oldest_request_age_seconds", "corral_worker_connections_open",
+    "corral_worker_connections_accepted_total", "corral_worker_open_fds",
+    "corral_worker_generation", "corral_worker_cpu_seconds_total", "process_max_fds",
+    "process_start_time_seconds", "process_open_fds", "process_cpu_seconds_total",
+    "corral_last_reload_timestamp_seconds", "corral_workers_cpu_seconds_total",
+}
+
+
+def _family_of(line: str) -> str:
+    if line.startswith("# "):
+        return line.split()[2]
+    name = line.split("{")[0].split(" ")[0]
+    for suffix in ("_bucket", "_sum", "_count"):
+        if name.endswith(suffix) and name[:-len(suffix)] in (
+                "corral_request_duration_seconds", "corral_reload_duration_seconds"):
+            return name[:-len(suffix)]
+    return name
+
+
+def abridge(text: str) -> str:
+    """Real scrape lines only, with ``# …`` where lines were left out."""
+    out, skipped = [], False
+    for line in text.splitlines():
+        drop = (_family_of(line) in _README_SKIP_FAMILIES
+                or 'worker="2"' in line or 'worker="3"' in line
+                or (line.startswith("corral_worker_requests_total") and 'worker="1"' in line)
+                or 'outcome="aborted"' in line or 'outcome="rolled_back"' in line)
+        if drop:
+            skipped = True
+            continue
+        if skipped:
+            out.append("# …")
+            skipped = False
+        out.append(line)
+    if skipped:
+        out.append("# …")
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":
+    import sys
     # For the README: the addresses of a typical deployment, if free here.
     run_dir = "/run/myapp"
     try:
@@ -157,7 +201,8 @@ if __name__ == "__main__":
     try:
         with realistic_metrics(http_addr=("127.0.0.1", 8000), metrics_addr=("127.0.0.1", 9108),
                                unix_dir=run_dir) as metrics:
-            print(metrics.render(), end="")
+            scrape = metrics.render()
+            print(abridge(scrape) if "--readme" in sys.argv else scrape, end="")
             print("# STATUS=" + metrics.status_line())
     finally:
         shutil.rmtree(run_dir)

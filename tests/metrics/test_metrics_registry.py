@@ -145,17 +145,17 @@ def test_histogram_aggregates_live_and_retired_workers(metrics):
 
 def test_bucket_bounds_may_come_once(metrics):
     _start(metrics, 10, 0)
-    metrics.worker_heartbeat(10, {"duration_bounds": [0.1, 1.0], "duration_buckets": [1, 0, 0],
+    metrics.worker_heartbeat(10, {"duration_buckets": [0.1, 1.0], "duration_counts": [1, 0, 0],
                                   "duration_sum": 0.05})
-    metrics.worker_heartbeat(10, {"duration_buckets": [3, 1, 0], "duration_sum": 0.9})
+    metrics.worker_heartbeat(10, {"duration_counts": [3, 1, 0], "duration_sum": 0.9})
     _start(metrics, 11, 1)  # a worker that never sends bounds uses the known ones
-    metrics.worker_heartbeat(11, {"duration_buckets": [0, 0, 2], "duration_sum": 7.0})
+    metrics.worker_heartbeat(11, {"duration_counts": [0, 0, 2], "duration_sum": 7.0})
     s = _scrape(metrics)
     assert value(s, "corral_request_duration_seconds_bucket", le="0.1") == 3
     assert value(s, "corral_request_duration_seconds_bucket", le="1") == 4
     assert value(s, "corral_request_duration_seconds_bucket", le="+Inf") == 6
     with pytest.raises(ValueError, match="one per bound plus one"):
-        metrics.worker_heartbeat(10, {"duration_buckets": [1, 2], "duration_sum": 1.0})
+        metrics.worker_heartbeat(10, {"duration_counts": [1, 2], "duration_sum": 1.0})
 
 
 def test_bounds_given_to_the_constructor_render_an_empty_histogram(clock):
@@ -167,9 +167,9 @@ def test_bounds_given_to_the_constructor_render_an_empty_histogram(clock):
 def test_workers_with_other_bounds_are_left_out_with_one_warning(metrics, caplog):
     _start(metrics, 10, 0)
     _start(metrics, 11, 1)
-    metrics.worker_heartbeat(10, {"duration_bounds": [0.1, 1.0], "duration_buckets": [1, 1, 1],
+    metrics.worker_heartbeat(10, {"duration_buckets": [0.1, 1.0], "duration_counts": [1, 1, 1],
                                   "duration_sum": 3.0})
-    metrics.worker_heartbeat(11, {"duration_bounds": [0.2], "duration_buckets": [5, 5],
+    metrics.worker_heartbeat(11, {"duration_buckets": [0.2], "duration_counts": [5, 5],
                                   "duration_sum": 9.0})
     with caplog.at_level(logging.WARNING, logger="corral.metrics"):
         s = _scrape(metrics)
@@ -187,11 +187,11 @@ def test_workers_with_other_bounds_are_left_out_with_one_warning(metrics, caplog
     ({"responses": {"2xx": 1, "6xx": 1}}, "responses"),
     ({"responses": [1, 2, 3]}, "responses"),
     ({"responses": 7}, "responses"),
-    ({"oldest_in_flight_start": "now"}, "oldest_in_flight_start"),
-    ({"duration_buckets": 3}, "duration_buckets"),
-    ({"duration_buckets": [1, 2], "duration_sum": -1}, "duration_sum"),
-    ({"duration_bounds": ["a"]}, "duration_bounds"),
-    ({"duration_bounds": [1.0], "duration_buckets": [1, 2, 3]}, "duration_bounds"),
+    ({"oldest_in_flight": "now"}, "oldest_in_flight"),
+    ({"duration_counts": 3}, "duration_counts"),
+    ({"duration_counts": [1, 2], "duration_sum": -1}, "duration_sum"),
+    ({"duration_buckets": ["a"]}, "duration_buckets"),
+    ({"duration_buckets": [1.0], "duration_counts": [1, 2, 3]}, "duration_buckets"),
 ])
 def test_bad_heartbeats_name_the_field(stats, field):
     with pytest.raises(ValueError, match=field):
@@ -373,7 +373,7 @@ def test_worker_states_and_supervisor_figures(metrics, clock):
     assert value(s, "corral_supervisor_event_loop_lag_seconds") == 0.25
     assert value(s, "process_resident_memory_bytes") > 1 << 20
     assert value(s, "process_open_fds") > 2
-    metrics.worker_heartbeat(11, {"in_flight": 1, "oldest_in_flight_start": 0.0})
+    metrics.worker_heartbeat(11, {"in_flight": 1, "oldest_in_flight": 0.0})
     assert value(_scrape(metrics), "corral_worker_oldest_request_age_seconds", pid="11") > 0
     assert value(_scrape(metrics), "corral_worker_heartbeat_age_seconds", pid="11") == 0
 
@@ -436,3 +436,30 @@ def test_requests_per_second_with_frequent_heartbeats(metrics, clock):
         metrics.worker_heartbeat(10, {"requests_total": 10 * step + (500 if step == 80 else 0)})
     # The 500-request burst in the last tenth is spread over the ~5 s window, not over 0.1 s.
     assert 100 + 500 / 5 <= metrics.requests_per_second() <= 100 + 500 / 4.5
+
+
+def test_the_engines_own_snapshot_feeds_the_registry(metrics):
+    # The contract with the engine: its heartbeat dict, as it crosses the control channel
+    # (JSON), must be understood as is. The supervisor itself never imports the engine.
+    import json
+
+    from corral.engine.stats import DURATION_BUCKETS, EngineStats as RealEngineStats
+    stats = RealEngineStats()
+    for status, duration in ((200, 0.0004), (200, 0.02), (404, 0.003), (503, 99.0), (101, 0.0)):
+        stats.requests_total += 1
+        stats.observe(status, duration)
+    stats.connections_accepted, stats.connections_open = 3, 1
+    _start(metrics, 10, 0)
+    metrics.worker_heartbeat(10, json.loads(json.dumps(stats.snapshot())))
+    s = _scrape(metrics)
+    assert [value(s, "corral_requests_total", status=c) for c in ("1xx", "2xx", "4xx", "5xx")] == \
+        [1, 2, 1, 1]
+    assert value(s, "corral_requests_received_total") == 5
+    assert value(s, "corral_connections_accepted_total") == 3
+    assert value(s, "corral_connections_open") == 1
+    les = [lb["le"] for n, lb, _ in s if n == "corral_request_duration_seconds_bucket"]
+    assert len(les) == len(DURATION_BUCKETS) + 1 and les[-1] == "+Inf"
+    assert value(s, "corral_request_duration_seconds_bucket", le="0.001") == 2
+    assert value(s, "corral_request_duration_seconds_bucket", le=les[-2]) == 4
+    assert value(s, "corral_request_duration_seconds_count") == 5
+    assert value(s, "corral_request_duration_seconds_sum") == pytest.approx(99.0234)

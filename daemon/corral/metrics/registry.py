@@ -81,18 +81,21 @@ def _count(stats: Mapping[str, Any], key: str) -> int:
 
 
 def parse_heartbeat(stats: Mapping[str, Any]) -> WorkerCounters:
-    """Normalise the engine's ``stats`` dict as a worker sends it in its heartbeat.
+    """Normalise the engine's stats as a worker sends them in its heartbeat.
 
-    Keys (all optional; a missing counter reads as 0):
+    The keys are those of ``corral.engine.stats.EngineStats.snapshot()``; all are
+    optional, and a missing counter reads as 0:
 
     - ``requests_total``: requests received;
-    - ``responses``: responses by status class, ``{"2xx": n, ...}`` or a list of
-      five counts for 1xx..5xx;
-    - ``in_flight``; ``oldest_in_flight_start`` (``time.monotonic()``, or None);
+    - ``responses``: responses by status class, ``{"2xx": n, ...}`` (or a list of
+      five counts for 1xx..5xx);
+    - ``in_flight``; ``oldest_in_flight``: ``time.monotonic()`` at which the oldest
+      request in flight started, or None (CLOCK_MONOTONIC is one clock for all processes);
     - ``connections_open``, ``connections_accepted``;
-    - ``duration_buckets``: request-duration counts per bucket (not cumulative),
-      one per bound plus one above the last; ``duration_bounds``: the bounds in
-      seconds; ``duration_sum``: total seconds.
+    - ``duration_buckets``: the histogram's upper bounds in seconds (+Inf implied);
+      it may be sent once, the registry remembers it;
+    - ``duration_counts``: request-duration counts per bucket (not cumulative), one
+      per bound plus one above the last; ``duration_sum``: total seconds.
 
     Raises ValueError naming the field when a value has the wrong shape.
     """
@@ -116,32 +119,32 @@ def parse_heartbeat(stats: Mapping[str, Any]) -> WorkerCounters:
         c.responses = [_count({"responses": n}, "responses") for n in responses]
     elif responses is not None:
         raise ValueError(f"heartbeat field 'responses' must be a dict or a list, got {responses!r}")
-    oldest = stats.get("oldest_in_flight_start")
+    oldest = stats.get("oldest_in_flight")
     if oldest is not None:
         if isinstance(oldest, bool) or not isinstance(oldest, (int, float)):
-            raise ValueError(f"heartbeat field 'oldest_in_flight_start' must be a number or None, "
+            raise ValueError(f"heartbeat field 'oldest_in_flight' must be a number or None, "
                              f"got {oldest!r}")
         c.oldest_in_flight_start = float(oldest)
-    buckets = stats.get("duration_buckets")
-    if buckets is not None:
-        if not isinstance(buckets, (list, tuple)):
-            raise ValueError(f"heartbeat field 'duration_buckets' must be a list, got {buckets!r}")
-        c.duration_counts = [_count({"duration_buckets": n}, "duration_buckets") for n in buckets]
+    counts = stats.get("duration_counts")
+    if counts is not None:
+        if not isinstance(counts, (list, tuple)):
+            raise ValueError(f"heartbeat field 'duration_counts' must be a list, got {counts!r}")
+        c.duration_counts = [_count({"duration_counts": n}, "duration_counts") for n in counts]
         total = stats.get("duration_sum", 0.0)
         if isinstance(total, bool) or not isinstance(total, (int, float)) or total < 0:
             raise ValueError(f"heartbeat field 'duration_sum' must be a non-negative number, "
                              f"got {total!r}")
         c.duration_sum = float(total)
-    bounds = stats.get("duration_bounds")
+    bounds = stats.get("duration_buckets")
     if bounds is not None:
         if not isinstance(bounds, (list, tuple)) or not all(
                 isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
-            raise ValueError(f"heartbeat field 'duration_bounds' must be a list of numbers, "
-                             f"got {bounds!r}")
+            raise ValueError(f"heartbeat field 'duration_buckets' (the bucket bounds) must be a "
+                             f"list of numbers, got {bounds!r}")
         c.duration_bounds = tuple(float(b) for b in bounds)
         if c.duration_counts is not None and len(c.duration_counts) != len(bounds) + 1:
-            raise ValueError(f"heartbeat has {len(bounds)} duration_bounds but "
-                             f"{len(c.duration_counts)} duration_buckets; expected one bucket per "
+            raise ValueError(f"heartbeat has {len(bounds)} duration_buckets (bounds) but "
+                             f"{len(c.duration_counts)} duration_counts; expected one count per "
                              f"bound plus one for +Inf")
     return c
 
@@ -315,9 +318,9 @@ class Metrics:
             new.duration_counts, new.duration_sum = old.duration_counts, old.duration_sum
         elif new.duration_bounds is not None and len(new.duration_counts) != len(
                 new.duration_bounds) + 1:
-            raise ValueError(f"heartbeat has {len(new.duration_counts)} duration_buckets for "
-                             f"{len(new.duration_bounds)} bounds; expected one per bound plus one "
-                             f"for +Inf")
+            raise ValueError(f"heartbeat has {len(new.duration_counts)} duration_counts for "
+                             f"{len(new.duration_bounds)} bucket bounds; expected one per bound "
+                             f"plus one for +Inf")
         elif old.duration_counts is not None and len(old.duration_counts) == len(new.duration_counts):
             new.duration_counts = [max(a, b) for a, b in zip(new.duration_counts, old.duration_counts)]
             new.duration_sum = max(new.duration_sum, old.duration_sum)
