@@ -1,0 +1,236 @@
+"""Helpers for the engine tests: run tests/engine/serve.py, talk raw HTTP over sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httptools
+
+from util import REPO, stop_process, wait_until
+
+HERE = Path(__file__).resolve().parent
+SERVE = HERE / "serve.py"
+
+
+class EngineProc:
+    """tests/engine/serve.py in a subprocess: one engine on one socket."""
+
+    def __init__(self, app: str = "apps:app", settings: dict[str, Any] | None = None,
+                 unix: str | None = None, bind: str = "127.0.0.1:0", shutdown_timeout: float = 10.0,
+                 stats: bool = False, expect_ready: bool = True) -> None:
+        self.unix = unix
+        self._log = tempfile.NamedTemporaryFile(prefix="engine-", suffix=".log", delete=False)
+        self.stats_path = self._log.name + ".stats.json" if stats else None
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "daemon"), env.get("PYTHONPATH", "")])
+        env.pop("JOURNAL_STREAM", None)
+        cmd = [sys.executable, str(SERVE), "--app", app, "--shutdown-timeout", str(shutdown_timeout)]
+        if settings:
+            cmd += ["--settings", json.dumps(settings)]
+        if unix:
+            cmd += ["--unix", unix]
+        else:
+            cmd += ["--bind", bind]
+        if self.stats_path:
+            cmd += ["--stats-file", self.stats_path]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True)
+        self.port = 0
+        if expect_ready:
+            line = self._read_line(30.0)
+            if not line.startswith("READY"):
+                self.stop()
+                raise AssertionError(f"engine did not start: {line!r}\n{self.log_text()}")
+            where = line.split()[1]
+            if not unix:
+                self.port = int(where)
+
+    def _read_line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                return self.proc.stdout.readline().strip()
+            if self.proc.poll() is not None:
+                return self.proc.stdout.readline().strip()
+        return ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        if self.unix:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(self.unix)
+            return sock
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        return sock
+
+    def log_text(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")
+
+    def stats(self) -> dict[str, Any]:
+        assert self.stats_path, "start EngineProc(stats=True)"
+        return wait_until(lambda: json.loads(Path(self.stats_path).read_text()), 10, what="stats file")
+
+    def stop(self) -> int:
+        rc = stop_process(self.proc)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        return rc
+
+    def cleanup(self) -> None:
+        self.stop()
+        for p in (self._log.name, self.stats_path):
+            if p:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    complete: bool = False
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def header_names(self) -> list[str]:
+        return [k.lower() for k, _ in self.headers]
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.responses: list[Response] = []
+        self.current: Response | None = None
+        self.parser: Any = None
+
+    def on_message_begin(self) -> None:
+        self.current = Response(0)
+        self.responses.append(self.current)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.current is not None
+        self.current.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        assert self.current is not None
+        self.current.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        assert self.current is not None
+        self.current.body += body
+
+    def on_message_complete(self) -> None:
+        assert self.current is not None
+        self.current.complete = True
+
+
+def parse_responses(data: bytes, head: bool = False) -> list[Response]:
+    """Split raw bytes into responses (the last one may be incomplete).
+
+    With ``head=True`` every response is taken to have no body (answers to HEAD).
+    A close-delimited body (no Content-Length, no chunked) is collected but never
+    marked complete: the parser would need to see the EOF.
+    """
+    if head:
+        responses = []
+        for block in data.split(b"\r\n\r\n")[:-1]:
+            lines = block.decode("latin-1").split("\r\n")
+            resp = Response(int(lines[0].split()[1]), complete=True)
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                resp.headers.append((name, value.strip()))
+            responses.append(resp)
+        return responses
+    collector = _Collector()
+    parser = httptools.HttpResponseParser(collector)
+    collector.parser = parser
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError as exc:
+        raise AssertionError(f"unparseable response bytes: {exc}: {data[:300]!r}") from None
+    return collector.responses
+
+
+def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Read until the peer closes (or ``timeout``)."""
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def exchange(proc: EngineProc, data: bytes, timeout: float = 10.0, shut_wr: bool = False) -> bytes:
+    """Send ``data`` on a new connection and return everything until the server closes."""
+    with proc.connect() as sock:
+        sock.sendall(data)
+        if shut_wr:
+            sock.shutdown(socket.SHUT_WR)
+        return recv_all(sock, timeout)
+
+
+def read_responses(sock: socket.socket, count: int, timeout: float = 10.0, head: bool = False) -> list[Response]:
+    """Read until ``count`` complete responses arrived (keep-alive connections)."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        responses = parse_responses(data, head=head) if data else []
+        if len([r for r in responses if r.complete]) >= count:
+            return responses
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    raise AssertionError(f"expected {count} responses, got {data[:500]!r}")
+
+
+def peer_closed(sock: socket.socket, timeout: float = 10.0) -> bool:
+    """True once the server closed the connection (EOF or reset), reading and dropping data."""
+    deadline = time.monotonic() + timeout
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        if not chunk:
+            return True
+    return False
