@@ -42,117 +42,76 @@ def test_spooled_empty_body():
     assert SpooledBody(10).finish().read() == b""
 
 
-class Loop:
-    """Stands in for the event loop: records pause/resume decisions."""
+class Supplier:
+    """Stands in for the event loop: answers each request for more with the next queued item."""
 
-    def __init__(self):
-        self.resumes = 0
-        self.first_reads = 0
+    def __init__(self, items, then_eof=True):
+        self.items = list(items)
+        self.then_eof = then_eof
+        self.requests = 0
+        self.stream: StreamingInput | None = None
 
-    def resume(self):
-        self.resumes += 1
+    def request_more(self):
+        self.requests += 1
+        # The real loop answers later, from another thread; answering from a
+        # helper thread keeps that shape.
+        threading.Thread(target=self.answer).start()
 
-    def first_read(self):
-        self.first_reads += 1
+    def answer(self):
+        if self.items:
+            item = self.items.pop(0)
+            if isinstance(item, BaseException):
+                self.stream.feed_error(item)
+            else:
+                self.stream.feed(item)
+        elif self.then_eof:
+            self.stream.feed_eof()
 
 
-def feeder(stream: StreamingInput, chunks, then_eof=True):
-    def run():
-        for chunk in chunks:
-            stream.feed(chunk)
-        if then_eof:
-            stream.feed_eof()
-    t = threading.Thread(target=run)
-    t.start()
-    return t
+def stream_of(items, then_eof=True):
+    supplier = Supplier(items, then_eof)
+    supplier.stream = StreamingInput(supplier.request_more)
+    return supplier.stream, supplier
 
 
 def test_streaming_read_sizes_and_lines():
-    loop = Loop()
-    s = StreamingInput(high_water=1 << 20, resume=loop.resume, on_first_read=loop.first_read)
-    t = feeder(s, [b"ab", b"c\nde", b"f\n", b"gh", b"\nlast"])
+    s, sup = stream_of([b"ab", b"c\nde", b"f\n", b"gh", b"\nlast"])
     assert s.read(1) == b"a"
     assert s.readline() == b"bc\n"
     assert s.readline(2) == b"de"
     assert s.readline() == b"f\n"
     assert list(s) == [b"gh\n", b"last"]
     assert s.read() == b"" and s.read(5) == b"" and s.readline() == b""
-    t.join()
-    assert loop.first_reads <= 1
+    assert sup.requests == 6  # one request per chunk, one for EOF: never more than asked
 
 
 def test_streaming_read_all_and_readlines():
-    s = StreamingInput(high_water=1 << 20, resume=lambda: None)
-    t = feeder(s, [b"1\n", b"2\n", b"3"])
+    s, _ = stream_of([b"1\n", b"2\n", b"3"])
     assert s.readlines() == [b"1\n", b"2\n", b"3"]
-    t.join()
-    s = StreamingInput(high_water=1 << 20, resume=lambda: None)
-    t = feeder(s, [b"x" * 1000] * 10)
+    s, _ = stream_of([b"x" * 1000] * 10)
     assert s.read() == b"x" * 10000
-    t.join()
+    s, _ = stream_of([b"abc", b"def"])
+    assert s.read1(100) == b"abc"
 
 
-def test_streaming_first_read_callback_fires_when_read_blocks():
-    loop = Loop()
-    s = StreamingInput(high_water=1 << 20, resume=loop.resume, on_first_read=loop.first_read)
-    result = []
-    reader = threading.Thread(target=lambda: result.append(s.read(3)))
-    reader.start()
-    wait_until(lambda: loop.first_reads == 1, what="first-read callback (100 Continue)")
-    s.feed(b"abc")
-    reader.join(10)
-    assert result == [b"abc"]
-
-
-def test_streaming_flow_control_pauses_and_resumes():
-    loop = Loop()
-    s = StreamingInput(high_water=100, resume=loop.resume)
-    assert s.feed(b"x" * 50) is False
-    assert s.feed(b"x" * 60) is True  # above high water: the loop must pause reading
-    assert s.read(10) == b"x" * 10  # still above low water (25): no resume yet
-    assert loop.resumes == 0
-    s.read(80)
-    assert loop.resumes == 1  # below low water: reading resumes
-    assert s.feed(b"y" * 200) is True
-    assert s.read(150) == b"x" * 20 + b"y" * 130
-
-
-def test_streaming_reader_needing_more_than_high_water_resumes_the_loop():
-    loop = Loop()
-    s = StreamingInput(high_water=10, resume=loop.resume)
-    assert s.feed(b"a" * 12) is True
-    out = []
-    reader = threading.Thread(target=lambda: out.append(s.read(30)))
-    reader.start()
-    wait_until(lambda: loop.resumes >= 1, what="resume while the reader waits")
-    s.feed(b"b" * 12)
-    s.feed(b"c" * 12)
-    reader.join(10)
-    assert out == [b"a" * 12 + b"b" * 12 + b"c" * 6]
+def test_streaming_nothing_requested_until_read():
+    s, sup = stream_of([b"data"])
+    assert sup.requests == 0
+    assert s.read(0) == b"" and sup.requests == 0
+    assert s.read(4) == b"data" and sup.requests == 1
 
 
 def test_streaming_disconnect_raises_in_reader():
-    s = StreamingInput(high_water=100, resume=lambda: None)
-    s.feed(b"partial")
-    errors = []
-
-    def read_all():
-        try:
-            s.read()
-        except ClientDisconnected as exc:
-            errors.append(exc)
-
-    reader = threading.Thread(target=read_all)
-    reader.start()
-    s.feed_error(ClientDisconnected("client disconnected before the request body was complete"))
-    reader.join(10)
-    assert len(errors) == 1 and isinstance(errors[0], OSError)
+    s, _ = stream_of([b"partial", ClientDisconnected("client disconnected before the request body was complete")])
+    with pytest.raises(ClientDisconnected) as info:
+        s.read()
+    assert isinstance(info.value, OSError)
     with pytest.raises(ClientDisconnected):
         s.read(100)
 
 
 def test_streaming_error_after_eof_is_ignored():
-    s = StreamingInput(high_water=100, resume=lambda: None)
+    s, _ = stream_of([])
     s.feed(b"done")
     s.feed_eof()
     s.feed_error(ClientDisconnected("late"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from corral.engine.cycle import _F_DATE, _F_SERVER
 from corral.engine.wire import InvalidResponse
 from corral.engine.wsgi.head import encode_headers, encode_status
 
@@ -14,26 +15,29 @@ def test_status_encoded_and_memoised():
     assert encode_status("200 OK") is encode_status("200 OK")
 
 
-@pytest.mark.parametrize("status", ["200", "99 Low", "600 High", "abc OK", "200 OK\r\nX: y", b"200 OK", 200, "2000 x"])
+@pytest.mark.parametrize("status", ["200", "99 Low", "100 Continue", "600 High", "abc OK", "200 OK\r\nX: y", b"200 OK", 200, "2000 x"])
 def test_bad_status_rejected(status):
     with pytest.raises(InvalidResponse):
         encode_status(status)
 
 
 def test_headers_block_length_and_close():
-    block, length, close = encode_headers([("Content-Type", "text/plain"), ("Content-Length", "13")])
-    assert block == b"Content-Type: text/plain\r\nContent-Length: 13\r\n"
-    assert (length, close) == (13, False)
+    block, length, close, flags = encode_headers([("Content-Type", "text/plain"), ("Content-Length", "13")])
+    assert block == b"Content-Type: text/plain\r\nContent-Length: 13"
+    assert (length, close, flags) == (13, False, 0)
+    assert encode_headers([]) == (b"", None, False, 0)
+    # the app's own Date/Server replace the engine's
+    assert encode_headers([("Date", "x"), ("Server", "y")])[3] == _F_DATE | _F_SERVER
     # hop-by-hop fields are the server's: dropped, but "close" is honoured
-    block, length, close = encode_headers([("Connection", "Close"), ("Transfer-Encoding", "chunked"),
-                                           ("Keep-Alive", "timeout=5"), ("X-A", "1")])
-    assert (block, length, close) == (b"X-A: 1\r\n", None, True)
+    block, length, close, _ = encode_headers([("Connection", "Close"), ("Transfer-Encoding", "chunked"),
+                                              ("Keep-Alive", "timeout=5"), ("X-A", "1")])
+    assert (block, length, close) == (b"X-A: 1", None, True)
     # identical duplicate Content-Length is folded into one
-    assert encode_headers([("Content-Length", "5"), ("content-length", "5")])[0] == b"Content-Length: 5\r\n"
+    assert encode_headers([("Content-Length", "5"), ("content-length", "5")])[0] == b"Content-Length: 5"
     # latin-1 values go out as the bytes they stand for
-    assert encode_headers([("X-Name", "caf\xe9")])[0] == b"X-Name: caf\xe9\r\n"
+    assert encode_headers([("X-Name", "caf\xe9")])[0] == b"X-Name: caf\xe9"
     # a two-item list is accepted, as gunicorn does
-    assert encode_headers([["X-L", "v"]])[0] == b"X-L: v\r\n"
+    assert encode_headers([["X-L", "v"]])[0] == b"X-L: v"
 
 
 @pytest.mark.parametrize("headers", [

@@ -34,6 +34,9 @@ class EngineContext:
         self.monotonic = time.monotonic
         self.stats = EngineStats(self._live_cycles)
         self.on_connection_closed: Callable[[], None] | None = None
+        # Set by the Server: an interface calls set_saturated(True) when it cannot
+        # run more requests (WSGI pool busy) and False when it can again.
+        self.set_saturated: Callable[[bool], None] = lambda busy: None
 
         s = settings
         self.max_request_line = s.max_request_line

@@ -64,6 +64,7 @@ class Server:
         self._reading: set[int] = set()
         self._paused_by_caller = False
         self._paused_by_capacity = False
+        self._paused_by_interface = False  # WSGI: every pool thread is busy
         self._backoff: asyncio.TimerHandle | None = None
         self._pending = 0  # accepted sockets whose transports are being set up
         self._ticker: asyncio.TimerHandle | None = None
@@ -99,6 +100,7 @@ class Server:
             self._ctx = EngineContext(loop, self.app, self.settings, self._adapter.cycle_class,
                                       self._adapter.state)
             self._ctx.on_connection_closed = self._on_connection_closed
+            self._ctx.set_saturated = self._set_saturated
         return self._ctx
 
     async def serve(self, socks: list[socket.socket]) -> None:
@@ -185,7 +187,7 @@ class Server:
 
     def _update_accepting(self) -> None:
         want = self._serving and not self._paused_by_caller and not self._paused_by_capacity \
-            and self._backoff is None
+            and not self._paused_by_interface and self._backoff is None
         if want:
             self._start_reading()
         else:
@@ -252,6 +254,11 @@ class Server:
             conn.close()
         finally:
             self._pending -= 1
+
+    def _set_saturated(self, busy: bool) -> None:
+        """The interface cannot run more requests now (WSGI pool full): stop accepting until it can."""
+        self._paused_by_interface = busy
+        self._update_accepting()
 
     def _end_backoff(self) -> None:
         self._backoff = None

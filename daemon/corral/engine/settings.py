@@ -37,6 +37,8 @@ class EngineSettings:
     # --- application interface ----------------------------------------------
     lifespan: str = "auto"  # ASGI lifespan protocol: "auto" (use if supported), "on" (required), "off"
     root_path: str = ""  # ASGI root_path: the URL prefix the app is mounted under behind a proxy
+    threads: int = 0  # WSGI: 0 = run the app inline on the event loop; N = a pool of N threads per worker
+    wsgi_spool_threshold: int = 1048576  # WSGI inline mode: request bodies above this many bytes are spooled to a temp file
 
     # --- response headers ---------------------------------------------------
     server_header: str | None = "corral"  # value of the Server response header; None = no header
@@ -71,6 +73,12 @@ class EngineSettings:
                                                  or self.request_timeout <= 0):
             raise ValueError(f"request_timeout must be a number of seconds > 0 or null (off), "
                              f"got {self.request_timeout!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 0 <= self.threads <= 1024:
+            raise ValueError(f"threads must be 0 (WSGI app inline on the event loop) or a thread count "
+                             f"from 1 to 1024, got {self.threads!r}")
+        if isinstance(self.wsgi_spool_threshold, bool) or not isinstance(self.wsgi_spool_threshold, int) \
+                or self.wsgi_spool_threshold < 0:
+            raise ValueError(f"wsgi_spool_threshold must be a number of bytes >= 0, got {self.wsgi_spool_threshold!r}")
         if self.lifespan not in LIFESPAN_MODES:
             raise ValueError(f"lifespan must be one of {', '.join(LIFESPAN_MODES)}, got {self.lifespan!r}")
         if self.access_log_format not in ACCESS_LOG_FORMATS:

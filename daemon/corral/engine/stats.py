@@ -34,12 +34,14 @@ class EngineStats:
       duration_counts       per-bucket (not cumulative) counts of finished requests,
                             len(DURATION_BUCKETS) + 1 entries, the last one is +Inf
       duration_sum          total seconds of finished requests
+      wants_recycle         None, or why this worker asks to be replaced gracefully (a WSGI
+                            request stuck past request_timeout cannot be cancelled)
     Read-time properties: ``in_flight`` and ``oldest_in_flight`` (time.monotonic()
     start of the oldest request still being answered, or None).
     """
 
     __slots__ = ("requests_total", "responses", "connections_accepted", "connections_open",
-                 "duration_counts", "duration_sum", "_live")
+                 "duration_counts", "duration_sum", "wants_recycle", "_live")
 
     def __init__(self, live: Callable[[], Iterable["Cycle"]] | None = None) -> None:
         self.requests_total = 0
@@ -48,6 +50,7 @@ class EngineStats:
         self.connections_open = 0
         self.duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
+        self.wants_recycle: str | None = None
         self._live = live
 
     def observe(self, status: int, duration: float) -> None:
@@ -87,4 +90,5 @@ class EngineStats:
             "duration_buckets": list(DURATION_BUCKETS),
             "duration_counts": list(self.duration_counts),
             "duration_sum": self.duration_sum,
+            "wants_recycle": self.wants_recycle,
         }

@@ -9,10 +9,9 @@ Two shapes, one per execution mode:
   RAM. The app then reads a plain ``BytesIO`` or file.
 
 * :class:`StreamingInput` (thread-pool mode). The app runs in a worker thread and
-  reads the body while it arrives. The event loop feeds chunks in; when more
-  than ``high_water`` bytes wait unread, the loop stops reading the socket
-  until the app has consumed them (``pause``/``resume`` callbacks), so memory
-  per request stays bounded whatever the client sends.
+  reads the body while it arrives, pulling it from the connection's bounded
+  buffer; the connection stops reading the socket while that buffer is full,
+  so memory per request stays bounded whatever the client sends.
 """
 
 from __future__ import annotations
@@ -22,9 +21,9 @@ import tempfile
 import threading
 from typing import BinaryIO, Callable, Iterator
 
+from corral.engine.cycle import ClientDisconnected  # an OSError: raised by reads once the client is gone
 
-class ClientDisconnected(ConnectionResetError):
-    """The client went away (or timed out) before sending the whole request body."""
+__all__ = ["ClientDisconnected", "SpooledBody", "StreamingInput"]
 
 
 class SpooledBody:
@@ -78,48 +77,38 @@ class SpooledBody:
 
 
 class StreamingInput:
-    """A thread-safe, bounded, blocking body stream: the loop feeds it, the app thread reads it.
+    """A thread-safe blocking body stream: the app thread reads, the event loop supplies.
 
-    Loop side (event-loop thread only): :meth:`feed`, :meth:`feed_eof`,
-    :meth:`feed_error`. ``feed`` returns True when the buffer is above
-    ``high_water`` and the caller should pause reading the socket; the stream
-    then calls ``resume`` (from the app thread) once the app wants more.
-
-    ``on_first_read`` is called once, from the app thread, before the first
-    read blocks: the protocol sends ``100 Continue`` then, if the client asked.
+    Pull model, so memory stays bounded without any extra flow-control state:
+    when a read needs more than is buffered, the stream calls ``request_more``
+    once (from the app thread; it must hand the request to the loop, e.g. via
+    ``call_soon_threadsafe``) and waits. The loop answers with exactly one of
+    :meth:`feed` (whatever body bytes the connection has buffered, at most its
+    body buffer), :meth:`feed_eof` or :meth:`feed_error`. The connection stops
+    reading from the client while its own buffer is full, so at most about two
+    buffers of body are in memory per request, whatever the client sends.
     """
 
-    def __init__(
-        self,
-        high_water: int,
-        resume: Callable[[], None],
-        on_first_read: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, request_more: Callable[[], None]) -> None:
         self._buf = bytearray()
         self._eof = False
         self._error: BaseException | None = None
-        self._paused = False
-        self._high = high_water
-        self._low = high_water // 4
-        self._resume = resume
-        self._on_first_read = on_first_read
+        self._requested = False
+        self._request_more = request_more
         self._cond = threading.Condition(threading.Lock())
 
     # -- loop side ---------------------------------------------------------
 
-    def feed(self, data: bytes) -> bool:
-        """Append body bytes; True means "pause reading until resume() is called"."""
+    def feed(self, data: bytes) -> None:
         with self._cond:
             self._buf += data
+            self._requested = False
             self._cond.notify()
-            if len(self._buf) >= self._high:
-                self._paused = True
-                return True
-            return False
 
     def feed_eof(self) -> None:
         with self._cond:
             self._eof = True
+            self._requested = False
             self._cond.notify()
 
     def feed_error(self, exc: BaseException) -> None:
@@ -127,33 +116,25 @@ class StreamingInput:
         with self._cond:
             if not self._eof:
                 self._error = exc
+            self._requested = False
             self._cond.notify()
 
     # -- app side ----------------------------------------------------------
 
     def _wait(self) -> None:
-        """Block until more data, EOF or an error arrives. Called with the lock held."""
+        """Block until the loop answers a request for more. Called with the lock held."""
         if self._error is not None:
             raise self._error
-        if self._on_first_read is not None:
-            callback, self._on_first_read = self._on_first_read, None
-            callback()
-        if self._paused:
-            # The app needs more than is buffered: let the loop read again.
-            self._paused = False
-            self._resume()
+        if not self._requested:
+            self._requested = True
+            self._request_more()
         self._cond.wait()
-        if self._error is not None and not self._buf:
-            raise self._error
 
     def _take(self, n: int) -> bytes:
         """Remove and return the first ``n`` buffered bytes. Called with the lock held."""
         buf = self._buf
         data = bytes(buf[:n])
         del buf[:n]  # O(1) for a bytearray prefix: CPython moves its start offset
-        if self._paused and len(buf) < self._low:
-            self._paused = False
-            self._resume()
         return data
 
     def read(self, size: int | None = -1) -> bytes:
@@ -218,4 +199,4 @@ class StreamingInput:
         return True
 
     def close(self) -> None:
-        """Apps may close wsgi.input; unread data is discarded by the protocol, not here."""
+        """Apps may close wsgi.input; unread body bytes are discarded by the connection, not here."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from corral.engine.cycle import _F_DATE, _F_SERVER  # the base cycle's "app sent Date/Server" flags
 from corral.engine.wire import STATUS_LINES, InvalidResponse
 
 _CACHE_LIMIT = 4096
@@ -40,9 +41,10 @@ def encode_status(status: object) -> tuple[int, bytes]:
     if type(status) is not str:
         raise InvalidResponse(f"WSGI status must be a str such as '200 OK', not {type(status).__name__}")
     code_text, sep, reason = status.partition(" ")
-    if len(code_text) != 3 or not code_text.isdigit() or not sep or not "100" <= code_text <= "599":
-        raise InvalidResponse(f"WSGI status {status!r} must be a 3-digit code from 100 to 599, "
-                              "a space and a reason phrase, e.g. '200 OK'")
+    if len(code_text) != 3 or not code_text.isdigit() or not sep or not "200" <= code_text <= "599":
+        raise InvalidResponse(f"WSGI status {status!r} must be a 3-digit code from 200 to 599 "
+                              "(1xx interim responses are the server's job), a space and a reason "
+                              "phrase, e.g. '200 OK'")
     if "\r" in reason or "\n" in reason or _CTL.search(reason):
         raise InvalidResponse(f"WSGI status {status!r} contains a control character")
     code = int(code_text)
@@ -82,17 +84,21 @@ def _explain_bad_value(headers: list[tuple[str, str]]) -> InvalidResponse:
     return InvalidResponse("invalid WSGI response headers")
 
 
+Head = tuple[bytes, "int | None", bool, int]
+
 # tuple(response_headers) -> encode_headers() result. Many responses repeat a
 # header list exactly (same type, same length); those skip all the work below.
-_HEADERS: dict[tuple, tuple[bytes, int | None, bool]] = {}
+_HEADERS: dict[tuple, Head] = {}
 _HEADERS_LIMIT = 1024
 
 
-def encode_headers(headers: object) -> tuple[bytes, int | None, bool]:
-    """Validate the app's headers; return (header block, Content-Length or None, app asked to close).
+def encode_headers(headers: object) -> Head:
+    """Validate the app's headers; return (block, Content-Length or None, app asked to close, flags).
 
-    The block is ``name: value\\r\\n`` lines as the app spelled them, minus
-    hop-by-hop fields. Hot path: memoised on the whole header list.
+    The block is the ``name: value`` lines as the app spelled them, joined by
+    CRLF (no trailing CRLF), minus hop-by-hop fields; ``flags`` tells the base
+    cycle whether the app sent its own Date/Server. Hot path: memoised on the
+    whole header list.
     """
     if type(headers) is not list:
         raise InvalidResponse(f"WSGI response_headers must be a list of (name, value) tuples, "
@@ -112,11 +118,12 @@ def encode_headers(headers: object) -> tuple[bytes, int | None, bool]:
     return result
 
 
-def _encode_headers(headers: list) -> tuple[bytes, int | None, bool]:
+def _encode_headers(headers: list) -> Head:
     names = _NAMES
     parts = []
     content_length: int | None = None
     close = False
+    flags = 0
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
             # PEP 3333 says tuples; a two-item list is accepted as gunicorn does.
@@ -142,12 +149,16 @@ def _encode_headers(headers: list) -> tuple[bytes, int | None, bool]:
                     raise InvalidResponse("WSGI response has two different Content-Length headers")
                 continue
             content_length = int(length)
-        parts.append(f"{name}: {value}\r\n")
-    block = "".join(parts)
-    n = len(parts)
-    if block.count("\n") != n or block.count("\r") != n or _CTL.search(block):
+        elif lower == "date":
+            flags |= _F_DATE
+        elif lower == "server":
+            flags |= _F_SERVER
+        parts.append(f"{name}: {value}")
+    block = "\r\n".join(parts)
+    separators = max(0, len(parts) - 1)
+    if block.count("\n") != separators or block.count("\r") != separators or _CTL.search(block):
         raise _explain_bad_value(headers)
     try:
-        return block.encode("latin-1"), content_length, close
+        return block.encode("latin-1"), content_length, close, flags
     except UnicodeEncodeError:
         raise _explain_bad_value(headers) from None

@@ -20,11 +20,11 @@ import sys
 import threading
 import time
 import traceback
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 log = logging.getLogger("corral.engine.wsgi")
 
-Job = Callable[[], None]
+Job = Callable[[Any], None]
 
 
 class ThreadPool:
@@ -38,25 +38,25 @@ class ThreadPool:
         if threads < 1:
             raise ValueError(f"threads: {threads} is not a pool size; use 0 for inline mode or N >= 1")
         self.size = threads
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Job, Any] | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(threads)
         ]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, job: Job) -> None:
-        """Queue ``job``; one of the threads runs it. Jobs handle their own errors."""
-        self._queue.put(job)
+    def submit(self, job: Job, arg: Any) -> None:
+        """Queue ``job(arg)``; one of the threads runs it. Jobs handle their own errors. Hot path."""
+        self._queue.put((job, arg))
 
     def _run(self) -> None:
         get = self._queue.get
         while True:
-            job = get()
-            if job is None:
+            item = get()
+            if item is None:
                 return
             try:
-                job()
+                item[0](item[1])
             except BaseException:  # a job escaping its own handler is a corral bug: keep the thread
                 log.exception("internal error in a WSGI worker thread")
 
@@ -73,51 +73,43 @@ class ThreadPool:
 class DeadlineWatch:
     """Reports requests that run longer than ``timeout`` seconds, once each.
 
-    Runners call :meth:`begin` / :meth:`end` around the app call (from the
-    thread that runs it: a dict store, cheap enough for the hot path).
-    ``on_stuck(label, elapsed, stack)`` runs on the watch thread.
+    ``sample()`` returns the requests running now as ``(key, thread ident,
+    monotonic start, request object)``; it is called from the watch thread,
+    so it must only read. ``on_stuck(request, elapsed, stack)`` runs on the
+    watch thread too, with the formatted stack of the thread running it.
     """
 
-    def __init__(self, timeout: float, on_stuck: Callable[[str, float, str], None]) -> None:
+    def __init__(self, timeout: float, sample: Callable[[], Iterable[tuple[Any, int, float, Any]]],
+                 on_stuck: Callable[[Any, float, str], None]) -> None:
         self.timeout = timeout
+        self._sample = sample
         self._on_stuck = on_stuck
-        self._active: dict[int, tuple[float, str]] = {}
-        self._reported: set[tuple[int, float]] = set()
+        self._reported: set[Any] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="corral-wsgi-deadline", daemon=True)
         self._thread.start()
 
-    def begin(self, label: str) -> None:
-        self._active[threading.get_ident()] = (time.monotonic(), label)
-
-    def end(self) -> None:
-        self._active.pop(threading.get_ident(), None)
-
     def _run(self) -> None:
         interval = min(1.0, max(0.05, self.timeout / 4))
         while not self._stop.wait(interval):
-            self.check()
+            try:
+                self.check()
+            except Exception:
+                log.exception("internal error while checking WSGI request deadlines")
 
     def check(self) -> None:
         """Report every request now past its deadline that was not reported yet."""
         now = time.monotonic()
-        # list() of a dict view runs in C under the GIL: a consistent snapshot
-        # even while request threads add and remove entries.
-        snapshot = list(self._active.items())
-        for ident, (started, label) in snapshot:
-            key = (ident, started)
-            if now - started <= self.timeout or key in self._reported:
+        live = set()
+        for key, ident, started, request in list(self._sample()):
+            live.add(key)
+            if not started or now - started <= self.timeout or key in self._reported:
                 continue
             self._reported.add(key)
             frame = sys._current_frames().get(ident)
             stack = "".join(traceback.format_stack(frame)) if frame is not None else "(thread finished)\n"
-            try:
-                self._on_stuck(label, now - started, stack)
-            except Exception:
-                log.exception("internal error while reporting a stuck WSGI request")
-        # Forget reports about requests that have finished.
-        live = {(i, s) for i, (s, _) in snapshot}
-        self._reported &= live
+            self._on_stuck(request, now - started, stack)
+        self._reported &= live  # forget requests that have finished
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,0 +1,631 @@
+"""The WSGI request cycle: runs ``app(environ, start_response)`` for one request.
+
+Built on the engine's :class:`~corral.engine.cycle.Cycle` (framing, flow
+control, error responses; see ``corral.engine.protocol`` for that contract).
+Two execution modes, one subclass each:
+
+* :class:`InlineCycle` (``threads: 0``) calls the app on the event loop. The
+  request body is received (and spooled past a threshold) before the call, the
+  response iterable is pumped while the client keeps up, and the pump pauses
+  on the connection's drain future when it does not. The hello-world path
+  (a body-less request, a one-item list back) is the hot path.
+* :class:`ThreadedCycle` (``threads: N``) calls the app on the interface's
+  thread pool. The app reads ``wsgi.input`` while the body arrives
+  (:class:`~corral.engine.wsgi.body.StreamingInput`) and its response bytes
+  are handed to the loop with ``call_soon_threadsafe``; at most
+  ``write_buffer_size`` bytes wait between thread and socket, so a slow client
+  makes the app thread wait, not memory grow.
+
+WSGI rules kept here: nothing is sent before the first non-empty body chunk
+(so ``start_response(..., exc_info)`` can still replace the head); the
+iterable's ``close()`` is called exactly once in every outcome, disconnects
+included, and on the thread that ran the app; ``wsgi.file_wrapper`` results
+for regular files go out with ``os.sendfile``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+from corral.engine.cycle import ClientDisconnected, Cycle
+from corral.engine.wire import InvalidResponse
+from corral.engine.wsgi.body import SpooledBody, StreamingInput
+from corral.engine.wsgi.environ import build_environ
+from corral.engine.wsgi.filewrapper import FileWrapper
+from corral.engine.wsgi.head import encode_headers, encode_status
+from corral.engine.wsgi.sendfile import SendfileJob
+
+if TYPE_CHECKING:
+    from corral.engine.wsgi.interface import WSGIInterface
+
+log = logging.getLogger("corral.engine.wsgi")
+
+BytesIO = io.BytesIO
+_get_ident = threading.get_ident
+
+
+def close_iterable(result: Any, cycle: "WSGICycle") -> None:
+    """Call the response iterable's ``close()``, if it has one, logging what it raises."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.exception("error in close() of the WSGI response iterable (%s)", cycle.request_line())
+
+
+def thread_stack(ident: int | None) -> str:
+    """The formatted stack of thread ``ident`` right now."""
+    frame = sys._current_frames().get(ident) if ident is not None else None
+    if frame is None:
+        return "(the thread has finished)\n"
+    return "".join(traceback.format_stack(frame))
+
+
+class WSGICycle(Cycle):
+    """What both execution modes share: environ, start_response, committing the head, errors."""
+
+    __slots__ = ("_head", "_sent", "_result", "_sendfile", "_ident", "_timed_out", "_body")
+
+    iface: "WSGIInterface"  # set on the per-interface subclass (a class attribute, not a slot)
+
+    def __init__(self, conn: Any, scope: dict[str, Any], keep_alive: bool,
+                 expect_continue: bool, body_expected: bool) -> None:
+        Cycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
+        self._head: tuple[int, bytes, int | None, bool, int] | None = None  # set by start_response
+        self._sent = False  # the head was handed over for writing (exc_info may no longer replace it)
+        self._result: Any = None  # the app's response iterable, until closed
+        self._sendfile: SendfileJob | None = None
+        self._ident: int | None = None  # thread running the app (for stack dumps)
+        self._timed_out = False
+        self._body: SpooledBody | None = None
+
+    def request_line(self) -> str:
+        scope = self.scope
+        return f"{scope['method']} {scope['path']}"
+
+    # ------------------------------------------------------------------ environ
+
+    def make_environ(self, wsgi_input: Any) -> dict[str, Any]:
+        """The environ for this request (hot path; safe to call from the app thread)."""
+        scope = self.scope
+        iface = self.iface
+        key = (scope["client"], scope["server"], scope["scheme"])
+        base = iface.bases.get(key)
+        if base is None:
+            base = iface.make_base(key)
+        return build_environ(base, scope["method"], scope["raw_path"], scope["query_string"],
+                             scope["http_version"], scope["headers"], wsgi_input)
+
+    # ------------------------------------------------------------------ start_response
+
+    def wsgi_start_response(self, status: str, headers: list[tuple[str, str]],
+                            exc_info: Any = None) -> Callable[[bytes], None]:
+        """The ``start_response`` callable given to the app (PEP 3333 rules on ``exc_info``)."""
+        if exc_info is not None:
+            try:
+                if self._sent:
+                    # Too late to change the head: re-raise so the app's error propagates.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # no reference cycle through the traceback
+        elif self._head is not None:
+            raise AssertionError("start_response() called a second time without exc_info; "
+                                 "only an error handler passing exc_info may replace the response head")
+        code, _line = encode_status(status)
+        head = encode_headers(headers)
+        if code == 204 and head[1] is not None:
+            # RFC 9110 8.6: never a Content-Length on a 204.
+            head = encode_headers([h for h in headers if str(h[0]).lower() != "content-length"])
+        self._head = (code, head[0], head[1], head[2], head[3])
+        return self.write_callable()
+
+    def write_callable(self) -> Callable[[bytes], None]:
+        raise NotImplementedError
+
+    def commit_head(self, head: tuple[int, bytes, int | None, bool, int] | None) -> None:
+        """Hand the head recorded by start_response to the base cycle (loop thread; hot path)."""
+        if head is None:
+            raise InvalidResponse(f"the WSGI app produced a body without calling start_response() "
+                                  f"({self.request_line()})")
+        code, block, length, close, flags = head
+        # The base cycle's own start_response() validates bytes pairs; WSGI headers
+        # were validated and encoded by encode_headers, so its fields are set directly.
+        self.status = code
+        self._lines = [block] if block else []
+        self._length = length
+        self._flags = flags
+        if close:
+            self.keep_alive = False
+        self.response_started = True
+
+    # ------------------------------------------------------------------ outcomes (loop thread)
+
+    def app_failed(self, exc: BaseException) -> None:
+        """The app (or its iterable) raised: 500 if nothing was sent, else close the connection."""
+        if self.response_complete and isinstance(exc, InvalidResponse):
+            pass  # a framing error the base cycle already logged and acted on
+        elif isinstance(exc, ClientDisconnected) and self.disconnected:
+            log.debug("client went away during %s", self.request_line())
+        elif self._timed_out:
+            log.info("WSGI request %s ended with %r after its request_timeout", self.request_line(), exc)
+        else:
+            log.error("Exception in WSGI application (%s)", self.request_line(), exc_info=exc)
+        self.abort_response(500, "Internal Server Error")
+
+    def timed_out(self, elapsed: float, stack: str) -> None:
+        """``request_timeout`` passed: a WSGI call cannot be cancelled, so report it and ask for a recycle."""
+        log.error("WSGI request %s has run for %.1fs, past request_timeout (%ss); a WSGI call cannot be "
+                  "cancelled, so this worker asks to be recycled gracefully. Stack of the thread running "
+                  "it:\n%s", self.request_line(), elapsed, self.ctx.request_timeout, stack.rstrip("\n"))
+        self.iface.request_recycle(self.ctx, f"WSGI request {self.request_line()} stuck past request_timeout")
+
+    # ------------------------------------------------------------------ file responses (loop thread)
+
+    def serve_file(self, head: Any, span: tuple[int, int, int], done: Callable[[BaseException | None], None]) -> bool:
+        """Send a ``wsgi.file_wrapper`` file with ``os.sendfile``; ``done(error)`` follows.
+
+        Returns False (nothing done, head not sent) when the file must instead
+        be iterated: the connection has unsent bytes queued, so writing to the
+        socket directly could reorder them.
+        """
+        if head is None:
+            raise InvalidResponse(f"the WSGI app returned a file without calling start_response() "
+                                  f"({self.request_line()})")
+        transport = self.conn.transport
+        if transport is None or transport.get_write_buffer_size():
+            return False
+        fd, offset, size = span
+        code, block, length, close, flags = head
+        if length is None and code not in (204, 304):
+            length = size
+            block = block + (b"\r\n" if block else b"") + b"Content-Length: %d" % size
+        count = size if length is None else min(length, size)
+        self.commit_head((code, block, length, close, flags))
+        self._sent = True
+        if self.is_head or code in (204, 304) or count == 0:
+            self.write_body(b"", False)  # head only (or an empty file); raises if short of Content-Length
+            done(None)
+            return True
+        self.write_body(b"", True)  # the head alone: the body goes around the transport
+
+        def finished(sent: int, error: BaseException | None) -> None:
+            self._sendfile = None
+            # Account for the bytes the base cycle did not write itself.
+            self._remaining -= sent
+            self.bytes_sent += sent
+            if error is not None:
+                if not self.disconnected:
+                    log.warning("file download %s stopped after %d bytes: %s", self.request_line(), sent, error)
+                self.abort_response()  # closes the connection: the body is incomplete
+                done(None)
+                return
+            try:
+                self.write_body(b"", False)
+            except InvalidResponse as exc:  # the file was shorter than the app's Content-Length
+                done(exc)
+                return
+            done(None)
+
+        job = SendfileJob(self.ctx.loop, transport.get_extra_info("socket"), fd, offset, count,
+                          self.ctx.write_timeout, self._is_gone, finished)
+        self._sendfile = job
+        job.step()
+        return True
+
+    def _is_gone(self) -> bool:
+        return self.disconnected or self.response_complete
+
+    def on_drain(self) -> None:
+        job = self._sendfile
+        if job is not None and self.disconnected:
+            job.cancel()
+
+
+class InlineCycle(WSGICycle):
+    """``threads: 0``: the app runs on the event loop (no thread hops; CPU-bound apps, fastest hello-world)."""
+
+    __slots__ = ("_iter", "_scheduled")
+
+    def __init__(self, conn: Any, scope: dict[str, Any], keep_alive: bool,
+                 expect_continue: bool, body_expected: bool) -> None:
+        WSGICycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
+        self._iter: Any = None
+        self._scheduled = False  # the body is complete and the app call is queued
+
+    def write_callable(self) -> Callable[[bytes], None]:
+        return self._write_legacy
+
+    def run(self) -> None:
+        # Hot path.
+        self.start = self.ctx.monotonic()
+        if self.body_complete:
+            self.call_app(BytesIO(self.take_body()))
+            return
+        # The app cannot wait for the client on the loop: receive the whole body
+        # first, in memory up to the spool threshold, then in a temporary file.
+        self._body = SpooledBody(self.iface.spool_threshold)
+        self.want_body()
+        self._collect()
+
+    def on_body_event(self) -> None:
+        if self._body is not None and not self._scheduled:
+            self._collect()
+
+    def _collect(self) -> None:
+        body = self._body
+        if body is None or self.response_complete:
+            return
+        data = self.take_body()
+        if data:
+            body.feed(data)
+        if self.disconnected:
+            self._body = None
+            body.close()
+            self.abort_response()
+        elif self.body_complete:
+            self.body_wait_over()
+            self._scheduled = True
+            # Not from inside the parser's callback: the app may take a while.
+            self.ctx.loop.call_soon(self._call_with_body, body)
+
+    def _call_with_body(self, body: SpooledBody) -> None:
+        if self.disconnected or self.response_complete:
+            self._body = None
+            body.close()
+            self.abort_response()
+            return
+        self.call_app(body.finish())
+
+    def call_app(self, wsgi_input: Any) -> None:
+        """Run the app and send what it returns (hot path)."""
+        iface = self.iface
+        environ = self.make_environ(wsgi_input)
+        iface.inline_current = self
+        try:
+            result = iface.app(environ, self.wsgi_start_response)
+        except Exception as exc:
+            iface.inline_current = None
+            self.app_failed(exc)
+            self._done()
+            return
+        if type(result) is list and len(result) == 1:
+            # Hot path: the whole body in one piece, one write with the head.
+            iface.inline_current = None
+            try:
+                self._write(result[0], False)
+            except Exception as exc:
+                self.app_failed(exc)
+            self._done()
+            return
+        self._result = result
+        try:
+            if type(result) is FileWrapper and not self.is_head:
+                span = result.sendfile_span()
+                if span is not None and self.serve_file(self._head, span, self._file_done):
+                    iface.inline_current = None
+                    return
+            self._iter = iter(result)
+        except Exception as exc:
+            iface.inline_current = None
+            self.app_failed(exc)
+            self._done()
+            return
+        self._pump()
+
+    def _file_done(self, error: BaseException | None) -> None:
+        self._done()
+
+    def _write(self, chunk: bytes, more: bool) -> None:
+        if not self._sent:
+            self.commit_head(self._head)
+            self._sent = True
+        self.write_body(chunk, more)
+
+    def _write_legacy(self, data: bytes) -> None:
+        """The ``write()`` callable. On the loop it cannot wait for a slow client: the transport buffers."""
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        self._write(data, True)
+
+    def _pump(self) -> None:
+        """Send chunks while the client keeps up; continue from the drain future when it does not."""
+        it = self._iter
+        iface = self.iface
+        iface.inline_current = self
+        try:
+            for chunk in it:
+                if not chunk and not self._sent:
+                    continue  # PEP 3333: no head before the first non-empty chunk
+                self._write(chunk, True)
+                if self.response_complete:
+                    break
+                if self.is_head:
+                    self.write_body(b"", False)  # HEAD: the rest would be dropped anyway
+                    break
+                if self.conn._write_paused:
+                    waiter = self.drain()
+                    if waiter is not None:
+                        waiter.add_done_callback(self._resume)
+                        return
+            else:
+                self._write(b"", False)
+        except Exception as exc:
+            self.app_failed(exc)
+        finally:
+            iface.inline_current = None
+        self._done()
+
+    def _resume(self, waiter: Any) -> None:
+        if waiter.cancelled() or waiter.exception() is not None or self.response_complete:
+            self.abort_response()  # the client went away (or the request timed out)
+            self._done()
+            return
+        self._pump()
+
+    def _done(self) -> None:
+        """Close the iterable and the spooled body; every path through the cycle ends here."""
+        self._iter = None
+        result = self._result
+        if result is not None:
+            self._result = None
+            close_iterable(result, self)
+        body = self._body
+        if body is not None:
+            self._body = None
+            body.close()
+
+    def on_request_timeout(self) -> None:
+        # Only reached while the loop is free: the response waits for a slow
+        # client (a blocked loop is reported by the interface's deadline watch).
+        if self._timed_out:
+            return
+        self._timed_out = True
+        log.warning("WSGI request %s exceeded request_timeout (%ss) while sending its response; closing it",
+                    self.request_line(), self.ctx.request_timeout)
+        self.abort_response(504, "Gateway Timeout: the request took longer than request_timeout")
+        job = self._sendfile
+        if job is not None:
+            job.cancel()
+        elif self._iter is not None:
+            self._done()
+
+
+class ThreadedCycle(WSGICycle):
+    """``threads: N``: the app runs on the pool; the loop only parses, frames and writes."""
+
+    __slots__ = ("_stream", "_pulling", "_cond", "_unacked", "_error", "_file_event")
+
+    def __init__(self, conn: Any, scope: dict[str, Any], keep_alive: bool,
+                 expect_continue: bool, body_expected: bool) -> None:
+        WSGICycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
+        self._stream: StreamingInput | None = None
+        self._pulling = False
+        self._cond: threading.Condition | None = None
+        self._unacked = 0
+        self._error: BaseException | None = None
+        self._file_event: threading.Event | None = None
+
+    def write_callable(self) -> Callable[[bytes], None]:
+        return self._write_legacy
+
+    def run(self) -> None:
+        # Hot path.
+        self.start = self.ctx.monotonic()
+        if self.body_complete:
+            wsgi_input: Any = BytesIO(self.take_body())
+        else:
+            self._stream = wsgi_input = StreamingInput(self._request_more)
+        self.iface.submit(self, wsgi_input)
+
+    # ------------------------------------------------------------------ request body (loop side)
+
+    def _request_more(self) -> None:
+        """From the app thread: the app wants body bytes that are not here yet."""
+        self.iface.call_soon_threadsafe(self._pull)
+
+    def _pull(self) -> None:
+        stream = self._stream
+        if stream is None:
+            return
+        data = self.take_body()
+        if data:
+            stream.feed(data)
+        elif self.body_complete:
+            stream.feed_eof()
+        elif self.disconnected or self.response_complete:
+            stream.feed_error(ClientDisconnected(
+                f"the client disconnected (or the request was aborted) before the request body of "
+                f"{self.request_line()} was complete"))
+        elif not self._pulling:
+            self._pulling = True
+            self.want_body()
+
+    def on_body_event(self) -> None:
+        if self._pulling:
+            self._pulling = False
+            self.body_wait_over()
+            self._pull()
+
+    # ------------------------------------------------------------------ the app thread
+
+    def thread_main(self, wsgi_input: Any) -> None:
+        """Runs on a pool thread: the whole WSGI call, from environ to close()."""
+        iface = self.iface
+        post = iface.call_soon_threadsafe
+        self._ident = _get_ident()
+        try:
+            result = iface.app(self.make_environ(wsgi_input), self.wsgi_start_response)
+        except Exception as exc:
+            post(self._finish, None, b"", exc)
+            return
+        if type(result) is list and len(result) == 1 and not self._sent:
+            # Hot path: the whole body in one piece; one hop to the loop.
+            self._sent = True
+            post(self._finish, self._head, result[0], None)
+            return
+        error: BaseException | None = None
+        try:
+            if type(result) is FileWrapper and not self.is_head and self._send_file(result):
+                pass
+            else:
+                for chunk in result:
+                    if not chunk and not self._sent:
+                        continue  # PEP 3333: no head before the first non-empty chunk
+                    self._send(chunk)
+                    if self.is_head:
+                        break  # HEAD: the head is out; the rest would be dropped anyway
+        except Exception as exc:
+            error = exc
+        close_iterable(result, self)
+        head = None
+        if not self._sent:
+            head = self._head
+            self._sent = True
+        post(self._finish, head, b"", error)
+
+    def _send(self, chunk: bytes) -> None:
+        """Hand one chunk to the loop; wait while too much is still unwritten (app thread)."""
+        if type(chunk) is not bytes:
+            raise TypeError(f"the WSGI response iterable yielded {type(chunk).__name__}, not bytes")
+        self._check_live()
+        head = None
+        if not self._sent:
+            head = self._head
+            if head is None:
+                raise InvalidResponse(f"the WSGI app produced a body without calling start_response() "
+                                      f"({self.request_line()})")
+            self._sent = True
+        cond = self._cond
+        if cond is None:
+            cond = self._cond = threading.Condition(threading.Lock())
+        n = len(chunk)
+        limit = self.ctx.write_buffer_size
+        with cond:
+            self._unacked += n
+        self.iface.call_soon_threadsafe(self._write_chunk, head, chunk)
+        with cond:
+            while self._unacked > limit and self._live():
+                cond.wait(1.0)
+        self._check_live()
+
+    def _live(self) -> bool:
+        return self._error is None and not self.disconnected and not self.response_complete
+
+    def _check_live(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.disconnected or self.response_complete:
+            raise ClientDisconnected(f"the client closed the connection (or the response was aborted) "
+                                     f"during {self.request_line()}")
+
+    def _write_legacy(self, data: bytes) -> None:
+        """The ``write()`` callable: returns once the loop has (or will soon have) the bytes."""
+        if not data:
+            if type(data) is not bytes:
+                raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+            return
+        self._send(data)
+
+    def _send_file(self, wrapper: FileWrapper) -> bool:
+        """Have the loop sendfile() the wrapped file; False if it must be iterated instead."""
+        span = wrapper.sendfile_span()
+        if span is None:
+            return False
+        event = self._file_event = threading.Event()
+        outcome: list[Any] = []
+        head = self._head
+        self._sent = True
+
+        def start() -> None:
+            try:
+                started = self.serve_file(head, span, lambda error: (outcome.append(error), event.set()))
+            except Exception as exc:
+                outcome.append(exc)
+                event.set()
+                return
+            if not started:
+                self._sent = False
+                outcome.append(False)
+                event.set()
+
+        self.iface.call_soon_threadsafe(start)
+        while not event.wait(1.0):
+            if self.disconnected and self._sendfile is None:
+                break
+        if outcome and outcome[0] is False:
+            return False  # the loop could not sendfile: iterate it like any iterable
+        if outcome and isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return True
+
+    # ------------------------------------------------------------------ loop side of the response
+
+    def _write_chunk(self, head: Any, chunk: bytes) -> None:
+        n = len(chunk)
+        try:
+            if self.response_complete or self.disconnected:
+                raise ClientDisconnected("the client closed the connection")
+            if head is not None:
+                self.commit_head(head)
+            self.write_body(chunk, True)
+            if self.conn._write_paused:
+                waiter = self.drain()
+                if waiter is not None:
+                    waiter.add_done_callback(lambda _w: self._ack(n))
+                    return
+        except Exception as exc:
+            self._error = exc
+        self._ack(n)
+
+    def _ack(self, n: int) -> None:
+        cond = self._cond
+        with cond:  # type: ignore[union-attr]
+            self._unacked -= n
+            cond.notify()  # type: ignore[union-attr]
+
+    def _wake_thread(self) -> None:
+        cond = self._cond
+        if cond is not None:
+            with cond:
+                cond.notify()
+        stream = self._stream
+        if stream is not None and (self.disconnected or self.response_complete):
+            self._pull()
+
+    def on_drain(self) -> None:
+        WSGICycle.on_drain(self)
+        if self.disconnected:
+            self._wake_thread()
+
+    def _finish(self, head: Any, chunk: bytes, error: BaseException | None) -> None:
+        """The app thread is done with this request: last bytes, or its error (loop; hot path)."""
+        try:
+            if error is not None:
+                self.app_failed(error)
+            elif not self.response_complete:
+                if self.disconnected:
+                    self.abort_response()
+                else:
+                    if head is not None:
+                        self.commit_head(head)
+                    self.write_body(chunk, False)
+        except Exception as exc:
+            self.app_failed(exc)
+        self.iface.job_done(self.ctx)
+
+    def on_request_timeout(self) -> None:
+        if self._timed_out:
+            return
+        self._timed_out = True
+        self.timed_out(self.ctx.monotonic() - self.start, thread_stack(self._ident))
+        self.abort_response(504, "Gateway Timeout: the request took longer than request_timeout")
+        job = self._sendfile
+        if job is not None:
+            job.cancel()
+        self._wake_thread()
