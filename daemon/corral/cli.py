@@ -1,0 +1,205 @@
+"""The ``corral`` command line.
+
+    corral run    [--config FILE] [-b/--bind ADDR]... [-w/--workers N] [--interface auto|asgi|wsgi] [APP]
+    corral check  (the same options)   validate the config and import the app, then exit
+    corral status [--config FILE] [--control-socket PATH] [--json]
+    corral reload [--config FILE] [--control-socket PATH]
+
+``APP`` is ``MODULE:ATTR`` or ``MODULE:FUNC()`` (a factory); it may also come
+from the config's ``app:`` key. Flags override the config file and ``CORRAL_*``
+environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Sequence
+
+from corral import __version__
+from corral.config import Config, ConfigError, load
+
+EXIT_USAGE = 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", metavar="FILE", default=os.environ.get("CORRAL_CONFIG"),
+                        help="YAML config file (default: $CORRAL_CONFIG, else none)")
+
+
+def _serving_options(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("-b", "--bind", action="append", metavar="ADDR",
+                        help="address to listen on, repeatable: HOST:PORT, [V6]:PORT, unix:PATH, fd:N "
+                             "(default 127.0.0.1:8000; ignored when systemd passes sockets)")
+    parser.add_argument("-w", "--workers", metavar="N", help="worker processes, or 'auto' (one per CPU)")
+    parser.add_argument("--interface", choices=("auto", "asgi", "wsgi"), help="how to call the app")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"))
+    parser.add_argument("app", nargs="?", metavar="MODULE:ATTR",
+                        help="the app, e.g. myproject.asgi:application or myproject.app:create_app()")
+
+
+def _control_options(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--control-socket", metavar="PATH", help="the supervisor's control socket")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corral", description="A systemd-native application server "
+                                     "for ASGI and WSGI Python web apps.")
+    parser.add_argument("--version", action="version", version=f"corral {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _serving_options(sub.add_parser("run", help="serve an app (the supervisor systemd starts)"))
+    _serving_options(sub.add_parser("check", help="validate the config and import the app"))
+    status = sub.add_parser("status", help="show the workers of a running corral")
+    _control_options(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    reload = sub.add_parser("reload", help="deploy new code with zero downtime; waits for the outcome")
+    _control_options(reload)
+    reload.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"app": args.app, "bind": args.bind, "workers": args.workers, "interface": args.interface,
+            "log_level": args.log_level}
+
+
+def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Config:
+    return load(args.config, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "check":
+            return cmd_check(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "reload":
+            return cmd_reload(args)
+    except ConfigError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = _overrides(args)
+    config = load(args.config, overrides)
+    # The supervisor never speaks TLS, but asyncio imports ssl when it can, which maps
+    # libssl and libcrypto: about 6 MiB of the supervisor's 25 MiB budget. Python
+    # built without ssl is a supported asyncio configuration; this makes ours one.
+    if "ssl" not in sys.modules:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+    from corral.supervisor import run
+
+    # A reload re-reads the same file, environment and flags.
+    return run(config, reload_config=lambda: load(args.config, overrides))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load(args.config, _overrides(args))
+    if not config.app:
+        print("corral: no app given: pass MODULE:ATTR or set app: in the config", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"config ok{f' ({config.source})' if config.source else ''}: {config.workers} workers, "
+          f"bind {', '.join(map(str, config.bind))}, python {config.python}")
+    from corral.supervisor.spawn import worker_argv, worker_env
+
+    argv = worker_argv(config.python, ["--check"])
+    try:
+        proc = subprocess.run(argv, input=json.dumps(config.to_json()), text=True, cwd=config.app_dir,
+                              env=worker_env(os.environ, config.environment), timeout=config.boot_timeout)
+    except subprocess.TimeoutExpired:
+        print(f"corral: importing {config.app} took longer than boot_timeout={config.boot_timeout:g}s",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"corral: cannot run {config.python}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return proc.returncode
+
+
+def _control_path(args: argparse.Namespace) -> list[str]:
+    """Where the control socket may be, most specific first."""
+    if args.control_socket:
+        return [args.control_socket]
+    config = load(args.config)
+    paths = [config.control_socket]
+    if "control_socket" not in config.explicit and not os.environ.get("RUNTIME_DIRECTORY"):
+        # The model unit's RuntimeDirectory=NAME gives /run/NAME rather than /run/corral/NAME.
+        alt = f"/run/{config.name}/control.sock"
+        if alt not in paths:
+            paths.append(alt)
+    return paths
+
+
+def _request(args: argparse.Namespace, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    from corral.supervisor.control import ControlError, request
+
+    paths = _control_path(args)
+    error: ControlError | None = None
+    for path in paths:
+        if len(paths) > 1 and not os.path.exists(path):
+            continue
+        try:
+            return request(path, message, timeout)
+        except ControlError as exc:
+            error = exc
+    raise error or ControlError(f"no control socket at {' or '.join(paths)}: is corral running? "
+                                "(check `systemctl status`, or pass --config / --control-socket)")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from corral.supervisor.control import ControlError
+    from corral.supervisor.status import render_table
+
+    try:
+        data = _request(args, {"cmd": "status"}, timeout=10.0)
+    except ControlError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return 1
+    if not data.get("ok"):
+        print(f"corral: {data.get('error', 'status failed')}", file=sys.stderr)
+        return 1
+    data.pop("ok", None)
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render_table(data))
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Synchronous reload, fit for ExecReload=: RELOADING=1, BARRIER, ask, wait, report."""
+    from corral.supervisor.control import ControlError
+    from corral.supervisor.notify import Notifier, barrier
+
+    notifier = Notifier()
+    notified = False
+    if notifier.enabled:
+        # As an ExecReload= process (NotifyAccess=exec), announce the reload ourselves and wait
+        # until PID 1 has seen it, so that `systemctl reload` waits for the supervisor's READY=1.
+        notifier.reloading()
+        notified = bool(notifier.socket_path) and barrier(notifier.socket_path)
+    try:
+        reply = _request(args, {"cmd": "reload", "notified": notified}, timeout=args.timeout)
+    except ControlError as exc:
+        print(f"corral: reload failed: {exc}", file=sys.stderr)
+        if notified:
+            notifier.ready()  # nothing will answer our RELOADING=1: do not leave systemd hanging
+        return 1
+    if reply.get("ok"):
+        print(f"corral: reload ok: {reply.get('message')} ({reply.get('duration', 0):.2f}s)")
+        return 0
+    print(f"corral: reload failed: {reply.get('message') or reply.get('error')}", file=sys.stderr)
+    return 1

@@ -1,0 +1,54 @@
+"""The supervisor (``corral run``): sockets, worker processes, health, systemd.
+
+Never imports the application, uvloop or httptools; ``corral status --json``
+lists the packages it has loaded, and a test holds it to that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import logging
+import sys
+from typing import Callable
+
+from corral.config import Config
+from corral.logs import setup_logging
+
+log = logging.getLogger("corral.supervisor")
+
+
+class StartupError(Exception):
+    """corral cannot start; the message names the fix."""
+
+
+def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+    """Run the supervisor in the foreground until it is stopped; returns the exit status."""
+    from corral.supervisor.control import ControlError
+    from corral.supervisor.notify import Notifier
+    from corral.supervisor.sockets import SocketError, bind_all, from_systemd
+    from corral.supervisor.supervisor import Supervisor
+
+    setup_logging(config.log_level, role="corral")
+    # A watchdog kill (SIGABRT) then shows where the supervisor's loop was stuck.
+    faulthandler.enable()
+    notifier = Notifier()
+    try:
+        if not config.app:
+            raise StartupError("no app given: pass MODULE:ATTR on the command line or set app: in the config")
+        listeners = from_systemd()
+        if listeners is None:
+            slots = config.workers
+            listeners = bind_all(config.bind, config.backlog, reuse_port=config.reuse_port, slots=slots)
+        elif "bind" in config.explicit:
+            log.info("using the %d socket(s) passed by systemd; bind: is ignored", len(listeners.items))
+        if not listeners.http():
+            raise StartupError("no http socket to serve: systemd passed only other sockets (FileDescriptorName=)")
+        for item in listeners.items:
+            log.info("listening on %s (%s, %s)", item.address, item.role, item.source)
+        supervisor = Supervisor(config, listeners, reload_config=reload_config, notifier=notifier)
+        return asyncio.run(supervisor.run())
+    except (StartupError, SocketError, ControlError) as exc:
+        notifier.send(STATUS=f"failed: {exc}"[:400])
+        print(f"corral: {exc}", file=sys.stderr, flush=True)
+        return 1

@@ -1,0 +1,756 @@
+"""The supervisor: the main process systemd starts (``corral run``).
+
+One asyncio loop (the standard one: never uvloop) drives everything, and all
+state changes happen on it: signal handlers, worker messages, process exits and
+a periodic tick only queue work onto the loop. The supervisor never imports the
+application, uvloop or httptools.
+
+Lifecycle: ``starting`` (generation 1 boots; READY=1 once every worker is ready)
+-> ``running`` (health policies, restarts, recycles, reloads) -> ``stopping``
+(TERM: graceful drain; INT/QUIT: fast) -> exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import psutil
+
+from corral.config import Config, ConfigError
+from corral.supervisor import policies
+from corral.supervisor.notify import Notifier
+from corral.supervisor.slots import Generation, Slot
+from corral.supervisor.sockets import Listeners, bind_reuse_port_group
+from corral.supervisor.spawn import worker_argv, worker_env
+from corral.supervisor.worker_process import (
+    BOOTING, DRAINING, EXITED, KILLED, READY, WorkerProcess, spawn,
+)
+from corral.worker.balance import BalanceTable, CellAllocator
+from corral.worker.protocol import ChannelClosed
+
+log = logging.getLogger("corral.supervisor")
+
+TICK = 0.25
+HUNG_KILL_GRACE = 1.0  # seconds between the traceback request and SIGKILL
+FAST_STOP_GRACE = 5.0
+EXIT_BOOT_FAILED = 1
+
+
+@dataclass
+class ReloadOutcome:
+    ok: bool
+    generation: int
+    message: str
+    duration: float = 0.0
+
+
+class Supervisor:
+    def __init__(self, config: Config, listeners: Listeners, *,
+                 reload_config: Callable[[], Config] | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.reload_config = reload_config
+        self.notifier = notifier or Notifier()
+        self.phase = "starting"
+        self.exit_code = 0
+        self.started_at = time.monotonic()
+        self.generation: Generation | None = None  # serving (or booting at start-up)
+        self.pending: Generation | None = None  # a reload's new generation while it boots
+        self.retiring: list[WorkerProcess] = []  # old workers draining (recycle, reload, scale-down)
+        self.workers: dict[int, WorkerProcess] = {}  # every live process, by pid
+        self.recycling: WorkerProcess | None = None  # the one worker being replaced now
+        self.next_id = 1
+        self.generation_counter = 0
+        self.restarts: dict[str, int] = {}
+        self.requests_retired = 0  # requests served by workers that have exited
+        self.rate_window: deque[tuple[float, int]] = deque(maxlen=40)
+        self.last_watchdog = 0.0
+        self.last_sample = 0.0
+        self.last_extend = 0.0
+        self.stop_deadline: float | None = None
+        self.stop_mode = ""
+        self._reload_started = 0.0
+        self._last_status = 0.0
+        self.fatal_error: str | None = None
+        self.reload_waiters: list[asyncio.Future[ReloadOutcome]] = []
+        self.reload_queued = False
+        self.last_reload: ReloadOutcome | None = None
+        self.balance = BalanceTable.create() if config.accept_balance else None
+        self.cells = CellAllocator(self.balance) if self.balance else None
+        self._processes: dict[int, psutil.Process] = {}
+        self._done: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.control = None  # set by run(): the control-socket server
+
+    # ------------------------------------------------------------------ main
+
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        self._install_signals()
+        from corral.supervisor.control import ControlServer
+
+        self.control = ControlServer(self, self.config.control_socket)
+        try:
+            await self.control.start()
+            self.generation = self._new_generation(self.config, self.config.workers)
+            log.info("starting %d worker%s (generation %d) for %s", self.config.workers,
+                     "s" if self.config.workers != 1 else "", self.generation.number, self.config.app)
+            self._update_status(force=True)
+            ticker = asyncio.ensure_future(self._tick_forever())
+            await self._done.wait()
+            ticker.cancel()
+        finally:
+            await self.control.close()
+            self._kill_everything()
+            self.listeners.close()
+            if self.balance is not None:
+                self.balance.close()
+        if self.fatal_error:
+            print(f"corral: {self.fatal_error}", file=sys.stderr, flush=True)
+        return self.exit_code
+
+    def _install_signals(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        loop.add_signal_handler(signal.SIGTERM, self.stop, True)
+        loop.add_signal_handler(signal.SIGINT, self.stop, False)
+        loop.add_signal_handler(signal.SIGQUIT, self.stop, False)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGTTIN, self.scale, 1)
+        loop.add_signal_handler(signal.SIGTTOU, self.scale, -1)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("supervisor tick failed; continuing")
+            await asyncio.sleep(TICK)
+
+    # ------------------------------------------------------------------ spawning
+
+    def _new_generation(self, config: Config, count: int) -> Generation:
+        self.generation_counter += 1
+        generation = Generation(self.generation_counter, config)
+        for index in range(count):
+            slot = Slot(index)
+            generation.slots.append(slot)
+            self._start_worker(generation, slot)
+        return generation
+
+    def _start_worker(self, generation: Generation, slot: Slot, successor_of: WorkerProcess | None = None
+                      ) -> WorkerProcess | None:
+        config = generation.config
+        slot.restart_at = None
+        listeners = self.listeners.for_slot(slot.index, len(generation.slots))
+        fds = [item.fd for item in listeners]
+        extra = [self.balance.fd] if self.balance is not None else []
+        try:
+            worker = spawn(self.next_id, slot.index, generation.number,
+                           worker_argv(config.python, []),
+                           worker_env(os.environ, config.environment), config.app_dir, fds, extra)
+        except OSError as exc:
+            slot.failures += 1
+            slot.restart_at = time.monotonic() + slot.backoff()
+            slot.last_error = f"cannot start {config.python}: {exc}"
+            log.error("slot %d: %s; retrying in %.1fs", slot.index, slot.last_error, slot.backoff())
+            return None
+        self.next_id += 1
+        worker.max_requests, worker.max_lifetime = policies.jittered_limits(config)
+        worker.successor_of = successor_of.id if successor_of else None
+        if self.cells is not None:
+            worker.balance_cell = self.cells.take()
+        self.workers[worker.pid] = worker
+        self._loop.add_reader(worker.channel.fileno(), self._on_channel, worker)
+        worker.channel.send({
+            "t": "hello",
+            "config": config.to_json(),
+            "worker": {"id": worker.id, "slot": slot.index, "generation": generation.number},
+            "listeners": [{"fd": item.fd, "role": item.role, "address": item.address} for item in listeners],
+            "balance": {"fd": self.balance.fd, "cell": worker.balance_cell} if self.balance is not None else None,
+        })
+        if successor_of is not None:
+            slot.successor = worker
+        else:
+            slot.worker = worker
+        log.info("worker %d (pid %d) starting in slot %d, generation %d", worker.id, worker.pid,
+                 slot.index, generation.number)
+        return worker
+
+    # ------------------------------------------------------------------ worker messages
+
+    def _on_channel(self, worker: WorkerProcess) -> None:
+        try:
+            for message in worker.channel.receive():
+                self._on_message(worker, message)
+        except ChannelClosed:
+            self._loop.remove_reader(worker.channel.fileno())
+            # The process is exiting; SIGCHLD (or the tick) reaps it.
+            self._reap()
+
+    def _on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        now = time.monotonic()
+        if kind == "hb":
+            worker.last_heartbeat = now
+            stats = message.get("stats")
+            if isinstance(stats, dict):
+                worker.stats = stats
+        elif kind == "ready":
+            self._on_ready(worker, now)
+        elif kind == "booted":
+            worker.last_heartbeat = now
+            log.debug("worker %d (pid %d) imported the app", worker.id, worker.pid)
+        elif kind == "boot_error":
+            worker.boot_error = str(message.get("error", "unknown error"))
+        elif kind == "recycle":
+            reason = str(message.get("reason", policies.DEADLINE))
+            self.recycle(worker, reason, str(message.get("detail", "")))
+        elif kind == "draining":
+            if worker.state == READY:
+                worker.state = DRAINING
+                worker.stop_started = now
+
+    def _on_ready(self, worker: WorkerProcess, now: float) -> None:
+        if worker.state != BOOTING:
+            return
+        worker.state = READY
+        worker.ready_at = now
+        worker.last_heartbeat = now
+        log.info("worker %d (pid %d) ready in %.2fs (slot %d, generation %d)", worker.id, worker.pid,
+                 now - worker.spawned_at, worker.slot, worker.generation)
+        generation = self._generation_of(worker)
+        if generation is None:
+            return
+        slot = generation.slot_of(worker)
+        if slot is not None and slot.successor is worker:
+            # A recycle: the replacement serves, so the old worker may drain now.
+            old = slot.worker
+            slot.worker, slot.successor = worker, None
+            if old is not None and old.alive:
+                self._retire(old, old.stop_reason or policies.RELOAD)
+        if self.phase == "starting" and generation is self.generation:
+            # Slots that failed while nothing was ready may be retried now.
+            for s in generation.slots:
+                if s.worker is None and s.restart_at is None:
+                    s.restart_at = now + s.backoff()
+            if generation.all_ready():
+                self.phase = "running"
+                log.info("all %d workers ready: serving", len(generation.slots))
+                self.notifier.ready(self.status_line())
+        if generation is self.pending and generation.all_ready():
+            self._cutover(now)
+        self._update_status(force=True)
+
+    def _generation_of(self, worker: WorkerProcess) -> Generation | None:
+        for generation in (self.generation, self.pending):
+            if generation is not None and generation.number == worker.generation \
+                    and generation.slot_of(worker) is not None:
+                return generation
+        return None
+
+    # ------------------------------------------------------------------ process exits
+
+    def _reap(self) -> None:
+        for worker in list(self.workers.values()):
+            if worker.poll() is not None:
+                self._on_exit(worker)
+
+    def _on_exit(self, worker: WorkerProcess) -> None:
+        now = time.monotonic()
+        self.workers.pop(worker.pid, None)
+        self._processes.pop(worker.pid, None)
+        previous_state = worker.state
+        worker.state = EXITED
+        try:
+            self._loop.remove_reader(worker.channel.fileno())
+        except (ValueError, OSError):
+            pass
+        self._drain_channel(worker)
+        worker.close()
+        if self.cells is not None:
+            self.cells.give_back(worker.balance_cell)
+        self.requests_retired += int(worker.stats.get("requests_total", 0) or 0)
+        if worker in self.retiring:
+            self.retiring.remove(worker)
+        if self.recycling is worker:
+            self.recycling = None
+        description = _describe_exit(worker.returncode)
+        if self.phase == "stopping":
+            log.info("worker %d (pid %d) %s", worker.id, worker.pid, description)
+            self._check_stopped()
+            return
+        generation = self._generation_of(worker)
+        slot = generation.slot_of(worker) if generation is not None else None
+        if slot is None:
+            # A retired worker (drained after a recycle, reload or scale-down).
+            level = logging.INFO if worker.returncode == 0 or worker.stop_reason else logging.WARNING
+            log.log(level, "worker %d (pid %d, %s) %s", worker.id, worker.pid,
+                    worker.stop_reason or "retired", description)
+            self._update_status(force=True)
+            return
+        if generation is self.pending:
+            self._reload_failed(worker, description)
+            return
+        if slot.successor is worker:
+            # The replacement of a recycle died before it was ready: keep the old one serving.
+            slot.successor = None
+            slot.note_exit(worker, now)
+            slot.last_error = worker.boot_error or description
+            log.error("replacement worker %d (pid %d) %s before it was ready; worker %d keeps serving "
+                      "(recycle retried in %.1fs)%s", worker.id, worker.pid, description,
+                      slot.worker.id if slot.worker else -1, slot.backoff(), _error_suffix(worker))
+            self._update_status(force=True)
+            return
+        # The slot's serving (or first booting) worker is gone.
+        slot.worker = None
+        reason = worker.stop_reason or (policies.BOOT_FAILED if previous_state == BOOTING else policies.CRASH)
+        self.restarts[reason] = self.restarts.get(reason, 0) + 1
+        slot.note_exit(worker, now)
+        slot.last_error = worker.boot_error or description
+        if slot.successor is not None:
+            # A recycle was under way: its replacement takes the slot.
+            slot.worker, slot.successor = slot.successor, None
+            slot.restart_at = None
+        if previous_state == BOOTING and self.phase == "starting" and not self._anything_ready(generation):
+            slot.restart_at = None  # retried once some worker proves the app can boot
+            log.error("worker %d (pid %d) %s before it was ready%s", worker.id, worker.pid, description,
+                      _error_suffix(worker))
+            if all(s.worker is None for s in generation.slots):
+                self.fatal_error = ("no worker could boot: " + (worker.boot_error or description)
+                                    + "; fix the app (try `corral check`), then start again")
+                self.exit_code = EXIT_BOOT_FAILED
+                self.notifier.send(STATUS=self.fatal_error[:400])
+                self.stop(graceful=False)
+            self._update_status(force=True)
+            return
+        if slot.worker is None:
+            log.log(logging.INFO if worker.stop_reason == policies.HUNG else logging.ERROR,
+                    "worker %d (pid %d, slot %d) %s (%s); restarting in %.1fs%s", worker.id, worker.pid,
+                    slot.index, description, reason, slot.backoff(), _error_suffix(worker))
+        self._update_status(force=True)
+
+    def _drain_channel(self, worker: WorkerProcess) -> None:
+        try:
+            for message in worker.channel.receive():
+                if message.get("t") == "boot_error":
+                    worker.boot_error = str(message.get("error"))
+                elif message.get("t") == "hb" and isinstance(message.get("stats"), dict):
+                    worker.stats = message["stats"]
+        except (ChannelClosed, OSError):
+            pass
+
+    @staticmethod
+    def _anything_ready(generation: Generation) -> bool:
+        return any(w.ready_at is not None for w in generation.workers())
+
+    # ------------------------------------------------------------------ the periodic tick
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        self._reap()
+        self._enforce_deadlines(now)
+        if self.phase == "stopping":
+            if now - self.last_extend >= 5.0 and self.stop_deadline:
+                self.last_extend = now
+                self.notifier.extend_timeout(max(self.stop_deadline - now, 0) + 10)
+            self._check_stopped()
+            return
+        self._restart_due(now)
+        self._watch_health(now)
+        if now - self.last_sample >= self.config.policy_interval:
+            self.last_sample = now
+            self._sample(now)
+        if self.phase == "starting" and now - self.last_extend >= 5.0:
+            # A slow boot that is still progressing: keep systemd's start timeout ahead of it.
+            self.last_extend = now
+            self.notifier.extend_timeout(self.config.boot_timeout + 10)
+        self._watchdog(now)
+        self._record_rate(now)
+        self._update_status()
+        if self.reload_queued and self.phase == "running" and self.pending is None:
+            self.reload_queued = False
+            self.start_reload()
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for worker in list(self.workers.values()):
+            if worker.kill_at is not None and now >= worker.kill_at and worker.poll() is None:
+                if worker.state != KILLED:
+                    log.warning("worker %d (pid %d) did not stop in time (%s); killing it", worker.id,
+                                worker.pid, worker.stop_reason)
+                worker.signal(signal.SIGKILL)
+                worker.kill_at = now + 5.0  # re-sent if it somehow survives
+
+    def _restart_due(self, now: float) -> None:
+        for generation in (self.generation, self.pending):
+            if generation is None:
+                continue
+            for slot in generation.slots:
+                if slot.worker is None and slot.restart_at is not None and now >= slot.restart_at:
+                    self._start_worker(generation, slot)
+
+    def _watch_health(self, now: float) -> None:
+        for worker in list(self.workers.values()):
+            if worker.state == BOOTING and worker.age(now) > self._config_of(worker).boot_timeout:
+                worker.boot_error = worker.boot_error or (
+                    f"not ready after boot_timeout={self._config_of(worker).boot_timeout:g}s "
+                    "(app import + lifespan startup); raise boot_timeout if the app is just slow")
+                log.error("worker %d (pid %d) %s; killing it", worker.id, worker.pid, worker.boot_error)
+                worker.kill_hung(policies.BOOT_TIMEOUT, now, HUNG_KILL_GRACE)
+            elif worker.state in (READY, DRAINING):
+                age = worker.heartbeat_age(now)
+                timeout = self._config_of(worker).timeout
+                if age is not None and age > timeout:
+                    log.error("worker %d (pid %d) sent no heartbeat for %.1fs (timeout %gs): its event loop "
+                              "is blocked; dumping its traceback, then killing it", worker.id, worker.pid,
+                              age, timeout)
+                    self._take_out_of_slot(worker, policies.HUNG, now)
+                    worker.kill_hung(policies.HUNG, now, HUNG_KILL_GRACE)
+            if worker.state == READY and self.phase == "running" and self.pending is None:
+                verdict = policies.check_counters(worker.stats, worker.age(now), worker.max_requests,
+                                                  worker.max_lifetime)
+                if verdict is not None:
+                    self.recycle(worker, verdict.reason, verdict.detail)
+
+    def _take_out_of_slot(self, worker: WorkerProcess, reason: str, now: float) -> None:
+        """A hung worker serves nothing: free its slot and start the replacement right away."""
+        generation = self._generation_of(worker)
+        slot = generation.slot_of(worker) if generation else None
+        worker.stop_reason = reason
+        self.restarts[reason] = self.restarts.get(reason, 0) + 1
+        if slot is None:
+            return
+        if slot.worker is worker:
+            slot.worker, slot.successor = slot.successor, None
+            if self.recycling is worker:
+                self.recycling = None
+            if slot.worker is None:
+                slot.note_exit(worker, now)  # the next tick starts the replacement (after the backoff)
+        elif slot.successor is worker:
+            slot.successor = None
+        self.retiring.append(worker)
+
+    def _sample(self, now: float) -> None:
+        for worker in list(self.workers.values()):
+            sample = self._sample_one(worker)
+            if sample is None:
+                continue
+            worker.sample = sample
+            if worker.state != READY or self.phase != "running":
+                continue
+            verdict = policies.check_sample(self._config_of(worker), sample, worker.breaches)
+            if verdict is not None:
+                self.recycle(worker, verdict.reason, verdict.detail)
+
+    def _sample_one(self, worker: WorkerProcess) -> dict[str, int] | None:
+        try:
+            process = self._processes.get(worker.pid)
+            if process is None:
+                process = self._processes[worker.pid] = psutil.Process(worker.pid)
+            with process.oneshot():
+                info = process.memory_full_info()
+                cpu = process.cpu_times()
+                return {"uss": info.uss, "rss": info.rss, "fds": process.num_fds(),
+                        "cpu_ms": int((cpu.user + cpu.system) * 1000)}
+        except (psutil.Error, OSError):
+            return None
+
+    def _config_of(self, worker: WorkerProcess) -> Config:
+        for generation in (self.generation, self.pending):
+            if generation is not None and generation.number == worker.generation:
+                return generation.config
+        return self.config
+
+    # ------------------------------------------------------------------ recycling
+
+    def recycle(self, worker: WorkerProcess, reason: str, detail: str = "") -> bool:
+        """Replace a worker without losing capacity: its successor boots first, then it drains.
+
+        At most one recycle runs at a time; a policy that trips meanwhile trips again
+        on a later sample.
+        """
+        if worker.state != READY or self.phase != "running" or self.pending is not None:
+            return False
+        if self.recycling is not None and self.recycling.alive:
+            return False
+        generation = self._generation_of(worker)
+        slot = generation.slot_of(worker) if generation else None
+        if slot is None or slot.worker is not worker or slot.successor is not None:
+            return False
+        if slot.restart_at is not None and time.monotonic() < slot.restart_at:
+            return False  # the last replacement failed to boot: back off
+        log.info("recycling worker %d (pid %d, slot %d): %s%s", worker.id, worker.pid, slot.index, reason,
+                 f" ({detail})" if detail else "")
+        worker.stop_reason = reason
+        self.restarts[reason] = self.restarts.get(reason, 0) + 1
+        self.recycling = worker
+        if self._start_worker(generation, slot, successor_of=worker) is None:
+            self.recycling = None
+            worker.stop_reason = None
+            return False
+        return True
+
+    def _retire(self, worker: WorkerProcess, reason: str) -> None:
+        if worker not in self.retiring:
+            self.retiring.append(worker)
+        worker.stop_gracefully(reason, self._config_of(worker).graceful_timeout, time.monotonic())
+        if self.balance is not None and worker.balance_cell >= 0:
+            self.balance.set(worker.balance_cell, False, 0)
+
+    # ------------------------------------------------------------------ reload (HUP)
+
+    def _on_hup(self) -> None:
+        log.info("SIGHUP: reloading")
+        self.start_reload(notify=True)
+
+    def start_reload(self, waiter: asyncio.Future[ReloadOutcome] | None = None, notify: bool = True
+                     ) -> None:
+        """Start a new generation; it replaces the current one once every worker of it is ready."""
+        if waiter is not None:
+            self.reload_waiters.append(waiter)
+        if self.phase == "stopping":
+            self._finish_reload(ReloadOutcome(False, self._gen_number(), "corral is stopping"))
+            return
+        if self.phase == "starting" or self.pending is not None:
+            self.reload_queued = True  # one more reload once this one (or the start-up) is done
+            return
+        if notify:
+            self.notifier.reloading()
+        self.phase = "reloading"
+        self._reload_started = time.monotonic()
+        config = self.config
+        if self.reload_config is not None:
+            try:
+                config = self.reload_config()
+            except ConfigError as exc:
+                self.phase = "running"
+                self._finish_reload(ReloadOutcome(False, self._gen_number(), f"config error: {exc}"))
+                return
+        if self.listeners.from_systemd is False and config.bind != self.config.bind:
+            log.warning("reload: bind changed (%s -> %s); listening addresses change only on restart",
+                        ", ".join(map(str, self.config.bind)), ", ".join(map(str, config.bind)))
+        self.pending = self._new_generation(config, config.workers)
+        log.info("reload: generation %d starting (%d workers)", self.pending.number, config.workers)
+        self._update_status(force=True)
+
+    def _cutover(self, now: float) -> None:
+        new, old = self.pending, self.generation
+        assert new is not None
+        self.pending = None
+        self.generation = new
+        self.config = new.config
+        if old is not None:
+            for worker in old.workers():
+                worker.stop_reason = worker.stop_reason or policies.RELOAD
+                self._retire(worker, policies.RELOAD)
+        self.phase = "running"
+        self.recycling = None
+        outcome = ReloadOutcome(True, new.number, f"generation {new.number} serving",
+                                now - self._reload_started)
+        log.info("reload: generation %d ready in %.2fs; draining generation %d", new.number,
+                 outcome.duration, old.number if old else 0)
+        self._finish_reload(outcome)
+
+    def _reload_failed(self, worker: WorkerProcess, description: str) -> None:
+        generation = self.pending
+        assert generation is not None
+        error = worker.boot_error or description
+        log.error("reload: worker %d of generation %d %s before it was ready; rolling back, generation %d "
+                  "keeps serving%s", worker.id, generation.number, description, self._gen_number(),
+                  _error_suffix(worker))
+        self.pending = None
+        for other in generation.workers():
+            if other.alive and other is not worker:
+                other.stop_reason = "rollback"
+                other.stop_fast("rollback", time.monotonic())
+                self.retiring.append(other)
+        self.phase = "running"
+        self._finish_reload(ReloadOutcome(False, self._gen_number(),
+                                          f"generation {generation.number} failed to boot: {error}",
+                                          time.monotonic() - self._reload_started))
+
+    def _finish_reload(self, outcome: ReloadOutcome) -> None:
+        self.last_reload = outcome
+        if not outcome.ok:
+            log.error("reload failed: %s", outcome.message)
+        status = self.status_line() if outcome.ok else f"reload failed: {outcome.message[:200]} · " \
+                                                        f"{self.status_line()}"
+        # READY=1 after every RELOADING=1, success or not: systemd 252 hangs otherwise.
+        self.notifier.ready(status)
+        waiters, self.reload_waiters = self.reload_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(outcome)
+
+    def _gen_number(self) -> int:
+        return self.generation.number if self.generation else 0
+
+    # ------------------------------------------------------------------ scaling, logs
+
+    def scale(self, delta: int) -> None:
+        """TTIN/TTOU: one worker more or fewer in the serving generation (never below one)."""
+        generation = self.generation
+        if generation is None or self.phase not in ("running", "starting"):
+            return
+        if delta > 0:
+            slot = Slot(len(generation.slots))
+            if self.config.reuse_port and not self.listeners.from_systemd:
+                try:
+                    bind_reuse_port_group(self.listeners, self.config.bind, self.config.backlog, slot.index + 1)
+                except Exception as exc:
+                    log.error("TTIN: cannot bind a socket for slot %d: %s", slot.index, exc)
+                    return
+            generation.slots.append(slot)
+            log.info("TTIN: adding a worker (now %d)", len(generation.slots))
+            self._start_worker(generation, slot)
+        elif len(generation.slots) > 1:
+            slot = generation.slots.pop()
+            log.info("TTOU: removing the worker of slot %d (now %d)", slot.index, len(generation.slots))
+            for worker in slot.workers():
+                if self.recycling is worker:
+                    self.recycling = None
+                worker.stop_reason = policies.SCALE_DOWN
+                self._retire(worker, policies.SCALE_DOWN)
+            if self.config.reuse_port and not self.listeners.from_systemd:
+                self._close_reuse_port_group(slot.index + 1)
+        else:
+            log.info("TTOU: already at one worker")
+        self._update_status(force=True)
+
+    def _close_reuse_port_group(self, group: int) -> None:
+        for item in [i for i in self.listeners.items if i.group == group]:
+            # Connections queued on this socket are reset when the last copy closes,
+            # unless net.ipv4.tcp_migrate_req=1 moves them to the other sockets.
+            self.listeners.items.remove(item)
+            item.close()
+
+    def reopen_logs(self) -> None:
+        """USR1: reopen log files (ours and, by forwarding the signal, the workers')."""
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    handler.close()
+                    handler.stream = handler._open()
+                finally:
+                    handler.release()
+        for worker in self.workers.values():
+            worker.signal(signal.SIGUSR1)
+        log.info("USR1: log files reopened")
+
+    # ------------------------------------------------------------------ stopping
+
+    def stop(self, graceful: bool) -> None:
+        """TERM: graceful (drain within graceful_timeout). INT/QUIT: fast."""
+        now = time.monotonic()
+        if self.phase == "stopping":
+            if not graceful and self.stop_mode == "graceful":
+                log.info("fast stop requested during graceful stop")
+                self.stop_mode = "fast"
+                for worker in list(self.workers.values()):
+                    worker.stop_fast(policies.STOP, now, FAST_STOP_GRACE)
+            return
+        self.phase = "stopping"
+        self.stop_mode = "graceful" if graceful else "fast"
+        if self.fatal_error is None:
+            log.info("%s stop: stopping %d workers", self.stop_mode, len(self.workers))
+        grace = self.config.graceful_timeout if graceful else FAST_STOP_GRACE
+        self.stop_deadline = now + grace + 5.0
+        self.notifier.stopping(self.fatal_error[:400] if self.fatal_error else
+                               f"stopping: draining {len(self.workers)} workers")
+        for waiter in self.reload_waiters:
+            if not waiter.done():
+                waiter.set_result(ReloadOutcome(False, self._gen_number(), "corral is stopping"))
+        self.reload_waiters.clear()
+        for worker in list(self.workers.values()):
+            if worker.state == KILLED:
+                continue
+            if graceful and worker.state != BOOTING:
+                worker.stop_gracefully(policies.STOP, self._config_of(worker).graceful_timeout, now)
+            else:
+                worker.stop_fast(policies.STOP, now, FAST_STOP_GRACE)
+        self._check_stopped()
+
+    def _check_stopped(self) -> None:
+        self._reap()
+        if self.phase == "stopping" and not self.workers and self._done is not None:
+            if self.fatal_error is None:
+                log.info("all workers stopped; exiting")
+            self._done.set()
+
+    def _kill_everything(self) -> None:
+        for worker in list(self.workers.values()):
+            worker.signal(signal.SIGKILL)
+            try:
+                worker.proc.wait(5)
+            except Exception:
+                pass
+            worker.close()
+        self.workers.clear()
+
+    # ------------------------------------------------------------------ systemd and status
+
+    def _watchdog(self, now: float) -> None:
+        usec = self.notifier.watchdog_usec
+        if not usec or now - self.last_watchdog < usec / 2_000_000:
+            return
+        fresh = any(w.state == READY and (w.heartbeat_age(now) or 0) < self._config_of(w).timeout
+                    for w in self.workers.values())
+        if fresh:
+            self.last_watchdog = now
+            self.notifier.watchdog()
+
+    def total_requests(self) -> int:
+        return self.requests_retired + sum(int(w.stats.get("requests_total", 0) or 0)
+                                           for w in self.workers.values())
+
+    def _record_rate(self, now: float) -> None:
+        self.rate_window.append((now, self.total_requests()))
+
+    def request_rate(self) -> float:
+        if len(self.rate_window) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.rate_window[0], self.rate_window[-1]
+        return max(n1 - n0, 0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def status_line(self) -> str:
+        from corral.supervisor.status import status_line
+
+        return status_line(self)
+
+    def _update_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status < 1.0:
+            return
+        self._last_status = now
+        if self.phase != "stopping":
+            self.notifier.status(self.status_line())
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "exited"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with status {returncode}"
+
+
+def _error_suffix(worker: WorkerProcess) -> str:
+    return f": {worker.boot_error}" if worker.boot_error else ""

@@ -1,0 +1,65 @@
+"""``corral check``'s second half, run with the app's interpreter: import the app, report."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any
+
+from corral.worker.main import DEPENDENCY_HINT
+
+
+def check(config: dict[str, Any]) -> int:
+    """Import the app named by the config and validate the engine settings; 0 when all is well."""
+    problems = 0
+    for name in ("uvloop", "httptools"):
+        try:
+            module = __import__(name)
+        except ImportError as exc:
+            print(f"corral: cannot import {name} with {sys.executable}: {exc}; {DEPENDENCY_HINT}",
+                  file=sys.stderr)
+            problems += 1
+            continue
+        if name == "uvloop" and _version(getattr(module, "__version__", "0")) < (0, 23):
+            print(f"corral: uvloop {module.__version__} is too old (< 0.23 can send a response to the wrong "
+                  "request under load, uvloop issue 645); upgrade it: pip install 'uvloop>=0.23'",
+                  file=sys.stderr)
+            problems += 1
+    try:
+        from corral.engine.settings import EngineSettings
+
+        EngineSettings(**config.get("engine", {}))
+    except (TypeError, ValueError) as exc:
+        print(f"corral: invalid engine setting: {exc}", file=sys.stderr)
+        problems += 1
+    except ImportError as exc:
+        print(f"corral: cannot import corral's engine: {exc}", file=sys.stderr)
+        problems += 1
+    from corral.appload import detect_interface, load_app
+
+    try:
+        app = load_app(config["app"], app_dir=config.get("app_dir"))
+    except Exception as exc:
+        traceback.print_exception(exc, file=sys.stderr)
+        message = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
+        print(f"corral: cannot load the app {config['app']!r}: {message}", file=sys.stderr)
+        return 1
+    interface = config.get("interface", "auto")
+    detected = detect_interface(app)
+    if interface == "auto":
+        interface = detected
+    elif interface != detected:
+        print(f"corral: warning: interface is {interface!r} but {config['app']} looks like {detected}",
+              file=sys.stderr)
+    if problems:
+        return 1
+    print(f"app ok: {config['app']} ({interface}) with {sys.executable}")
+    return 0
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)

@@ -1,0 +1,241 @@
+"""A worker process: imports the app, runs the engine on the inherited sockets, reports.
+
+Started by the supervisor through ``boot.py`` (fresh interpreter). Lifecycle:
+
+1. read the ``hello`` (config, identity, listening fds) from the control channel;
+2. import the app and run lifespan startup, with the event loop already running
+   (heartbeats flow during a slow startup);
+3. serve, and say ``ready``;
+4. TERM (or the supervisor's end of the channel closing): stop accepting, finish
+   in-flight requests within graceful_timeout, lifespan shutdown, exit 0.
+   INT/QUIT: the same without the wait. SIGUSR2 dumps every thread's traceback
+   (the supervisor asks for it before it kills a hung worker). USR1 reopens log
+   files. HUP is ignored: reloads are the supervisor's business.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import faulthandler
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any, Sequence
+
+from corral.logs import setup_logging
+from corral.worker.protocol import Channel
+
+log = logging.getLogger("corral.worker")
+
+HEARTBEAT_INTERVAL = 1.0
+EXIT_BOOT_ERROR = 3
+DEPENDENCY_HINT = ("install uvloop>=0.23 and httptools into the app's environment "
+                   "(pip install 'uvloop>=0.23' httptools), or run the app under corral's own interpreter")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="corral-worker")
+    parser.add_argument("--channel-fd", type=int)
+    parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--generation", type=int, default=0)
+    parser.add_argument("--check", action="store_true", help="import the app (config JSON on stdin) and exit")
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    if args.check:
+        from corral.worker.check import check
+
+        return check(json.load(sys.stdin))
+    if args.channel_fd is None:
+        print("corral worker: started without --channel-fd; workers are started by `corral run`", file=sys.stderr)
+        return 2
+    channel = Channel(socket.socket(fileno=args.channel_fd))
+    try:
+        hello = channel.receive_blocking(timeout=30)
+    except Exception as exc:
+        print(f"corral worker: no hello from the supervisor: {exc!r}", file=sys.stderr)
+        return 2
+    config = hello["config"]
+    setup_logging(config.get("log_level", "info"), role="corral-worker")
+    faulthandler.enable()
+    faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
+    # Until the loop's handlers are installed, TERM/INT must simply end a booting worker.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        import uvloop
+    except ImportError as exc:
+        return _boot_failed(channel, f"cannot import uvloop with {sys.executable}: {exc}; {DEPENDENCY_HINT}")
+    runtime = WorkerRuntime(hello, channel)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(runtime.run())
+
+
+def _boot_failed(channel: Channel, message: str) -> int:
+    log.error("%s", message)
+    channel.send({"t": "boot_error", "error": message})
+    return EXIT_BOOT_ERROR
+
+
+class WorkerRuntime:
+    def __init__(self, hello: dict[str, Any], channel: Channel) -> None:
+        self.hello = hello
+        self.config: dict[str, Any] = hello["config"]
+        self.channel = channel
+        self.server: Any = None
+        self.stop_event: asyncio.Event | None = None
+        self.graceful = True
+        self.ready = False
+        self.balancer: Any = None
+        self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self) -> int:
+        loop = self._loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        loop.add_reader(self.channel.fileno(), self._on_channel)
+        loop.add_signal_handler(signal.SIGTERM, self.stop, True)
+        loop.add_signal_handler(signal.SIGINT, self.stop, False)
+        loop.add_signal_handler(signal.SIGQUIT, self.stop, False)
+        loop.add_signal_handler(signal.SIGUSR1, _reopen_log_files)
+        self._heartbeat()
+
+        try:
+            app, interface = self._load_app()
+        except Exception as exc:
+            return self._report_boot_error(exc)
+        self.channel.send({"t": "booted", "interface": interface})
+        try:
+            from corral.engine import Server
+            from corral.engine.settings import EngineSettings
+
+            settings = EngineSettings(**self.config.get("engine", {}))
+        except ImportError as exc:
+            return _boot_failed(self.channel, f"cannot import corral's engine with {sys.executable}: {exc}; "
+                                              + DEPENDENCY_HINT)
+        except (TypeError, ValueError) as exc:
+            return _boot_failed(self.channel, f"invalid engine setting: {exc}")
+        self.server = Server(app, settings, interface)
+        try:
+            await self.server.startup()
+        except Exception as exc:
+            return self._report_boot_error(exc)
+        if self.stop_event.is_set():
+            await self.server.shutdown(0)
+            return 0
+        sockets = [socket.socket(fileno=item["fd"]) for item in self.hello["listeners"]
+                   if item.get("role", "http") == "http"]
+        await self.server.serve(sockets)
+        self._start_balancer()
+        self.ready = True
+        self.channel.send({"t": "ready", "pid": os.getpid(), "interface": interface})
+        await self.stop_event.wait()
+
+        self.ready = False
+        if self.balancer is not None:
+            self.balancer.stop()
+        self.channel.send({"t": "draining"})
+        timeout = float(self.config.get("graceful_timeout", 30.0)) if self.graceful else 0.0
+        await self.server.shutdown(timeout)
+        self._send_heartbeat()  # final counters, so the supervisor's totals stay exact
+        return 0
+
+    def _load_app(self) -> tuple[Any, str]:
+        from corral.appload import detect_interface, load_app
+
+        app = load_app(self.config["app"], app_dir=self.config.get("app_dir"))
+        interface = self.config.get("interface", "auto")
+        if interface == "auto":
+            interface = detect_interface(app)
+        return app, interface
+
+    def _report_boot_error(self, exc: BaseException) -> int:
+        # The app's own traceback, on stderr (the journal) ...
+        traceback.print_exception(exc, file=sys.stderr)
+        sys.stderr.flush()
+        # ... and its last line for the supervisor's exit message and STATUS=.
+        message = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
+        self.channel.send({"t": "boot_error", "error": message})
+        return EXIT_BOOT_ERROR
+
+    def _start_balancer(self) -> None:
+        info = self.hello.get("balance")
+        if not info or not self.config.get("accept_balance", True):
+            return
+        from corral.worker.balancer import AcceptBalancer
+
+        self.balancer = AcceptBalancer(self.server, info["fd"], info["cell"])
+        self.balancer.start()
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self, graceful: bool) -> None:
+        if self.stop_event is None:
+            return
+        if self.stop_event.is_set():
+            if not graceful and self.graceful:
+                self.graceful = False
+                if self.server is not None:
+                    # A second, fast stop during a graceful drain: close everything now.
+                    asyncio.ensure_future(self.server.shutdown(0))
+            return
+        self.graceful = graceful
+        self.stop_event.set()
+
+    def _on_channel(self) -> None:
+        from corral.worker.protocol import ChannelClosed
+
+        try:
+            for message in self.channel.receive():
+                if message.get("t") == "stop":
+                    self.stop(bool(message.get("graceful", True)))
+        except ChannelClosed:
+            # The supervisor is gone: nobody will replace or watch us; drain and leave.
+            self._loop.remove_reader(self.channel.fileno())
+            log.warning("supervisor went away; stopping")
+            self.stop(True)
+
+    def _heartbeat(self) -> None:
+        # Scheduled on the event loop itself: a loop blocked by the app sends nothing,
+        # which is exactly what the supervisor's hung-worker check looks for.
+        self._send_heartbeat()
+        self._heartbeat_handle = self._loop.call_later(HEARTBEAT_INTERVAL, self._heartbeat)
+
+    def _send_heartbeat(self) -> None:
+        stats: dict[str, Any] = {}
+        if self.server is not None:
+            stats = _stats_dict(self.server.stats)
+            oldest = stats.get("oldest_in_flight")
+            stats["oldest_in_flight_age"] = None if oldest is None else round(time.monotonic() - oldest, 3)
+            if self.balancer is not None:
+                stats["accept_paused"] = self.balancer.paused
+                stats["accept_pauses"] = self.balancer.pauses
+        self.channel.send({"t": "hb", "stats": stats})
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    if hasattr(stats, "snapshot"):
+        return dict(stats.snapshot())
+    if isinstance(stats, dict):
+        return dict(stats)
+    return {k: getattr(stats, k) for k in dir(stats) if not k.startswith("_")
+            and isinstance(getattr(stats, k, None), (int, float, str, bool, type(None)))}
+
+
+def _reopen_log_files() -> None:
+    for handler in logging.getLogger().handlers + logging.getLogger("corral.access").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                handler.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()

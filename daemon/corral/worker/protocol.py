@@ -1,0 +1,108 @@
+"""The private control channel between the supervisor and one worker.
+
+A ``SOCK_SEQPACKET`` socketpair: every message is one datagram holding one JSON
+object with a ``"t"`` (type) field, so no framing code is needed and a reader
+never sees half a message. Both ends are non-blocking. A sender that finds the
+channel full drops the message (heartbeats are periodic, and a stalled peer must
+never block a worker's event loop or the supervisor's loop).
+
+This module is imported by both sides and uses only the standard library.
+
+Supervisor -> worker:
+  ``hello``   the config, the worker's identity and its listening fds (first message)
+Worker -> supervisor:
+  ``booted``  the app is imported (lifespan startup follows)
+  ``ready``   lifespan startup finished and the sockets are being served
+  ``hb``      heartbeat, once a second from the event loop, with the engine's counters
+  ``boot_error`` the app could not be imported or its startup failed (message included)
+  ``recycle`` the worker asks to be replaced (e.g. a WSGI request stuck past its deadline)
+  ``draining`` the worker stopped accepting and is finishing in-flight requests
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+from typing import Any, Iterator
+
+MAX_MESSAGE = 1 << 20
+
+
+class ChannelClosed(Exception):
+    """The peer closed its end (it exited or is exiting)."""
+
+
+def socketpair() -> tuple[socket.socket, socket.socket]:
+    """(supervisor end, worker end). The worker end is made inheritable by the spawner."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a.setblocking(False)
+    return a, b
+
+
+class Channel:
+    """One end of the control channel."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.dropped = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Send one message; False (and counted) if the channel is full or closed."""
+        data = json.dumps(message, separators=(",", ":"), default=_default).encode()
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            self.dropped += 1
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
+                return False
+            raise
+        return True
+
+    def receive(self) -> Iterator[dict[str, Any]]:
+        """Yield every message waiting now; raise ChannelClosed at end of stream."""
+        while True:
+            try:
+                data = self.sock.recv(MAX_MESSAGE)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                raise ChannelClosed() from None
+            if not data:
+                raise ChannelClosed()
+            try:
+                message = json.loads(data)
+            except ValueError:
+                continue  # a corrupt datagram is skipped, never fatal
+            if isinstance(message, dict):
+                yield message
+
+    def receive_blocking(self, timeout: float | None) -> dict[str, Any]:
+        """Wait for one message (the worker's hello); raise ChannelClosed or TimeoutError."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(MAX_MESSAGE)
+        except socket.timeout:
+            raise TimeoutError("no message on the control channel") from None
+        finally:
+            self.sock.setblocking(False)
+        if not data:
+            raise ChannelClosed()
+        return json.loads(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if hasattr(obj, "_asdict"):
+        return obj._asdict()
+    return str(obj)
