@@ -323,3 +323,34 @@ async def lifespan_records(scope: dict[str, Any], receive: Any, send: Any) -> No
         await lifespan(receive, send, scope["state"])
         return
     await _respond(send, 200, json.dumps(dict(scope.get("state", {}))).encode())
+
+
+# ---------------------------------------------------------------- task identity and context
+
+import contextvars  # noqa: E402
+
+REQUEST_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("request_var", default="unset")
+
+
+async def task_identity(scope, receive, send, q, key):
+    """The app runs in a task from its first instruction, and stays in that same task."""
+    before = asyncio.current_task()
+    previous = REQUEST_VAR.get()
+    REQUEST_VAR.set(q.get("v", "x"))  # must not leak into later requests
+    async with asyncio.timeout(5):  # needs a current task
+        await asyncio.sleep(0.01)
+    after = asyncio.current_task()
+    info = {"has_task": before is not None, "same_task": before is after, "previous": previous}
+    await _respond(send, 200, json.dumps(info).encode(), content_type=b"application/json")
+
+
+async def task_identity_sync(scope, receive, send, q, key):
+    """Same as task_identity, but never suspends."""
+    previous = REQUEST_VAR.get()
+    REQUEST_VAR.set(q.get("v", "x"))
+    info = {"has_task": asyncio.current_task() is not None, "previous": previous}
+    await _respond(send, 200, json.dumps(info).encode(), content_type=b"application/json")
+
+
+ROUTES["/task-identity"] = task_identity
+ROUTES["/task-identity-sync"] = task_identity_sync

@@ -1,70 +1,107 @@
 """The ASGI 3 request cycle: runs ``app(scope, receive, send)`` for one HTTP request.
 
-Hot path: the app coroutine is first stepped directly (``coro.send(None)``)
-inside a copy of the context. Most handlers of a simple app finish without
-ever suspending, and then no Task is created at all. Only when the app really
-waits on something does the rest of it run in a Task, which picks up the
-coroutine where it stopped (see ``_Resume``).
+Hot path: each request runs in an *eagerly started* task. The app's first
+step runs at once, inside the data_received callback that parsed the request,
+so a handler that never waits writes its response in the same loop iteration
+and no task is ever scheduled. The task exists from the first instruction, so
+``asyncio.current_task()`` works as the app expects (anyio cancel scopes,
+``asyncio.timeout``, thread offloading all need it) and does not change when
+the app later suspends.
+
+* Python >= 3.12: a C ``asyncio.Task`` with ``eager_start=True``.
+* Python 3.11: ``_EagerTask``, the stdlib's pure-Python Task with the first
+  step run by us instead of scheduled, and registered in ``all_tasks()`` only
+  if it suspends. Same semantics; a little slower per step once suspended.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+from asyncio import tasks as _tasks
 from contextvars import copy_context
-from typing import Any, Generator
+from typing import Any
 
 from corral.engine.cycle import ClientDisconnected, Cycle
 from corral.engine.wire import InvalidResponse
 
 log = logging.getLogger("corral.engine")
 
+_EAGER_C_TASK = sys.version_info >= (3, 12)
+_FINISHED = "FINISHED"
+_enter_task = _tasks._enter_task
+_leave_task = _tasks._leave_task
 
-class _Resume:
-    """Awaitable that continues a coroutine which already yielded ``first`` to its driver.
 
-    A Task that awaits this sees exactly what it would have seen had it run
-    the coroutine from the start: the yielded future, then the values and
-    exceptions (cancellation included) are passed through.
-    """
+class _EagerTask(_tasks._PyTask):  # type: ignore[misc,name-defined]
+    """A stdlib Python Task whose first step runs immediately (Python 3.11's missing eager_start)."""
 
-    __slots__ = ("coro", "first")
+    _name = "corral-request"
+    _num_cancels_requested = 0
+    _must_cancel = False
+    _fut_waiter = None
 
-    def __init__(self, coro: Any, first: Any) -> None:
-        self.coro = coro
-        self.first = first
+    def __init__(self, coro: Any, loop: asyncio.AbstractEventLoop, context: Any) -> None:
+        # Not calling Task.__init__: it would schedule the first step (run
+        # below, now) and register the task (only done if it suspends).
+        self._loop = loop
+        self._callbacks = []
+        self._coro = coro
+        self._context = context
 
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro = self.coro
-        value = self.first
-        self.first = None
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # thrown in by the Task (CancelledError, ...)
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
+    def start(self) -> bool:
+        """Run the first step now; True if the coroutine finished in it (hot path).
+
+        This is ``Task.__step`` for a first step, cut to what a first step
+        can meet; what it yields is handled exactly as ``__step`` would.
+        """
+        loop = self._loop
+        _enter_task(loop, self)
+        try:
+            result = self._context.run(self._coro.send, None)
+        except StopIteration:
+            if self._must_cancel:  # cancelled by the app itself right before it returned
+                asyncio.futures._PyFuture.cancel(self, msg=self._cancel_message)
             else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+                self._state = _FINISHED
+            return True
+        except BaseException as exc:  # only KeyboardInterrupt/SystemExit get past _guard
+            self._state = _FINISHED
+            self._exception = exc
+            raise
+        finally:
+            _leave_task(loop, self)
+        _tasks._register_task(self)
+        blocking = getattr(result, "_asyncio_future_blocking", None)
+        if blocking and asyncio.futures._get_loop(result) is loop:
+            result._asyncio_future_blocking = False
+            result.add_done_callback(self._Task__wakeup, context=self._context)  # type: ignore[attr-defined]
+            self._fut_waiter = result
+            if self._must_cancel and result.cancel(msg=self._cancel_message):
+                self._must_cancel = False
+        elif result is None:
+            loop.call_soon(self._Task__step, context=self._context)  # type: ignore[attr-defined]
+        else:
+            error = RuntimeError(f"Task got bad yield or a Future from another loop: {result!r}")
+            loop.call_soon(self._Task__step, error, context=self._context)  # type: ignore[attr-defined]
+        return False
 
 
-async def _continue(cycle: "ASGICycle", coro: Any, first: Any) -> None:
+async def _guard(cycle: "ASGICycle", coro: Any) -> None:
+    """The task body: the app, with its outcome turned into a complete response."""
     try:
-        await _Resume(coro, first)
+        await coro
     except asyncio.CancelledError:
         cycle.app_cancelled()
     except Exception as exc:
         cycle.app_failed(exc)
     else:
         cycle.app_returned()
+    finally:
+        task = cycle.task
+        if task is not None:
+            cycle.ctx.tasks.discard(task)
 
 
 class ASGICycle(Cycle):
@@ -82,21 +119,18 @@ class ASGICycle(Cycle):
         # Hot path.
         ctx = self.ctx
         self.start = ctx.monotonic()
-        context = copy_context()
-        try:
-            coro = ctx.app(self.scope, self.receive, self.send)
-            first = context.run(coro.send, None)
-        except StopIteration:
-            self.app_returned()
-            return
-        except Exception as exc:
-            self.app_failed(exc)
-            return
-        # The app is waiting on something: let a Task carry on from here.
-        task = ctx.loop.create_task(_continue(self, coro, first), context=context)
+        coro = _guard(self, ctx.app(self.scope, self.receive, self.send))
+        if _EAGER_C_TASK:
+            task = asyncio.Task(coro, loop=ctx.loop, context=copy_context(), eager_start=True)  # type: ignore[call-arg]
+            if task.done():
+                return
+        else:
+            task = _EagerTask(coro, ctx.loop, copy_context())
+            if task.start():
+                return
+        # The app is waiting on something; its task carries on from there.
         self.task = task
         ctx.tasks.add(task)
-        task.add_done_callback(ctx.tasks.discard)
 
     # ------------------------------------------------------------------ app outcome
 

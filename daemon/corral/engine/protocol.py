@@ -227,15 +227,11 @@ class HttpProtocol(asyncio.Protocol):
         ctx.connection_closed()
 
     def eof_received(self) -> bool | None:
-        # The client half-closed. Keep the socket open to answer what it sent;
-        # with nothing in progress there is nothing left to do.
+        # The client closed its side. Like nginx (499) and uvicorn, take that as
+        # the client going away: the app sees http.disconnect. What is already in
+        # the write buffer (say, an error response) is still flushed by close().
         self._eof = True
-        if self._cur is None and not self._queue and self._parsing is None:
-            return False  # the transport closes itself
-        if self._in_head or (self._parsing is not None and not self._parsing.body_complete):
-            # The request can never be completed now.
-            return False
-        return True
+        return False
 
     # ------------------------------------------------------------------ input
 
@@ -497,7 +493,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._queue:
             if not self._driving:
-                self._drive()
+                # We may be inside the previous request's task (its last send()):
+                # start the next request from a plain loop callback instead.
+                self.loop.call_soon(self._drive)
             return
         if self._read_paused and not self._stop and not self._body_reader_paused:
             self._read_paused = False

@@ -305,7 +305,7 @@ class InlineCycle(WSGICycle):
             return
         self._result = result
         try:
-            if type(result) is FileWrapper and not self.is_head:
+            if type(result) is FileWrapper:
                 span = result.sendfile_span()
                 if span is not None and self.serve_file(self._head, span, self._file_done):
                     iface.inline_current = None
@@ -471,7 +471,7 @@ class ThreadedCycle(WSGICycle):
             return
         error: BaseException | None = None
         try:
-            if type(result) is FileWrapper and not self.is_head and self._send_file(result):
+            if type(result) is FileWrapper and self._send_file(result):
                 pass
             else:
                 for chunk in result:
