@@ -58,6 +58,9 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Accept balancing, as the worker drives it: USR1 pauses, USR2 resumes.
+    loop.add_signal_handler(signal.SIGUSR1, server.pause_accepting)
+    loop.add_signal_handler(signal.SIGUSR2, server.resume_accepting)
     if args.stats_file:
         loop.create_task(_dump_stats(server, args.stats_file))
     await stop.wait()
@@ -71,7 +74,7 @@ async def _dump_stats(server: Server, path: str) -> None:
     while True:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(server.stats.snapshot(), f)
+            json.dump(dict(server.stats.snapshot(), accepting=server.accepting), f)
         os.replace(tmp, path)
         await asyncio.sleep(0.1)
 
