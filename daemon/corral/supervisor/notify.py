@@ -8,6 +8,7 @@ protocol directly for that one message.
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import select
@@ -123,7 +124,9 @@ def barrier(socket_path: str, timeout: float = 10.0) -> bool:
     read_end, write_end = os.pipe()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            socket.send_fds(sock, [b"BARRIER=1"], [write_end], address=address)
+            # Not socket.send_fds(): before Python 3.13 it ignores its address argument.
+            sock.sendmsg([b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                           array.array("i", [write_end]))], 0, address)
         os.close(write_end)
         write_end = -1
         poller = select.poll()
