@@ -117,6 +117,21 @@ class Server:
             self._ticker = ctx.loop.call_later(_TICK, self._tick)
         self._update_accepting()
 
+    async def begin_drain(self) -> None:
+        """Start a graceful drain without closing idle connections yet (then call shutdown()).
+
+        Stops accepting and, once the connections accepted just before are set up,
+        answers every further response with ``Connection: close``. A client about to
+        reuse a keep-alive connection gets one last answer instead of a close racing
+        its request; ``shutdown()`` later closes what stayed idle.
+        """
+        self._serving = False
+        self._stop_reading()
+        while self._pending:
+            await asyncio.sleep(0)
+        if self._ctx is not None:
+            self._ctx.draining = True
+
     def pause_accepting(self) -> None:
         """Stop accepting new connections (existing ones are served as usual)."""
         self._paused_by_caller = True
