@@ -409,6 +409,9 @@ SUPERVISOR_KEYS: dict[str, KeySpec] = _keys(
             "a worker whose event loop sends no heartbeat for this long is hung: traceback logged, killed, replaced"),
     KeySpec("boot_timeout", DurationKind(), 60.0, "a worker must import the app and finish lifespan startup within this"),
     KeySpec("graceful_timeout", DurationKind(), 30.0, "how long in-flight requests may take to finish on stop or recycle"),
+    KeySpec("drain_linger", DurationKind(), 1.0,
+            "on a graceful stop, keep idle keep-alive connections open this long (answering their next "
+            "request with Connection: close) before closing them; 0: close them at once"),
     KeySpec("max_memory", SizeKind(), 0, "recycle a worker whose memory stays above this (0: off)"),
     KeySpec("memory_metric", ChoiceKind("uss", "rss"), "uss", "which memory figure max_memory applies to"),
     KeySpec("max_fds", IntKind(minimum=0), 0, "recycle a worker with more open fds than this (0: off)"),
@@ -504,6 +507,7 @@ class Config:
     timeout: float
     boot_timeout: float
     graceful_timeout: float
+    drain_linger: float
     max_memory: int
     memory_metric: str
     max_fds: int
@@ -629,7 +633,8 @@ def _resolve(raw: _Raw, keys: Mapping[str, KeySpec], path: str | os.PathLike[str
         bind=tuple(values["bind"]), backlog=values["backlog"], reuse_port=values["reuse_port"],
         workers=workers, python=python, environment=dict(values["environment"]),
         timeout=values["timeout"], boot_timeout=values["boot_timeout"],
-        graceful_timeout=values["graceful_timeout"], max_memory=values["max_memory"],
+        graceful_timeout=values["graceful_timeout"], drain_linger=values["drain_linger"],
+        max_memory=values["max_memory"],
         memory_metric=values["memory_metric"], max_fds=values["max_fds"],
         max_requests=values["max_requests"], max_requests_jitter=values["max_requests_jitter"],
         max_lifetime=values["max_lifetime"], max_lifetime_jitter=values["max_lifetime_jitter"],

@@ -273,7 +273,6 @@ class Supervisor:
         now = time.monotonic()
         self.workers.pop(worker.pid, None)
         self._processes.pop(worker.pid, None)
-        previous_state = worker.state
         worker.state = EXITED
         try:
             self._loop.remove_reader(worker.channel.fileno())
@@ -317,7 +316,8 @@ class Supervisor:
             return
         # The slot's serving (or first booting) worker is gone.
         slot.worker = None
-        reason = worker.stop_reason or (policies.BOOT_FAILED if previous_state == BOOTING else policies.CRASH)
+        never_ready = worker.ready_at is None
+        reason = worker.stop_reason or (policies.BOOT_FAILED if never_ready else policies.CRASH)
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
         slot.note_exit(worker, now)
         slot.last_error = worker.boot_error or description
@@ -325,7 +325,7 @@ class Supervisor:
             # A recycle was under way: its replacement takes the slot.
             slot.worker, slot.successor = slot.successor, None
             slot.restart_at = None
-        if previous_state == BOOTING and self.phase == "starting" and not self._anything_ready(generation):
+        if never_ready and self.phase == "starting" and not self._anything_ready(generation):
             slot.restart_at = None  # retried once some worker proves the app can boot
             log.error("worker %d (pid %d) %s before it was ready%s", worker.id, worker.pid, description,
                       _error_suffix(worker))

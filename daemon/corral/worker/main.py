@@ -144,9 +144,28 @@ class WorkerRuntime:
             self.balancer.stop()
         self.channel.send({"t": "draining"})
         timeout = float(self.config.get("graceful_timeout", 30.0)) if self.graceful else 0.0
-        await self.server.shutdown(timeout)
+        if self.graceful:
+            timeout -= await self._linger(min(float(self.config.get("drain_linger", 1.0)), timeout))
+        await self.server.shutdown(max(timeout, 0.0))
         self._send_heartbeat()  # final counters, so the supervisor's totals stay exact
         return 0
+
+    async def _linger(self, seconds: float) -> float:
+        """Stop accepting and close keep-alive connections after their next response, for up to
+        ``seconds`` before shutdown() closes those still idle; returns the time spent.
+
+        A client that sends its next request on a connection the server is closing
+        sees a reset. Clients in the middle of a conversation send within this window
+        and get ``Connection: close`` on their answer instead.
+        """
+        begin = getattr(self.server, "begin_drain", None)
+        if begin is None or seconds <= 0:
+            return 0.0
+        start = time.monotonic()
+        await begin()
+        while self.server.stats.connections_open and time.monotonic() - start < seconds and self.graceful:
+            await asyncio.sleep(0.02)
+        return time.monotonic() - start
 
     def _load_app(self) -> tuple[Any, str]:
         from corral.appload import detect_interface, load_app
