@@ -15,7 +15,7 @@ import errno
 import logging
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 from corral.engine.context import EngineContext
 from corral.engine.lifespan import LifespanError
@@ -72,6 +72,8 @@ class Server:
         self._serving = False
         self._shut_down = False
         self._stats_placeholder = EngineStats()
+        # Called after each accepted connection; may call pause_accepting() (accept balancing).
+        self.on_accept: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -87,6 +89,11 @@ class Server:
     @property
     def accepting(self) -> bool:
         return bool(self._reading)
+
+    @property
+    def connection_count(self) -> int:
+        """Connections open or being set up (what accept balancing counts)."""
+        return (len(self._ctx.connections) if self._ctx is not None else 0) + self._pending
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -260,6 +267,12 @@ class Server:
             task = ctx.loop.create_task(self._connect(ctx, conn))
             ctx.tasks.add(task)
             task.add_done_callback(ctx.tasks.discard)
+            if self.on_accept is not None:
+                # Accept balancing decides per connection: a burst of connects is
+                # shared out within one readiness event.
+                self.on_accept()
+                if self._paused_by_caller:
+                    return
 
     async def _connect(self, ctx: EngineContext, conn: socket.socket) -> None:
         try:
