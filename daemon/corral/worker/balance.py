@@ -8,10 +8,13 @@ creates and passes to every worker), and a worker holding clearly more than its
 share pauses accepting until it is back under it. No locks: each cell has one
 writer, and a slightly stale read only delays a decision by one connection.
 
-Cell layout (two signed 64-bit words): ``[active, open_connections]``. ``active``
-is 1 while the worker accepts (ready and not draining); the supervisor zeroes a
-cell when its worker exits. Cell 0 is the header: ``[cells in use, 0]`` bounds
-the scan, which runs on every accept decision and must stay short.
+Cell layout (three signed 64-bit words): ``[active, open_connections,
+updated_ms]``. ``active`` is 1 while the worker accepts (ready and not
+draining); the supervisor zeroes a cell when its worker exits. ``updated_ms``
+(CLOCK_MONOTONIC, shared by all processes) lets readers ignore a worker whose
+loop is blocked: a hung worker with few connections must not make every other
+worker pause. Cell 0 is the header: ``[cells in use, 0, 0]`` bounds the scan,
+which runs on every accept decision and must stay short.
 
 Standard library only: the supervisor imports this module.
 """
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 
 CELLS = 512
-WORDS_PER_CELL = 2
+WORDS_PER_CELL = 3
+STALE_MS = 500  # a cell not refreshed for this long is ignored
 _SIZE = CELLS * WORDS_PER_CELL * 8
 
 
@@ -46,19 +51,23 @@ class BalanceTable:
         base = cell * WORDS_PER_CELL
         self.words[base] = 0
         self.words[base + 1] = 0
+        self.words[base + 2] = 0
 
     def set(self, cell: int, active: bool, open_connections: int) -> None:
         base = cell * WORDS_PER_CELL
-        self.words[base + 1] = open_connections
-        self.words[base] = 1 if active else 0
+        words = self.words
+        words[base + 1] = open_connections
+        words[base + 2] = time.monotonic_ns() // 1_000_000
+        words[base] = 1 if active else 0
 
     def fair_share(self) -> tuple[int, int]:
-        """(number of active workers, connections they hold in total)."""
+        """(number of live active workers, connections they hold in total). Hot path: per accept."""
         words = self.words
         active = total = 0
         limit = min(max(words[0], 1), CELLS)
+        oldest = time.monotonic_ns() // 1_000_000 - STALE_MS
         for base in range(WORDS_PER_CELL, limit * WORDS_PER_CELL, WORDS_PER_CELL):
-            if words[base]:
+            if words[base] and words[base + 2] >= oldest:
                 active += 1
                 total += words[base + 1]
         return active, total

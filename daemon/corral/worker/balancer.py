@@ -7,9 +7,9 @@ small numbers never flap) the worker pauses accepting; back at or under the
 mean it resumes. Not every worker can be above the mean, so some worker always
 accepts.
 
-The check runs on a short timer and, when the engine offers it, on every new
-connection (``Server.on_connection``), because a burst of connects is decided
-within milliseconds.
+The check runs after every accepted connection (``Server.on_accept``), because a
+burst of connects is shared out within milliseconds, and on a short timer, which
+keeps this worker's cell fresh and resumes accepting once the others caught up.
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ class AcceptBalancer:
             return
         self._loop = asyncio.get_running_loop()
         self._running = True
-        hook = getattr(self.server, "on_connection", None)
-        if hook is not None or hasattr(type(self.server), "on_connection"):
-            self.server.on_connection = self.check
+        if hasattr(self.server, "on_accept"):
+            self.server.on_accept = self.check
         self._tick()
 
     def _tick(self) -> None:
@@ -55,7 +54,8 @@ class AcceptBalancer:
         """Publish our count and pause or resume accepting (cheap: a scan of a few cells)."""
         if not self._running:
             return
-        mine = self.server.stats.connections_open
+        server = self.server
+        mine = server.connection_count if hasattr(server, "connection_count") else server.stats.connections_open
         self.table.set(self.cell, True, mine)
         active, total = self.table.fair_share()
         if active <= 1:
@@ -66,7 +66,7 @@ class AcceptBalancer:
             if mine > mean * SLACK and mine > mean + MARGIN:
                 self.paused = True
                 self.pauses += 1
-                self.server.pause_accepting()
+                server.pause_accepting()
         elif mine <= mean:
             self._resume()
 
@@ -81,6 +81,6 @@ class AcceptBalancer:
         if self._handle is not None:
             self._handle.cancel()
         self.table.set(self.cell, False, 0)
-        if getattr(self.server, "on_connection", None) == self.check:
-            self.server.on_connection = None
+        if getattr(self.server, "on_accept", None) == self.check:
+            self.server.on_accept = None
         self.paused = False
