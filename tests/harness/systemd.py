@@ -36,7 +36,10 @@ Two modes:
   workdir, entered with ``pivot_root``; the network namespace is private (``lo`` only). Every
   write, ``dpkg -i`` included, lands in the upper layer and vanishes at teardown. The host
   cannot reach sockets inside: make requests from inside (``.run(["curl", ...])`` or
-  ``.popen([...])``). Use it for package install tests.
+  ``.popen([...])``). ``/lib/systemd/system`` and ``/etc/systemd/system`` start as empty
+  tmpfs and are on the unit path, so that a package's units (``dpkg -i``), ``systemctl
+  enable`` and drop-ins work while none of the host's units can load. Use it for package
+  install tests.
 
 PID 1's own log (and, without journald, the services' stdout/stderr through ``/dev/console``)
 is collected from a pty into ``workdir/console.log``; read it with ``.console()``. With
@@ -77,6 +80,9 @@ STUB_TARGETS = (
     "network", "multi-user", "umount", "swap", "network-online", "network-pre", "nss-lookup",
     "remote-fs", "time-sync", "final", "graphical", "default",
 )
+
+# Overlay mode only: where packages install units and `systemctl enable` links them.
+OVERLAY_UNIT_DIRS = ":/etc/systemd/system:/run/systemd/system:/lib/systemd/system"
 
 # A minimal journald (the host's unit pulls in audit and /dev/log sockets, and kmsg).
 JOURNALD_UNITS = {
@@ -169,6 +175,10 @@ else
     R="$W/root"
     mkdir -p "$R" "$W/ov/upper" "$W/ov/work"
     mount -t overlay overlay -o "lowerdir=/,upperdir=$W/ov/upper,workdir=$W/ov/work" "$R"
+    # Packages install units here, so these are on the unit path in this mode: start them
+    # empty, so that none of the host's units (and none of their .wants/ links) can load.
+    mount -t tmpfs -o mode=755 tmpfs "$R/usr/lib/systemd/system"
+    mount -t tmpfs -o mode=755 tmpfs "$R/etc/systemd/system"
     mount -t proc proc "$R/proc"
     mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
     cgroup_view "$R"
@@ -461,8 +471,10 @@ class SystemdNamespace:
             "CORRAL_NS_MODE": "overlay" if self.overlay else "basic",
             "CORRAL_NS_CONSOLE": slave_path,
             "CORRAL_NS_PATH": CLEAN_PATH,
-            # No trailing colon: that would append the host's unit directories.
-            "CORRAL_NS_UNIT_PATH": str(self.unit_dir),
+            # No trailing colon: that would append the host's unit directories (and the
+            # generators' output). Overlay mode adds the package directories, which boot.sh
+            # has replaced with empty ones.
+            "CORRAL_NS_UNIT_PATH": str(self.unit_dir) + (OVERLAY_UNIT_DIRS if self.overlay else ""),
             "CORRAL_NS_TARGET": TEST_TARGET,
             "CORRAL_NS_EXTRA_ARGS": extra,
         }
