@@ -113,7 +113,10 @@ def test_service_settings_the_supervisor_relies_on(service: str) -> None:
         [[binary, "reload", "--config", config]]
     assert seconds(values(path, "Service", "WatchdogSec")[0]) > 0
     # The unit does not know the app's config, so it must outlast the default drain.
-    assert seconds(values(path, "Service", "TimeoutStopSec")[0]) > default_graceful_timeout()
+    defaults = corral_defaults()
+    assert seconds(values(path, "Service", "TimeoutStopSec")[0]) > defaults.graceful_timeout
+    # Start (and, on systemd 252, each reload) includes booting the workers.
+    assert seconds(values(path, "Service", "TimeoutStartSec")[0]) > defaults.boot_timeout
 
 
 @pytest.mark.parametrize("service", ["app.service", "corral@.service"])
@@ -161,11 +164,8 @@ def test_model_pair_matches_the_packaged_templates() -> None:
         assert normalised(UNITS / f"app.{kind}") == normalised(UNITS / f"corral@.{kind}")
 
 
-def default_graceful_timeout() -> float:
-    """graceful_timeout's default as documented in conf/corral.yaml."""
-    conf = REPO / "conf" / "corral.yaml"
-    if not conf.exists():
-        pytest.skip("conf/corral.yaml (which documents graceful_timeout) is not written yet")
-    match = re.search(r"^\s*#?\s*graceful_timeout:\s*(\d+(?:\.\d+)?)", conf.read_text(), re.M)
-    assert match, "conf/corral.yaml does not document graceful_timeout"
-    return float(match[1])
+def corral_defaults():
+    """corral's config defaults (graceful_timeout, boot_timeout), from its own loader."""
+    from corral.config import load
+
+    return load(None)
