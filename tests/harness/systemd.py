@@ -41,6 +41,13 @@ Two modes:
   enable`` and drop-ins work while none of the host's units can load. Use it for package
   install tests.
 
+Testing the shipped units (units/app.*) with the repo's .venv: on this machine its python
+lives under /root/.pyenv, which ``ProtectHome=yes`` hides, and ``User=corral`` needs a user
+the host may not have. Relax exactly those in the test with a drop-in
+(``app.service.d/test.conf`` in the unit directory: ``ProtectHome=read-only``, ``User=``
+of an existing user), or use overlay mode and create the user inside
+(``systemd-sysusers``).
+
 PID 1's own log (and, without journald, the services' stdout/stderr through ``/dev/console``)
 is collected from a pty into ``workdir/console.log``; read it with ``.console()``. With
 ``journald=True`` a minimal systemd-journald (volatile storage) runs inside and ``.journal()``
