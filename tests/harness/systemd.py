@@ -264,7 +264,12 @@ def _cgroup2_base() -> Path | None:
 
 
 def _unit_name_ok(name: str) -> bool:
-    return "/" not in name and "." in name and not name.startswith(".")
+    """A unit file name ("app.service"), or a drop-in ("app.service.d/test.conf")."""
+    parts = name.split("/")
+    if len(parts) == 2:
+        unit, conf = parts
+        return unit.endswith(".d") and conf.endswith(".conf") and _unit_name_ok(unit[:-2])
+    return len(parts) == 1 and "." in name and not name.startswith(".")
 
 
 class SystemdNamespace:
@@ -281,7 +286,8 @@ class SystemdNamespace:
                  boot_timeout: float = 120.0) -> None:
         for name in units:
             if not _unit_name_ok(name):
-                raise ValueError(f"bad unit file name {name!r}: expected e.g. 'app.service'")
+                raise ValueError(f"bad unit file name {name!r}: expected e.g. 'app.service' "
+                                 "or a drop-in 'app.service.d/test.conf'")
         self.units = dict(units)
         self.overlay = overlay
         self.journald = journald
@@ -426,10 +432,11 @@ class SystemdNamespace:
         self.systemctl("daemon-reload")
 
     def write_unit(self, name: str, text: str) -> Path:
-        """Add or replace a unit file (call daemon_reload() afterwards)."""
+        """Add or replace a unit file or drop-in (call daemon_reload() afterwards)."""
         if not _unit_name_ok(name):
             raise ValueError(f"bad unit file name {name!r}")
         path = self.unit_dir / name
+        path.parent.mkdir(exist_ok=True)
         path.write_text(text)
         return path
 
@@ -458,6 +465,7 @@ class SystemdNamespace:
             stubs.update(JOURNALD_UNITS)
         stubs.update(self.units)
         for name, text in stubs.items():
+            (self.unit_dir / name).parent.mkdir(exist_ok=True)
             (self.unit_dir / name).write_text(text)
         (self.workdir / "boot.sh").write_text(BOOT_SH)
         (self.workdir / "boot.sh").chmod(0o755)

@@ -114,10 +114,12 @@ def test_basic_mode_socket_activation_and_clean_teardown(host_tmp_marker: Path) 
     assert host_tmp_marker.exists(), "the host's /tmp was touched"
 
 
-def test_journald_mode_collects_service_output(systemd_ns) -> None:
+def test_journald_mode_collects_service_output_and_drop_ins_apply(systemd_ns) -> None:
     token = uuid.uuid4().hex
-    ns = systemd_ns({"say.service": f"[Service]\nType=oneshot\nExecStart=/bin/echo {token}\n"},
-                    journald=True)
+    ns = systemd_ns({
+        "say.service": "[Service]\nType=oneshot\nExecStart=/bin/false\n",
+        "say.service.d/test.conf": f"[Service]\nExecStart=\nExecStart=/bin/echo {token}\n",
+    }, journald=True)
     ns.systemctl("start", "say.service")
     wait_until(lambda: token in ns.journal("say.service"), what="the service's line in journal")
     # Storage is volatile: nothing was written to the host's /var/log/journal.
