@@ -218,20 +218,26 @@ class UnionKind(Kind):
 class SequenceKind(Kind):
     """A YAML list; from the environment or a flag, a comma-separated string."""
 
-    def __init__(self, item: Kind, container: Callable[[Iterable[Any]], Any] = tuple) -> None:
+    def __init__(self, item: Kind, container: Callable[[Iterable[Any]], Any] = tuple,
+                 expected: str | None = None) -> None:
         self.item = item
         self.container = container
-        self.expected = f"a list of {_plural(item.expected)}"
+        self.expected = expected or f"a list of {_plural(item.expected)}"
 
     def coerce(self, value: Any, text: bool = False) -> Any:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()] if text else [value]
         if not isinstance(value, (list, tuple, set, frozenset)):
             self.fail()
-        try:
-            return self.container(self.item.coerce(v, text) for v in value)
-        except ValueError:
-            self.fail()
+        items = []
+        for v in value:
+            try:
+                items.append(self.item.coerce(v, text))
+            except ValueError as exc:
+                detail = str(exc)
+                raise ValueError(f"{self.expected}, but item {v!r} is not: "
+                                 + (detail if detail != self.item.expected else f"expected {detail}")) from None
+        return self.container(items)
 
 
 class MappingKind(Kind):
@@ -296,7 +302,7 @@ class BindKind(Kind):
             mode = value.get("mode")
             if isinstance(mode, str):
                 try:
-                    mode = int(mode, 8)
+                    mode = int(mode, 0) if mode.lower().startswith("0o") else int(mode, 8)
                 except ValueError:
                     self.fail()
             if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777):
@@ -396,7 +402,9 @@ SUPERVISOR_KEYS: dict[str, KeySpec] = _keys(
             "directory put first on the app's sys.path and used as its working directory (default: corral's cwd)"),
     KeySpec("name", OptionalKind(StrKind()), None,
             "instance name, used in the control socket path (default: the config file's stem, else 'corral')"),
-    KeySpec("bind", SequenceKind(BindKind(), container=tuple), (BindSpec(DEFAULT_BIND),),
+    KeySpec("bind", SequenceKind(BindKind(), container=tuple,
+                                 expected="a list of addresses (e.g. ['127.0.0.1:8000', 'unix:/run/app.sock'])"),
+            (BindSpec(DEFAULT_BIND),),
             "addresses to listen on when systemd passes no sockets"),
     KeySpec("backlog", IntKind(minimum=1), 2048, "listen() backlog of sockets corral binds itself"),
     KeySpec("reuse_port", BoolKind(), False,

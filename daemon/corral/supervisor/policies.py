@@ -72,7 +72,11 @@ def check_sample(config: Config, sample: dict[str, int], breaches: dict[str, int
 
 
 def check_counters(stats: dict[str, Any], age: float, max_requests: int, max_lifetime: float) -> Verdict | None:
-    """max_requests and max_lifetime (both already jittered for this worker)."""
+    """The worker's own request (a WSGI request stuck past its deadline), max_requests and
+    max_lifetime (both already jittered for this worker)."""
+    wants = stats.get("wants_recycle")
+    if wants:
+        return Verdict(DEADLINE, str(wants))
     requests = int(stats.get("requests_total", 0) or 0)
     if max_requests and requests >= max_requests:
         return Verdict(MAX_REQUESTS, f"served {requests} requests (max_requests {max_requests})")

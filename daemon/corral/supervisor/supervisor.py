@@ -85,7 +85,9 @@ class Supervisor:
         self.reload_waiters: list[asyncio.Future[ReloadOutcome]] = []
         self.reload_queued = False
         self.last_reload: ReloadOutcome | None = None
-        self.balance = BalanceTable.create() if config.accept_balance else None
+        # One queue per slot (reuse-port groups) must never be paused: nobody else drains it.
+        shared = not any(item.group for item in listeners.http())
+        self.balance = BalanceTable.create() if config.accept_balance and shared else None
         self.cells = CellAllocator(self.balance) if self.balance else None
         self._processes: dict[int, psutil.Process] = {}
         self._done: asyncio.Event | None = None
