@@ -66,25 +66,25 @@ class Cycle:
     """Base class of a request/response cycle; see the protocol module docstring."""
 
     __slots__ = (
-        "conn", "ctx", "scope", "keep_alive", "is_head", "http10", "expect_continue", "start",
+        "conn", "ctx", "scope", "keep_alive", "expect_continue", "start",
         # request body
         "_chunks", "_buffered", "body_complete", "body_received", "disconnected", "_body_paused",
         # response
         "status", "response_started", "head_sent", "response_complete", "bytes_sent",
-        "_lines", "_length", "_flags", "_framing", "_remaining",
+        "_parts", "_length", "_flags", "_framing", "_remaining",
     )
 
     def __init__(self, conn: "HttpProtocol", scope: dict[str, Any], keep_alive: bool,
                  expect_continue: bool, body_expected: bool) -> None:
+        # Hot path: only what is read before the app starts the response; the
+        # response fields are set by start_response().
         self.conn = conn
         self.ctx = conn.ctx
         self.scope = scope
         self.keep_alive = keep_alive
-        self.is_head = scope["method"] == "HEAD"
-        self.http10 = scope["http_version"] == "1.0"
         self.expect_continue = expect_continue
         self.start = 0.0
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] | None = None
         self._buffered = 0
         self.body_complete = not body_expected
         self.body_received = 0
@@ -95,11 +95,7 @@ class Cycle:
         self.head_sent = False
         self.response_complete = False
         self.bytes_sent = 0
-        self._lines: list[bytes] = []
-        self._length: int | None = None
-        self._flags = 0
         self._framing = _UNDECIDED
-        self._remaining = 0
 
     # ------------------------------------------------------------------ subclass hooks
 
@@ -122,7 +118,10 @@ class Cycle:
         """The protocol hands over request-body bytes (hot path for uploads)."""
         if self.response_complete:
             return  # the app answered without reading the rest: discard it
-        self._chunks.append(data)
+        if self._chunks is None:
+            self._chunks = [data]
+        else:
+            self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > self.ctx.body_buffer_size and not self._body_paused:
             self._body_paused = True
@@ -149,7 +148,7 @@ class Cycle:
     def take_body(self) -> bytes:
         """All buffered body bytes (possibly b""); resumes reading if it was paused."""
         chunks = self._chunks
-        if not chunks:
+        if not chunks:  # None or empty
             data = b""
         elif len(chunks) == 1:
             data = chunks[0]
@@ -191,7 +190,8 @@ class Cycle:
         # values are memoised, so this is mostly dictionary lookups.
         names = _NAMES
         values = _VALUES
-        lines = self._lines
+        # The head as a flat list of byte strings, joined once when it is written.
+        parts = [STATUS_LINES[status]]
         length = None
         flags = 0
         try:
@@ -224,23 +224,44 @@ class Cycle:
                         flags |= _F_DATE
                     else:
                         flags |= _F_SERVER
-                lines.append(name + b": " + value)
+                parts += (name, b": ", value, b"\r\n")
         except (TypeError, ValueError) as exc:
-            lines.clear()
             raise InvalidResponse(f"response headers must be an iterable of (name, value) byte-string "
                                   f"pairs: {exc}") from None
-        except InvalidResponse:
-            lines.clear()
-            raise
         if flags & _F_TE and length is not None:
-            lines.clear()
             raise InvalidResponse("the app sent both Content-Length and Transfer-Encoding")
+        self._parts = parts
+        self._remaining = 0
         self.status = status
         self._length = length
         self._flags = flags
         if flags & _F_CLOSE:
             self.keep_alive = False
         self.response_started = True
+
+    def set_encoded_head(self, status: int, block: bytes, length: int | None, flags: int,
+                         close: bool) -> None:
+        """Record a head an interface validated and encoded itself (WSGI does).
+
+        ``block`` is the header lines separated by CRLF (no final CRLF), ``length``
+        the declared Content-Length or None, ``flags`` the ``_F_*`` bits for the
+        headers the engine looks at, ``close`` whether the app asked to close.
+        """
+        parts = [STATUS_LINES[status]]
+        if block:
+            parts += (block, b"\r\n")
+        self._parts = parts
+        self._length = length
+        self._flags = flags
+        self._remaining = 0
+        self.status = status
+        if close:
+            self.keep_alive = False
+        self.response_started = True
+
+    @property
+    def is_head(self) -> bool:
+        return self.scope["method"] == "HEAD"
 
     def write_body(self, body: bytes, more: bool) -> None:
         """Frame and write body bytes; ``more=False`` completes the response (hot path).
@@ -291,17 +312,18 @@ class Cycle:
     def _write_first(self, body: bytes, more: bool) -> None:
         """Write the head, together with the first body bytes in one write (hot path)."""
         status = self.status
-        lines = self._lines
+        parts = self._parts
         flags = self._flags
         length = self._length
-        if self.is_head or status == 204 or status == 304:
+        scope = self.scope
+        http10 = scope["http_version"] == "1.0"
+        if status == 204 or status == 304 or scope["method"] == "HEAD":
             framing = _NO_BODY
         elif length is not None:
             framing = _LENGTH
             n = len(body)
             if n > length or (not more and n != length):
                 # Nothing is written yet: the error path can still answer 500.
-                lines.clear()
                 self.response_started = False
                 self._raise_framing(f"response body {'longer' if n > length else 'shorter'} than its "
                                     f"Content-Length {length} ({n} bytes)")
@@ -309,42 +331,40 @@ class Cycle:
         elif not more:
             # The whole body is here: a Content-Length beats chunked framing for every client.
             framing = _LENGTH
-            lines.append(b"content-length: " + str(len(body)).encode())
-        elif not self.http10:
+            parts += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+        elif not http10:
             framing = _CHUNKED
-            lines.append(b"transfer-encoding: chunked")
+            parts.append(b"transfer-encoding: chunked\r\n")
         else:
             framing = _UNTIL_CLOSE  # HTTP/1.0 has no chunked coding: the close ends the body
             self.keep_alive = False
-        if self.keep_alive and (self.ctx.draining or (self.expect_continue and not self.body_complete)):
+        ctx = self.ctx
+        if self.keep_alive and (ctx.draining or (self.expect_continue and not self.body_complete)):
             # Draining, or the client still withholds a body we never asked for: close after this.
             self.keep_alive = False
         if not self.keep_alive:
             if not flags & _F_CLOSE:
-                lines.append(b"connection: close")
-        elif self.http10 and not flags & _F_CONN:
-            lines.append(b"connection: keep-alive")
-        ctx = self.ctx
+                parts.append(b"connection: close\r\n")
+        elif http10 and not flags & _F_CONN:
+            parts.append(b"connection: keep-alive\r\n")
         if flags & (_F_DATE | _F_SERVER):
-            tail = (b"" if flags & _F_DATE else ctx.date_line) + (b"" if flags & _F_SERVER else ctx.server_line)
+            if not flags & _F_DATE:
+                parts.append(ctx.date_line)
+            if not flags & _F_SERVER:
+                parts.append(ctx.server_line)
         else:
-            tail = ctx.default_headers
-        if lines:
-            head = STATUS_LINES[status] + b"\r\n".join(lines) + b"\r\n" + tail + b"\r\n"
-        else:
-            head = STATUS_LINES[status] + tail + b"\r\n"
+            parts.append(ctx.default_headers)
         self._framing = framing
         self.head_sent = True
         if framing == _NO_BODY or not body:
-            if framing == _CHUNKED and not more:
-                head += b"0\r\n\r\n"
-            self.conn.write(head)
+            parts.append(b"\r\n0\r\n\r\n" if framing == _CHUNKED and not more else b"\r\n")
         elif framing == _CHUNKED:
-            self.conn.write(head + b"%x\r\n" % len(body) + body + (b"\r\n" if more else b"\r\n0\r\n\r\n"))
+            parts += (b"\r\n%x\r\n" % len(body), body, b"\r\n" if more else b"\r\n0\r\n\r\n")
             self.bytes_sent = len(body)
         else:
-            self.conn.write(head + body)
+            parts += (b"\r\n", body)
             self.bytes_sent = len(body)
+        self.conn.write(b"".join(parts))
 
     def _raise_framing(self, message: str) -> None:
         """Log the app's framing error once and raise it to the app."""

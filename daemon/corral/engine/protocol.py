@@ -96,7 +96,8 @@ _H_EXPECT = b"expect"
 _H_CL = b"content-length"
 _H_TE = b"transfer-encoding"
 _PROXY_HEADERS = frozenset((b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
-_SPECIAL = frozenset((_H_HOST, _H_EXPECT, _H_CL, _H_TE)) | _PROXY_HEADERS
+_H_UPGRADE = b"upgrade"
+_SPECIAL = frozenset((_H_HOST, _H_EXPECT, _H_CL, _H_TE, _H_UPGRADE)) | _PROXY_HEADERS
 
 _METHODS = {m.encode(): m for m in (
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")}
@@ -124,18 +125,25 @@ class Reject(Exception):
 class _ErrorCycle:
     """A queued refusal: answered in order, after the requests before it."""
 
-    __slots__ = ("status", "message")
+    __slots__ = ("conn", "status", "message")
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, conn: "HttpProtocol", status: int, message: str) -> None:
+        self.conn = conn
         self.status = status
         self.message = message
+
+    def run(self) -> None:
+        conn = self.conn
+        conn._cur = None
+        conn._queue.clear()
+        conn._write_error(self.status, self.message)
 
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "ctx", "loop", "transport", "_parser", "_closed", "_client", "_server", "_trusted",
         # current request head
-        "_url", "_headers", "_nheaders", "_hsize", "_hosts", "_expect", "_clen", "_te", "_fwd",
+        "_url", "_headers", "_nheaders", "_hsize", "_hosts", "_special",
         "_in_head", "_head_extra", "_in_trailers",
         # requests
         "_cur", "_parsing", "_queue", "_driving", "_stop", "_last_request", "_upgrade",
@@ -158,10 +166,7 @@ class HttpProtocol(asyncio.Protocol):
         self._nheaders = 0
         self._hsize = 0
         self._hosts = 0
-        self._expect: bytes | None = None
-        self._clen: bytes | None = None
-        self._te: bytes | None = None
-        self._fwd = False
+        self._special: list[tuple[bytes, bytes]] | None = None
         self._in_head = False
         self._head_extra = 0
         self._in_trailers = False
@@ -287,25 +292,25 @@ class HttpProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ parser callbacks (hot path)
 
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._head_extra = 0
-        self._in_trailers = False
-        self._url = b""
-        self._headers = []
-        self._nheaders = 0
-        self._hsize = 0
-        self._hosts = 0
-        self._expect = None
-        self._clen = None
-        self._te = None
-        self._fwd = False
-        if self._deadline_kind == _KEEPALIVE:
-            self._deadline = self.loop.time() + self.ctx.header_timeout
-            self._deadline_kind = _HEADER
+    # httptools calls on_url first for every request (there is no on_message_begin
+    # callback: one Python call less per request), then on_header per field,
+    # on_headers_complete, on_body per chunk and on_message_complete.
 
     def on_url(self, url: bytes) -> None:
-        url = self._url + url
+        if self._in_head:  # the target arrived in pieces
+            url = self._url + url
+        else:  # a new request begins
+            self._in_head = True
+            self._head_extra = 0
+            self._in_trailers = False
+            self._headers = []
+            self._nheaders = 0
+            self._hsize = 0
+            self._hosts = 0
+            self._special = None
+            if self._deadline_kind == _KEEPALIVE:
+                self._deadline = self.loop.time() + self.ctx.header_timeout
+                self._deadline_kind = _HEADER
         if len(url) > self.ctx.max_request_line:
             raise Reject(414, f"URI Too Long (limit {self.ctx.max_request_line} bytes)")
         self._url = url
@@ -327,16 +332,13 @@ class HttpProtocol(asyncio.Protocol):
         if name in _SPECIAL:
             if name == _H_HOST:
                 self._hosts += 1
-            elif name == _H_CL:
-                self._clen = value
-            elif name == _H_TE:
-                self._te = value
-            elif name == _H_EXPECT:
-                self._expect = value
+            elif self._special is None:
+                self._special = [(name, value)]
             else:
-                self._fwd = True
+                self._special.append((name, value))
 
     def on_headers_complete(self) -> None:
+        # Hot path.
         ctx = self.ctx
         parser = self._parser
         self._in_head = False
@@ -344,25 +346,45 @@ class HttpProtocol(asyncio.Protocol):
         self._nheaders = 0
         self._hsize = 0
         version = parser.get_http_version()
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        body_expected = False
+        expect = False
+        upgrade = False
+        special = self._special
+        if special is not None:
+            te = clen = expect_value = None
+            for name, value in special:
+                if name == _H_CL:
+                    clen = value
+                elif name == _H_TE:
+                    te = value
+                elif name == _H_EXPECT:
+                    expect_value = value
+                elif name == _H_UPGRADE:
+                    upgrade = True
+            if te is not None:
+                if version == "1.0":
+                    raise Reject(400, "Bad Request: Transfer-Encoding in an HTTP/1.0 request")
+                body_expected = True  # llhttp refused any coding but a final "chunked"
+            if clen is not None:
+                length = int(clen)  # llhttp accepts digits only
+                if ctx.max_body_size is not None and length > ctx.max_body_size:
+                    raise Reject(413, f"Content Too Large (limit {ctx.max_body_size} bytes)")
+                body_expected = length > 0
+            if expect_value is not None:
+                if expect_value.lower() != b"100-continue":
+                    raise Reject(417, "Expectation Failed")
+                expect = body_expected
         if version != "1.1":
             if version != "1.0":
                 raise Reject(505, f"HTTP Version Not Supported (HTTP/{version}; use 1.0 or 1.1)")
-            if self._te is not None:
-                raise Reject(400, "Bad Request: Transfer-Encoding in an HTTP/1.0 request")
+            if self._hosts > 1:
+                raise Reject(400, "Bad Request: more than one Host header")
         elif self._hosts != 1:
             raise Reject(400, "Bad Request: missing Host header" if not self._hosts
                          else "Bad Request: more than one Host header")
-        if self._hosts > 1:
-            raise Reject(400, "Bad Request: more than one Host header")
-        raw_method = parser.get_method()
-        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        body_expected = self._te is not None
-        if self._clen is not None:
-            length = int(self._clen)  # llhttp accepts digits only
-            if ctx.max_body_size is not None and length > ctx.max_body_size:
-                raise Reject(413, f"Content Too Large (limit {ctx.max_body_size} bytes)")
-            body_expected = length > 0
-        if parser.should_upgrade():
+        if (upgrade or method == "CONNECT") and parser.should_upgrade():
             if method == "CONNECT":
                 raise Reject(501, "Not Implemented: CONNECT")
             if body_expected:
@@ -370,15 +392,13 @@ class HttpProtocol(asyncio.Protocol):
             # Served as plain HTTP (no protocol switch is supported); the
             # connection closes after the response.
             self._upgrade = True
-        expect = False
-        if self._expect is not None:
-            if self._expect.lower() != b"100-continue":
-                raise Reject(417, "Expectation Failed")
-            expect = body_expected
 
         url = self._url
-        if url[:1] == b"/" and b"#" not in url:
-            raw_path, _, query = url.partition(b"?")
+        if url[0] == 47 and 35 not in url:  # "/" first, no "#" (int membership is a memchr)
+            if 63 in url:  # "?"
+                raw_path, _, query = url.partition(b"?")
+            else:
+                raw_path, query = url, b""
         elif url == b"*":
             if method != "OPTIONS":
                 raise Reject(400, "Bad Request: request target '*' is only valid with OPTIONS")
@@ -390,7 +410,7 @@ class HttpProtocol(asyncio.Protocol):
                 raise Reject(400, "Bad Request: invalid request target") from None
             raw_path = parsed.path or b"/"
             query = parsed.query or b""
-        if b"%" in raw_path:
+        if 37 in raw_path:  # "%"
             path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
         else:
             path = raw_path.decode("ascii")
@@ -417,7 +437,7 @@ class HttpProtocol(asyncio.Protocol):
             "server": self._server,
             "state": state.copy() if state else {},
         }
-        if self._fwd and self._trusted:
+        if special is not None and self._trusted and any(n in _PROXY_HEADERS for n, _ in special):
             apply_proxy_headers(scope, ctx.trusted)
         cycle = ctx.cycle_class(self, scope, keep_alive, expect, body_expected)
         ctx.stats.requests_total += 1
@@ -453,21 +473,16 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ running requests
 
     def _drive(self) -> None:
-        """Run queued requests, in order, one at a time."""
+        """Run queued requests, in order, one at a time (hot path)."""
         queue = self._queue
         self._driving = True
         try:
-            while self._cur is None and queue and not self._closed:
-                cycle = queue.popleft()
-                if isinstance(cycle, _ErrorCycle):
-                    self._write_error(cycle.status, cycle.message)
-                    queue.clear()
-                    return
-                self._cur = cycle
+            while self._cur is None and queue:
+                cycle = self._cur = queue.popleft()
                 cycle.run()
         finally:
             self._driving = False
-        if queue and not self._read_paused:
+        if queue and not self._read_paused and not self._closed:
             # Pipelined requests are waiting: read no more until they are answered.
             self._read_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
@@ -536,7 +551,7 @@ class HttpProtocol(asyncio.Protocol):
             self._queue.remove(parsing)
         else:
             ctx.stats.requests_total += 1
-        self._queue.append(_ErrorCycle(status, message))
+        self._queue.append(_ErrorCycle(self, status, message))
         if self._cur is None and not self._driving:
             self._drive()
 

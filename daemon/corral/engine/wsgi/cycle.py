@@ -134,15 +134,8 @@ class WSGICycle(Cycle):
             raise InvalidResponse(f"the WSGI app produced a body without calling start_response() "
                                   f"({self.request_line()})")
         code, block, length, close, flags = head
-        # The base cycle's own start_response() validates bytes pairs; WSGI headers
-        # were validated and encoded by encode_headers, so its fields are set directly.
-        self.status = code
-        self._lines = [block] if block else []
-        self._length = length
-        self._flags = flags
-        if close:
-            self.keep_alive = False
-        self.response_started = True
+        # WSGI headers were validated and encoded by encode_headers.
+        self.set_encoded_head(code, block, length, flags, close)
 
     # ------------------------------------------------------------------ outcomes (loop thread)
 
