@@ -76,3 +76,25 @@ def test_pipelined_requests_after_connection_close_are_not_answered(server):
     data = exchange(server, b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + GET + GET)
     responses = parse_responses(data)
     assert len(responses) == 1 and responses[0].status == 200
+
+
+def test_upgrade_request_is_served_as_plain_http_then_closed(server):
+    # No protocol switch is supported: the app answers as for any request, and
+    # whatever the client sends next (another protocol) is never parsed as HTTP.
+    data = exchange(server, b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                            b"Sec-WebSocket-Version: 13\r\n\r\n" + GET)
+    responses = parse_responses(data)
+    assert [r.status for r in responses] == [200]
+    assert responses[0].header("connection") == "close"
+
+
+def test_ipv6_listener(make_server):
+    proc = make_server(bind="[::1]:0")
+    import socket as _socket
+    with _socket.create_connection(("::1", proc.port), timeout=10) as sock:
+        sock.sendall(b"GET /scope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    scope = json.loads(parse_responses(data)[0].body)
+    assert scope["client"][0] == "::1" and scope["server"] == ["::1", proc.port]

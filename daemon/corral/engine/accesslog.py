@@ -26,7 +26,25 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f"\\]')
 
 def escape(text: str) -> str:
     """Escape control characters, quotes and backslashes as ``\\xHH``."""
+    if _UNSAFE.search(text) is None:
+        return text
     return _UNSAFE.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+
+
+class _Clock:
+    """Log timestamps, formatted once per second."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.second = -1
+        self.text = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self.second:
+            self.second = second
+            self.text = time.strftime(self.fmt, time.localtime(second))
+        return self.text
 
 
 def _header(cycle: "Cycle", name: bytes) -> str:
@@ -52,12 +70,15 @@ def _client(cycle: "Cycle") -> str:
 def make_access_logger(fmt: str) -> Callable[["Cycle"], None]:
     """A function logging one finished cycle in ``fmt``."""
 
+    clf_clock = _Clock("%d/%b/%Y:%H:%M:%S %z")
+    iso_clock = _Clock("%Y-%m-%dT%H:%M:%S%z")
+
     def common(cycle: "Cycle") -> None:
         if not access_logger.isEnabledFor(logging.INFO):
             return
         scope = cycle.scope
         duration = time.monotonic() - cycle.start if cycle.start else 0.0
-        stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+        stamp = clf_clock.now()
         line = (f'{escape(_client(cycle))} - - [{stamp}] '
                 f'"{escape(scope["method"])} {escape(_target(cycle))} HTTP/{scope["http_version"]}" '
                 f'{cycle.status} {cycle.bytes_sent}')
@@ -73,7 +94,7 @@ def make_access_logger(fmt: str) -> Callable[["Cycle"], None]:
         scope = cycle.scope
         duration = time.monotonic() - cycle.start if cycle.start else 0.0
         record = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "time": iso_clock.now(),
             "client": _client(cycle),
             "method": scope["method"],
             "path": scope["raw_path"].decode("latin-1"),

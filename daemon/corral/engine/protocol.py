@@ -58,6 +58,11 @@ head that fails validation can still become a 500.
                                   ``ClientDisconnected`` (an OSError) when the client is
                                   gone, ``InvalidResponse`` when the body breaks the
                                   declared Content-Length (the connection is closed)
+    ``set_encoded_head(status, block, length, flags, close)``  for interfaces that
+                                  validate and encode headers themselves (WSGI): ``block``
+                                  is CRLF-separated header lines, ``flags`` the cycle
+                                  module's ``_F_*`` bits (Date/Server/Connection given)
+    ``is_head``                   the request method is HEAD (no body will be written)
     ``drain() -> Future | None``  await it (if not None) before writing more: the
                                   client is not reading; ``write_timeout`` applies
     ``abort_response(status, msg)``  error exit: a canned ``status`` response if the
