@@ -50,6 +50,8 @@ def test_units_and_sysusers_are_installed_as_shipped(extracted: Path) -> None:
     sysusers = (extracted / "usr/lib/sysusers.d/corral.conf").read_text()
     assert re.search(r"^u corral ", sysusers, re.M)
     assert (extracted / "etc/corral").is_dir()
+    # The units' Documentation=file:/usr/share/doc/corral/README.md (never compressed).
+    assert (extracted / "usr/share/doc/corral/README.md").is_file()
 
 
 def test_runtime_is_a_private_venv_with_uvloop_at_least_0_23(extracted: Path) -> None:
