@@ -195,7 +195,8 @@ else
     mkdir -p "$R$W"
     mount --bind "$W" "$R$W"
     private_dev "$R/dev" /dev
-    ip link set lo up
+    # systemd brings lo up itself as well; iproute2 may be missing from minimal images.
+    if command -v ip >/dev/null; then ip link set lo up; fi
     mkdir -p "$R/.oldroot"
     cd "$R"
     pivot_root . .oldroot
