@@ -354,3 +354,20 @@ async def task_identity_sync(scope, receive, send, q, key):
 
 ROUTES["/task-identity"] = task_identity
 ROUTES["/task-identity-sync"] = task_identity_sync
+
+
+async def receive_after_response(scope, receive, send, q, key):
+    """A listener already waiting in receive() must get http.disconnect once the response is done."""
+    async def listen() -> None:
+        message = await receive()  # the (empty) request body
+        if message["type"] == "http.request":
+            message = await receive()  # waits: nothing more will come until the exchange ends
+        _record(key, message["type"])
+
+    listener = asyncio.get_running_loop().create_task(listen())
+    await asyncio.sleep(0.05)  # let it block in receive()
+    await _respond(send, 200, b"done")
+    await asyncio.wait_for(listener, 10)
+
+
+ROUTES["/receive-after-response"] = receive_after_response

@@ -94,3 +94,12 @@ def test_disconnect_while_the_app_streams_raises_oserror_in_send(server):
     sock.close()
     events = wait_until(lambda: len(_events(server, "sd")) == 3 and _events(server, "sd"), what="send failure")
     assert events[1:] == ["ClientDisconnected", True]
+
+
+def test_receive_after_the_response_returns_http_disconnect(server):
+    with server.connect() as sock:
+        sock.sendall(b"GET /receive-after-response?id=rar HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_responses(sock, 1)[0].body == b"done"
+        wait_until(lambda: _events(server, "rar") == ["http.disconnect"], what="receive() to end")
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")  # the connection itself stays usable
+        assert read_responses(sock, 1)[0].status == 200

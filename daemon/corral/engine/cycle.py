@@ -384,6 +384,7 @@ class Cycle:
     def _complete(self) -> None:
         self.response_complete = True
         self.conn.response_done(self)
+        self.on_body_event()  # a reader still waiting now gets "disconnect" (the exchange is over)
 
     def abort_response(self, status: int = 500, message: str = "Internal Server Error") -> None:
         """End this exchange after an error: answer ``status`` if nothing was written, else close."""
