@@ -27,14 +27,15 @@ class EngineProc:
 
     def __init__(self, app: str = "apps:app", settings: dict[str, Any] | None = None,
                  unix: str | None = None, bind: str = "127.0.0.1:0", shutdown_timeout: float = 10.0,
-                 stats: bool = False, expect_ready: bool = True) -> None:
+                 stats: bool = False, expect_ready: bool = True, backlog: int = 1024) -> None:
         self.unix = unix
         self._log = tempfile.NamedTemporaryFile(prefix="engine-", suffix=".log", delete=False)
         self.stats_path = self._log.name + ".stats.json" if stats else None
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "daemon"), env.get("PYTHONPATH", "")])
         env.pop("JOURNAL_STREAM", None)
-        cmd = [sys.executable, str(SERVE), "--app", app, "--shutdown-timeout", str(shutdown_timeout)]
+        cmd = [sys.executable, str(SERVE), "--app", app, "--shutdown-timeout", str(shutdown_timeout),
+               "--backlog", str(backlog)]
         if settings:
             cmd += ["--settings", json.dumps(settings)]
         if unix:

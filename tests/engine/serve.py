@@ -25,7 +25,7 @@ from corral.engine import EngineSettings, LifespanError, Server
 from corral.logs import setup_logging
 
 
-def _listen(bind: str | None, unix: str | None) -> socket.socket:
+def _listen(bind: str | None, unix: str | None, backlog: int) -> socket.socket:
     if unix:
         if os.path.exists(unix):
             os.unlink(unix)
@@ -37,14 +37,14 @@ def _listen(bind: str | None, unix: str | None) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, int(port)))
-    sock.listen(1024)
+    sock.listen(backlog)
     return sock
 
 
 async def _main(args: argparse.Namespace) -> int:
     app = load_app(args.app)
     settings = EngineSettings(**json.loads(args.settings)) if args.settings else EngineSettings()
-    sock = _listen(args.bind, args.unix)
+    sock = _listen(args.bind, args.unix, args.backlog)
     server = Server(app, settings, interface=args.interface)
     try:
         await server.startup()
@@ -89,6 +89,7 @@ def main() -> int:
     parser.add_argument("--shutdown-timeout", type=float, default=10.0)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--stats-file")
+    parser.add_argument("--backlog", type=int, default=1024)
     args = parser.parse_args()
     setup_logging(args.log_level, role="engine-test")
     return uvloop.run(_main(args))

@@ -124,3 +124,20 @@ def test_many_concurrent_clients(server):
     for t in threads:
         t.join(60)
     assert not errors
+
+
+def test_the_engine_never_calls_listen_on_its_sockets(make_server):
+    # A listen() on an inherited socket would override systemd's Backlog= (and
+    # trips SELinux policies): the backlog set by the socket's owner must survive.
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is needed to read a listening socket's backlog")
+    proc = make_server(backlog=77)
+    assert parse_responses(exchange(proc, b"GET /hello HTTP/1.0\r\n\r\n"))[0].status == 200
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{proc.port}"], capture_output=True, text=True).stdout
+    fields = out.split()
+    assert fields[0] == "LISTEN" and fields[2] == "77", out
