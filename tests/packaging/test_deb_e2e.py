@@ -48,6 +48,26 @@ def write(ns: SystemdNamespace, path: str, text: str) -> None:
     ns.run(["sh", "-c", f'mkdir -p "$(dirname {path})" && cat > {path}'], input=text)
 
 
+# Processes inside the namespace as JSON [pid, ppid, uid, cmdline] (no procps needed).
+PS = """
+import json, os
+out = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        status = open(f"/proc/{pid}/status").read()
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
+    except OSError:
+        continue
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    out.append([int(pid), int(fields["PPid"]), int(fields["Uid"].split()[0]), cmdline.strip()])
+print(json.dumps(out))
+"""
+
+
+def processes(ns: SystemdNamespace) -> list[list]:
+    return json.loads(ns.run(["/usr/bin/python3", "-c", PS]).stdout)
+
+
 def load_stats(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"ok": 0, "failed": 0}
 
@@ -73,8 +93,9 @@ def test_install_serve_reload_upgrade_under_load_and_purge(ns: SystemdNamespace,
     wait_until(lambda: ns.show("corral@demo.service", "ActiveState") == "active",
                timeout=90, what="corral@demo.service active")
     main_pid = ns.show("corral@demo.service", "MainPID")
-    workers = ns.run(["ps", "-o", "args=", "--ppid", main_pid]).stdout
-    assert "/srv/demo/venv/bin/python" in workers, f"workers not in the app's venv:\n{workers}"
+    workers = [cmd for _, ppid, _, cmd in processes(ns) if ppid == int(main_pid)]
+    assert len(workers) == 2 and all(w.startswith("/srv/demo/venv/bin/python ") for w in workers), \
+        f"workers not running in the app's venv: {workers}"
 
     # Load from here on, through the reload and the upgrade.
     script, stop, result = ns.workdir / "load.py", ns.workdir / "load.stop", ns.workdir / "load.json"
@@ -116,7 +137,9 @@ def test_install_serve_reload_upgrade_under_load_and_purge(ns: SystemdNamespace,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     units = ns.systemctl("list-units", "--all", "--plain", "--no-legend", "corral@*").stdout
     assert " active " not in units, units
-    assert ns.run(["pgrep", "-u", "corral"], check=False).returncode == 1, "corral processes left"
+    uid = int(ns.run(["id", "-u", "corral"]).stdout)
+    left = [p for p in processes(ns) if p[2] == uid or "/usr/lib/corral/" in p[3]]
+    assert left == [], f"processes left running: {left}"
     leftovers = ns.run(["sh", "-c", 'for f; do [ -e "$f" ] && [ ! -d "$f" ] && echo "$f"; done; '
                         "true", "sh", *package_files]).stdout.split()
     assert leftovers == [], f"package files left after purge: {leftovers}"
