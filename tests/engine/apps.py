@@ -371,3 +371,15 @@ async def receive_after_response(scope, receive, send, q, key):
 
 
 ROUTES["/receive-after-response"] = receive_after_response
+
+
+async def swallows_cancel(scope, receive, send, q, key):
+    """Ignores cancellation (a badly behaved app): request_timeout must still answer."""
+    for _ in range(3600):
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            _record(key, "swallowed")
+
+
+ROUTES["/swallows-cancel"] = swallows_cancel

@@ -67,7 +67,10 @@ async def _main(args: argparse.Namespace) -> int:
     await server.shutdown(args.shutdown_timeout)
     print("STOPPED", flush=True)
     sock.close()
-    return 0
+    # A test app may ignore cancellation on purpose; don't let asyncio's exit
+    # (which waits for every task) hang on it.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 async def _dump_stats(server: Server, path: str) -> None:

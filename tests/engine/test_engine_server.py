@@ -141,3 +141,9 @@ def test_the_engine_never_calls_listen_on_its_sockets(make_server):
     out = subprocess.run(["ss", "-ltnH", f"sport = :{proc.port}"], capture_output=True, text=True).stdout
     fields = out.split()
     assert fields[0] == "LISTEN" and fields[2] == "77", out
+
+
+def test_request_timeout_answers_even_if_the_app_ignores_cancellation(make_server):
+    proc = make_server(settings={"request_timeout": 1.0})
+    data = exchange(proc, b"GET /swallows-cancel?id=sw HTTP/1.1\r\nHost: t\r\n\r\n", timeout=20)
+    assert parse_responses(data)[0].status == 504

@@ -162,7 +162,12 @@ class ASGICycle(Cycle):
 
     def on_request_timeout(self) -> None:
         task = self.task
-        if self._timed_out or task is None or task.done():
+        if self._timed_out:
+            # Called again a tick later and still not answered: the app swallowed
+            # the cancellation. Answer (or close) without it.
+            self.abort_response(504, "Gateway Timeout: the request took longer than request_timeout")
+            return
+        if task is None or task.done():
             return
         self._timed_out = True
         log.warning("request %s %s exceeded request_timeout (%ss); cancelling it",

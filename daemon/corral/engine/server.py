@@ -181,7 +181,10 @@ class Server:
             for task in tasks:
                 task.cancel()
             if tasks:
-                await asyncio.wait(tasks, timeout=5.0)
+                _done, stuck = await asyncio.wait(tasks, timeout=5.0)
+                if stuck:
+                    log.warning("shutdown: %d request task(s) ignored cancellation and are still running",
+                                len(stuck))
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
