@@ -92,13 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    overrides = _overrides(args)
-    config = load(args.config, overrides)
     # The supervisor never speaks TLS, but asyncio imports ssl when it can, which maps
     # libssl and libcrypto: about 6 MiB of the supervisor's 25 MiB budget. Python
     # built without ssl is a supported asyncio configuration; this makes ours one.
     if "ssl" not in sys.modules:
         sys.modules["ssl"] = None  # type: ignore[assignment]
+    overrides = _overrides(args)
+    config = load(args.config, overrides)
     from corral.supervisor import run
 
     # A reload re-reads the same file, environment and flags.

@@ -22,12 +22,14 @@ def _pids(corral: Corral, state: str = "ready") -> set[int]:
 def test_killed_worker_is_replaced_fast_and_only_its_requests_fail(tmp_path):
     with Corral(tmp_path, workers=2) as corral:
         with Load(corral.port, clients=8) as load:
-            wait_until(lambda: load.ok > 200, 60, 0.05, "load running")
-            data = corral.status()
-            victim = data["workers"][0]
-            before = set(_pids(corral))
+            # Heartbeats (once a second) must show every client connected before the kill.
+            workers = wait_until(lambda: (ws := corral.status()["workers"]) and
+                                 sum(w["connections_open"] for w in ws) == load.clients and ws, 60, 0.1,
+                                 "all load connections in the heartbeats")
+            victim = max(workers, key=lambda w: w["connections_open"])
+            before = {w["pid"] for w in workers}
             # Connections it held when killed: every failure must be one of them.
-            held = corral.status()["workers"][0]["connections_open"]
+            held = victim["connections_open"]
             killed_at = time.monotonic()
             os.kill(victim["pid"], signal.SIGKILL)
             new = wait_until(lambda: _pids(corral) - before, 30, 0.01, "a replacement worker")

@@ -6,14 +6,15 @@ lists the packages it has loaded, and a test holds it to that.
 
 from __future__ import annotations
 
-import asyncio
-import faulthandler
 import logging
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from corral.config import Config
-from corral.logs import setup_logging
+if TYPE_CHECKING:
+    from corral.config import Config
+
+# Imported lazily: corral.config imports corral.supervisor.addresses, which loads this
+# package, and the CLI must be able to keep ssl out of asyncio first (see cli.cmd_run).
 
 log = logging.getLogger("corral.supervisor")
 
@@ -24,6 +25,10 @@ class StartupError(Exception):
 
 def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Run the supervisor in the foreground until it is stopped; returns the exit status."""
+    import asyncio
+    import faulthandler
+
+    from corral.logs import setup_logging
     from corral.supervisor.control import ControlError
     from corral.supervisor.notify import Notifier
     from corral.supervisor.sockets import SocketError, bind_all, from_systemd

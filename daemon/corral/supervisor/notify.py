@@ -75,7 +75,9 @@ class Notifier:
             return False
         message = "\n".join(f"{key}={value}" for key, value in fields.items())
         try:
-            self._notifier.notify(message)
+            # sdnotify encodes as latin-1, and systemd wants UTF-8 (it drops a STATUS= that is
+            # not): hand it the UTF-8 bytes spelled as latin-1 characters.
+            self._notifier.notify(message.encode("utf-8").decode("latin-1"))
         except OSError as exc:
             log.error("sd_notify(%s) failed: %s", message.replace("\n", " "), exc)
             return False

@@ -98,7 +98,8 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
             "python": sys.executable,
             # Top-level packages loaded in the supervisor: proves it never imported the app,
             # uvloop or httptools.
-            "modules": sorted({name.partition(".")[0] for name in list(sys.modules)}),
+            "modules": sorted({name.partition(".")[0] for name, module in list(sys.modules.items())
+                               if module is not None}),
         },
         "workers": workers,
     }

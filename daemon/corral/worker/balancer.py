@@ -21,7 +21,7 @@ from corral.worker.balance import BalanceTable
 
 CHECK_INTERVAL = 0.01
 SLACK = 1.15
-MARGIN = 2
+MARGIN = 1
 
 
 class AcceptBalancer:
