@@ -45,7 +45,7 @@ test: $(STAMP) $(SYSSTAMP)
 
 ## Benchmark corral against uvicorn, granian and a bare uvloop+httptools server.
 bench: $(STAMP) $(SYSSTAMP)
-	$(BIN)/python bench/bench.py
+	$(BIN)/python tests/bench/bench.py
 
 ## Build the Debian package into packaging/out/deb/ and lint it (fetches pinned wheels once).
 deb: $(SYSSTAMP)
