@@ -32,7 +32,8 @@ def test_killed_worker_is_replaced_fast_and_only_its_requests_fail(tmp_path):
             held = victim["connections_open"]
             killed_at = time.monotonic()
             os.kill(victim["pid"], signal.SIGKILL)
-            new = wait_until(lambda: _pids(corral) - before, 30, 0.01, "a replacement worker")
+            new = wait_until(lambda: {w["pid"] for w in corral.status_fast()["workers"]
+                                      if w["state"] == "ready"} - before, 30, 0.005, "a replacement worker")
             recovery = time.monotonic() - killed_at
             ok_at_recovery = load.ok
             wait_until(lambda: load.ok > ok_at_recovery + 200, 60, 0.05, "load continuing")
@@ -69,6 +70,7 @@ def test_hung_worker_traceback_logged_killed_and_replaced_under_load(tmp_path):
             blocker.start()
             wait_until(lambda: corral.status()["restarts"].get("hung") == 1, 60, 0.1, "hung worker detected")
             wait_until(lambda: len(_pids(corral)) == 2, 30, 0.05, "replacement ready")
+            wait_until(lambda: "hung) was killed by SIGKILL" in corral.log(), 30, 0.1, "the hung worker killed")
             ok = load.ok
             wait_until(lambda: load.ok > ok + 100, 60, 0.05, "load continuing")
         log = corral.log()

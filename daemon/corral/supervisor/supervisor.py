@@ -343,7 +343,17 @@ class Supervisor:
             log.log(logging.INFO if worker.stop_reason == policies.HUNG else logging.ERROR,
                     "worker %d (pid %d, slot %d) %s (%s); restarting in %.1fs%s", worker.id, worker.pid,
                     slot.index, description, reason, slot.backoff(), _error_suffix(worker))
+            self._wake_at(slot.restart_at)
         self._update_status(force=True)
+
+    def _wake_at(self, when: float | None) -> None:
+        """Run the restart check at ``when`` rather than at the next tick: capacity comes back sooner."""
+        if when is not None and self._loop is not None:
+            self._loop.call_later(max(when - time.monotonic(), 0.0), self._restart_due_now)
+
+    def _restart_due_now(self) -> None:
+        if self.phase != "stopping":
+            self._restart_due(time.monotonic())
 
     def _drain_channel(self, worker: WorkerProcess) -> None:
         try:
@@ -440,7 +450,8 @@ class Supervisor:
             if self.recycling is worker:
                 self.recycling = None
             if slot.worker is None:
-                slot.note_exit(worker, now)  # the next tick starts the replacement (after the backoff)
+                slot.note_exit(worker, now)
+                self._wake_at(slot.restart_at)  # the replacement starts after the slot's backoff
         elif slot.successor is worker:
             slot.successor = None
         self.retiring.append(worker)
