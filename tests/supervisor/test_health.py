@@ -166,3 +166,16 @@ def test_sighup_restarts_workers_gracefully_new_generation_first(tmp_path):
         # The new generation was ready before the old one was told to drain.
         first_drained = min(log.index(f"(pid {pid}, reload) exited") for pid in old)
         assert log.index("generation 2 ready") < first_drained
+
+
+def test_fd_leak_and_max_lifetime_recycle_with_reasons(tmp_path):
+    with Corral(tmp_path, workers=1, max_fds=200, policy_interval=0.2, policy_breaches=2,
+                max_lifetime=4, max_lifetime_jitter=1) as corral:
+        first = _pids(corral)
+        corral.get("/fds?n=300")
+        wait_until(lambda: corral.status()["restarts"].get("fds") == 1, 60, 0.1, "fds recycle")
+        wait_until(lambda: _pids(corral) and not _pids(corral) & first, 60, 0.1, "replacement serving")
+        wait_until(lambda: corral.status()["restarts"].get("lifetime", 0) >= 1, 60, 0.2, "lifetime recycle")
+        assert corral.get("/")[0] == 200
+    log = corral.log()
+    assert "open fds > max_fds 200" in log and "max_lifetime" in log

@@ -121,3 +121,22 @@ def test_ttin_ttou_change_the_number_of_workers(tmp_path):
         assert corral.get("/")[0] == 200
         data = corral.status()
         assert data["workers_wanted"] == 1 and len(data["workers"]) == 1
+
+
+def test_app_runs_with_its_own_virtualenv(tmp_path):
+    """Workers use the app's interpreter: its own packages, plus corral's worker deps appended."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "venv_only_app.py").write_text(
+        "import sys\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n        return\n"
+        "    body = sys.prefix.encode()\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': body})\n")
+    with Corral(tmp_path, app="venv_only_app:app", workers=1, virtualenv=str(venv)) as corral:
+        status, body, _ = corral.get("/")
+        assert status == 200 and body.decode() == str(venv)
+        worker = psutil.Process(corral.status()["workers"][0]["pid"])
+        assert worker.cmdline()[0] == str(venv / "bin" / "python")

@@ -5,6 +5,7 @@
   /sleep?s=N   answers after N seconds (asyncio.sleep: the loop stays free)
   /block?s=N   blocks the event loop with time.sleep for N seconds (a hung worker)
   /leak?mb=N   keeps N MiB allocated for the life of the worker (a leaking worker)
+  /fds?n=N     keeps N more file descriptors open (an fd leak)
   /exit        the worker exits at once with status 7 (a crash)
 
 Environment: PROBE_STARTUP_DELAY (seconds of lifespan startup), PROBE_FAIL_STARTUP
@@ -19,6 +20,7 @@ import time
 from urllib.parse import parse_qs
 
 _hoard: list[bytearray] = []
+_files: list = []
 VERSION = os.environ.get("PROBE_VERSION", "1").encode()
 
 
@@ -47,6 +49,8 @@ async def app(scope, receive, send):
         _hoard.append(bytearray(int(float(query.get("mb", ["1"])[0]) * 1048576)))
         for chunk in _hoard:  # touch every page so it counts in USS/RSS
             chunk[::4096] = b"\1" * len(chunk[::4096])
+    elif path == "/fds":
+        _files.extend(open(os.devnull) for _ in range(int(query.get("n", ["1"])[0])))
     elif path == "/exit":
         os._exit(7)
     body = f"ok {os.getpid()}\n".encode() if path != "/pid" else str(os.getpid()).encode()
