@@ -84,6 +84,14 @@ def _wrk(port: int, seconds: float, connections: int) -> tuple[float, str]:
     return float(match.group(1)), (errors.group(0) if errors else "")
 
 
+def _loadavg() -> float:
+    """The 1-minute load average: above ~2.5 on this 2-CPU setup, something else competed."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -110,7 +118,7 @@ def run_one(name: str, duration: float, warmup: float, connections: int) -> dict
         if warmup:
             _wrk(port, warmup, connections)
         rps, errors = _wrk(port, duration, connections)
-        return {"server": name, "requests_per_second": rps, "errors": errors}
+        return {"server": name, "requests_per_second": rps, "errors": errors, "loadavg": _loadavg()}
     finally:
         _stop(proc)
 
@@ -141,7 +149,8 @@ def main() -> int:
         result = run_one(name, args.duration, args.warmup, args.connections)
         results[name] = result
         note = f"  ({result['errors']})" if result["errors"] else ""
-        print(f"  {name:14s} {result['requests_per_second']:>10,.0f} req/s{note}", flush=True)
+        print(f"  {name:14s} {result['requests_per_second']:>10,.0f} req/s   (load average "
+              f"{result['loadavg']:.2f}){note}", flush=True)
 
     ratios: dict[str, float] = {}
     corral = results.get("corral") or results.get("corral-engine")
