@@ -44,10 +44,20 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(f"<{prio}>{line}" for line in text.splitlines() or [""])
 
 
+ACCESS_LOGGER = "corral.access"
+
+
 def setup_logging(level: str = "info", *, role: str = "corral") -> None:
-    """Configure the root logger to write to stderr in the right dialect."""
+    """Configure the root logger to write to stderr in the right dialect.
+
+    The access log (logger ``corral.access``, used only when ``access_log`` is on)
+    writes its lines bare: they carry their own timestamp, and ``json`` lines must
+    stay one JSON object per line. It logs at INFO whatever ``level`` is, as an
+    access log is wanted or switched off as a whole.
+    """
+    journal = stderr_is_journal()
     handler = logging.StreamHandler(sys.stderr)
-    if stderr_is_journal():
+    if journal:
         handler.setFormatter(JournalFormatter(f"{role}[%(process)d]: %(message)s"))
     else:
         handler.setFormatter(
@@ -59,3 +69,9 @@ def setup_logging(level: str = "info", *, role: str = "corral") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    access_handler = logging.StreamHandler(sys.stderr)
+    access_handler.setFormatter(JournalFormatter("%(message)s") if journal else logging.Formatter("%(message)s"))
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.handlers[:] = [access_handler]
+    access.propagate = False
+    access.setLevel(logging.INFO)

@@ -37,8 +37,10 @@ __all__ = ["Metrics", "WorkerCounters", "parse_heartbeat", "STATUS_CLASSES", "RE
 log = logging.getLogger("corral.metrics")
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# boot_failed: a worker exited before it was ready (the app failed to import or start);
+# boot_timeout: one that was not ready within boot_timeout and was killed.
 RESTART_REASONS = ("crash", "hung", "memory", "fds", "max_requests", "lifetime", "deadline",
-                   "reload")
+                   "reload", "boot_failed", "boot_timeout")
 RELOAD_OUTCOMES = ("success", "rolled_back", "aborted")
 WORKER_STATES = ("booting", "ready", "draining")
 
@@ -544,7 +546,8 @@ class Metrics:
         desired.add(self._desired)
         restarts = ex.counter("corral_worker_restarts_total",
                               "Workers replaced, by reason: crash, hung (missed heartbeats), "
-                              "memory, fds, max_requests, lifetime, deadline, reload.")
+                              "memory, fds, max_requests, lifetime, deadline, reload, "
+                              "boot_failed, boot_timeout.")
         for reason, n in self._restarts.items():
             restarts.add(n, {"reason": reason})
         cpu = ex.counter("corral_workers_cpu_seconds_total",
