@@ -1,0 +1,172 @@
+"""What metrics cost: hello-world throughput of corral with metrics off and on, in alternating rounds.
+
+    python tests/observability/bench_metrics.py [--rounds 5] [--duration 10] [--scrape-interval 1]
+
+The set-up is `make bench`'s (tests/bench/bench.py): ``corral run -w 1`` serving
+``corral.demo.hello:asgi``, supervisor and worker pinned to CPU 0; ``wrk -t1 -c64`` pinned
+to CPU 1, a warm-up run, then the measured run.
+
+* off: no metrics socket. The workers' stats and heartbeats exist anyway (the supervisor's
+  health checks and STATUS= use them), so this is corral without any scraping.
+* on: ``metrics_bind:`` set, and a scraper on CPU 1 fetching ``/metrics`` every
+  ``--scrape-interval`` seconds (Prometheus scrapes every 15 s by default).
+
+Rounds alternate off/on so that a noisy machine hurts both alike; the result is the median
+of the per-round on/off ratios. The supervisor's CPU time during each measured run is
+reported too: it is where collection work happens, and unlike req/s it barely depends on
+what else runs on the machine.
+Not a test (pytest does not collect it): run it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+APP = "corral.demo.hello:asgi"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def _wrk(port: int, seconds: float, connections: int) -> float:
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
+                          f"http://127.0.0.1:{port}/"], check=True, capture_output=True, text=True).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not match or "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk failed or saw errors:\n{out}")
+    return float(match.group(1))
+
+
+class _Scraper(threading.Thread):
+    def __init__(self, port: int, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.interval = port, interval
+        self.count = 0
+        self.seconds = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        os.sched_setaffinity(0, {1})  # this thread only: keep scraping off the server's CPU
+        while not self.stop.wait(self.interval):
+            start = time.perf_counter()
+            status, body = _get(self.port, "/metrics")
+            self.seconds += time.perf_counter() - start
+            if status != 200 or b"corral_requests_total" not in body:
+                raise RuntimeError(f"scrape failed: {status}")
+            self.count += 1
+
+
+def run_once(metrics: bool, duration: float, warmup: float, connections: int,
+             scrape_interval: float) -> dict[str, float]:
+    port, metrics_port = _free_port(), _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, CORRAL_CONTROL_SOCKET=f"{tmp}/control.sock")
+        if metrics:
+            env["CORRAL_METRICS_BIND"] = f"127.0.0.1:{metrics_port}"
+        cmd = ["taskset", "-c", "0", str(BIN / "corral"), "run", "-w", "1", "-b", f"127.0.0.1:{port}",
+               "--log-level", "warning", APP]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if _get(port, "/")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"corral did not start: {proc.stderr.read().decode()[-2000:]}")
+                time.sleep(0.2)
+            supervisor = proc.pid  # taskset execs corral: the same pid is the supervisor
+            _wrk(port, warmup, connections)
+            scraper = _Scraper(metrics_port, scrape_interval) if metrics else None
+            if scraper:
+                scraper.start()
+            cpu_before = _cpu_seconds(supervisor)
+            rps = _wrk(port, duration, connections)
+            cpu = _cpu_seconds(supervisor) - cpu_before
+            if scraper:
+                scraper.stop.set()
+                scraper.join()
+            return {"rps": rps, "supervisor_cpu": cpu,
+                    "scrapes": scraper.count if scraper else 0,
+                    "scrape_ms": 1000 * scraper.seconds / scraper.count if scraper and scraper.count else 0.0}
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--scrape-interval", type=float, default=1.0)
+    args = parser.parse_args()
+    if (os.cpu_count() or 1) < 2:
+        print("bench_metrics: needs 2 CPUs (server on CPU 0, wrk on CPU 1)", file=sys.stderr)
+        return 2
+    print(f"wrk -t1 -c{args.connections} -d{args.duration:g}s (after {args.warmup:g}s warm-up), corral -w 1 "
+          f"on CPU 0; metrics on = metrics_bind + a scrape every {args.scrape_interval:g}s")
+    ratios, offs, ons = [], [], []
+    for i in range(args.rounds):
+        off = run_once(False, args.duration, args.warmup, args.connections, args.scrape_interval)
+        on = run_once(True, args.duration, args.warmup, args.connections, args.scrape_interval)
+        offs.append(off)
+        ons.append(on)
+        ratios.append(on["rps"] / off["rps"])
+        print(f"  round {i + 1}: off {off['rps']:>8,.0f} req/s (supervisor cpu {off['supervisor_cpu']:.2f}s)   "
+              f"on {on['rps']:>8,.0f} req/s (supervisor cpu {on['supervisor_cpu']:.2f}s, {on['scrapes']} "
+              f"scrapes, {on['scrape_ms']:.1f} ms each)   on/off {ratios[-1]:.3f}", flush=True)
+    print(f"median off {statistics.median(r['rps'] for r in offs):,.0f} req/s, "
+          f"median on {statistics.median(r['rps'] for r in ons):,.0f} req/s, "
+          f"median on/off ratio {statistics.median(ratios):.3f} "
+          f"(cost {100 * (1 - statistics.median(ratios)):+.1f}%)")
+    print(f"supervisor CPU per {args.duration:g}s run: off {statistics.median(r['supervisor_cpu'] for r in offs):.2f}s, "
+          f"on {statistics.median(r['supervisor_cpu'] for r in ons):.2f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
