@@ -52,8 +52,6 @@ async def _main(args: argparse.Namespace) -> int:
         print(f"lifespan startup failed: {exc}", file=sys.stderr, flush=True)
         return 3
     await server.serve([sock])
-    where = args.unix or sock.getsockname()[1]
-    print(f"READY {where}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,6 +61,9 @@ async def _main(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGUSR2, server.resume_accepting)
     if args.stats_file:
         loop.create_task(_dump_stats(server, args.stats_file))
+    # Only now: a test may signal us as soon as it reads this line.
+    where = args.unix or sock.getsockname()[1]
+    print(f"READY {where}", flush=True)
     await stop.wait()
     await server.shutdown(args.shutdown_timeout)
     print("STOPPED", flush=True)
