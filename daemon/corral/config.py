@@ -406,6 +406,9 @@ SUPERVISOR_KEYS: dict[str, KeySpec] = _keys(
                                  expected="a list of addresses (e.g. ['127.0.0.1:8000', 'unix:/run/app.sock'])"),
             (BindSpec(DEFAULT_BIND),),
             "addresses to listen on when systemd passes no sockets"),
+    KeySpec("metrics_bind", SequenceKind(BindKind(), container=tuple,
+                                         expected="a list of addresses (e.g. ['127.0.0.1:9100'])"), (),
+            "addresses for the Prometheus /metrics endpoint when systemd passes no 'metrics' socket"),
     KeySpec("backlog", IntKind(minimum=1), 2048, "listen() backlog of sockets corral binds itself"),
     KeySpec("reuse_port", BoolKind(), False,
             "bind one SO_REUSEPORT socket per worker slot instead of one shared socket"),
@@ -507,6 +510,7 @@ class Config:
     app_dir: str
     name: str
     bind: tuple[BindSpec, ...]
+    metrics_bind: tuple[BindSpec, ...]
     backlog: int
     reuse_port: bool
     workers: int
@@ -536,6 +540,7 @@ class Config:
         """The config as plain JSON data, as sent to each worker."""
         out = dataclasses.asdict(self)
         out["bind"] = [dataclasses.asdict(b) for b in self.bind]
+        out["metrics_bind"] = [dataclasses.asdict(b) for b in self.metrics_bind]
         out["explicit"] = sorted(self.explicit)
         return out
 
@@ -638,7 +643,7 @@ def _resolve(raw: _Raw, keys: Mapping[str, KeySpec], path: str | os.PathLike[str
             raise ConfigError(f"config key {key!r} ({raw.origin.get(key)}): must be greater than 0")
     return Config(
         app=values["app"], interface=values["interface"], app_dir=app_dir, name=name,
-        bind=tuple(values["bind"]), backlog=values["backlog"], reuse_port=values["reuse_port"],
+        bind=tuple(values["bind"]), metrics_bind=tuple(values["metrics_bind"]), backlog=values["backlog"], reuse_port=values["reuse_port"],
         workers=workers, python=python, environment=dict(values["environment"]),
         timeout=values["timeout"], boot_timeout=values["boot_timeout"],
         graceful_timeout=values["graceful_timeout"], drain_linger=values["drain_linger"],

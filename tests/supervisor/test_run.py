@@ -114,7 +114,9 @@ def test_ttin_ttou_change_the_number_of_workers(tmp_path):
     with Corral(tmp_path, workers=2) as corral:
         corral.proc.send_signal(signal.SIGTTIN)
         corral.wait_ready(3)
+        # Signals of one kind sent back to back merge in the kernel: one at a time.
         corral.proc.send_signal(signal.SIGTTOU)
+        wait_until(lambda: len(corral.status()["workers"]) == 2, 30, 0.1, "two workers left")
         corral.proc.send_signal(signal.SIGTTOU)
         wait_until(lambda: len(corral.status()["workers"]) == 1, 30, 0.1, "one worker left")
         corral.proc.send_signal(signal.SIGTTOU)  # never below one

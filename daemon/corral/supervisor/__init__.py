@@ -43,10 +43,14 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
             raise StartupError("no app given: pass MODULE:ATTR on the command line or set app: in the config")
         listeners = from_systemd()
         if listeners is None:
-            slots = config.workers
-            listeners = bind_all(config.bind, config.backlog, reuse_port=config.reuse_port, slots=slots)
-        elif "bind" in config.explicit:
-            log.info("using the %d socket(s) passed by systemd; bind: is ignored", len(listeners.items))
+            listeners = bind_all(config.bind, config.backlog, reuse_port=config.reuse_port,
+                                 slots=config.workers, metrics=config.metrics_bind)
+        else:
+            if "bind" in config.explicit:
+                log.info("using the %d socket(s) passed by systemd; bind: is ignored", len(listeners.items))
+            if config.metrics_bind and not listeners.role("metrics"):
+                extra = bind_all([], config.backlog, metrics=config.metrics_bind)
+                listeners.items.extend(extra.items)
         if not listeners.http():
             raise StartupError("no http socket to serve: systemd passed only other sockets (FileDescriptorName=)")
         for item in listeners.items:

@@ -89,8 +89,7 @@ def store(listeners: Listeners, environ: Mapping[str, str] | None = None) -> int
             log.error("FDSTORE of %s failed: %s; `systemctl restart` will refuse connections briefly",
                       item.address, exc)
             continue
-        item.source = SOURCE
-        item.name = name
+        item.name = name  # its source stays "bound"; the next start gets it back as "fdstore"
         item.unlink_path = None
         sent += 1
     log.info("stored %d listening socket%s in systemd's fd store (they survive `systemctl restart` if the "

@@ -16,30 +16,24 @@ _SELF = psutil.Process()
 
 
 def status_line(sup: Supervisor) -> str:
-    """One line for systemd's STATUS=, e.g. ``4/4 workers ready · gen 1 · 1.2k req/s · rss 180 MiB``."""
-    generation = sup.generation
-    wanted = len(generation.slots) if generation else 0
-    ready = len(generation.serving()) if generation else 0
-    parts = [f"{ready}/{wanted} workers ready", f"gen {generation.number if generation else 0}",
-             f"{_si(sup.request_rate())} req/s", f"rss {_total_rss(sup) / 1048576:.0f} MiB"]
+    """One line for systemd's STATUS=, e.g. ``4/4 workers ready · gen 1 · 1.2k req/s · queue 0 · rss 180 MiB``.
+
+    The figures come from the metrics registry, as in ``corral status`` and the
+    Prometheus scrape; what the supervisor is doing right now is appended.
+    """
+    sup.metrics.set_message(_phase_message(sup))
+    return sup.metrics.status_line()
+
+
+def _phase_message(sup: Supervisor) -> str | None:
     if sup.pending is not None:
         pending = sup.pending
-        parts.insert(0, f"reloading: gen {pending.number} {len(pending.serving())}/{len(pending.slots)} ready")
-    elif sup.phase == "starting":
-        parts.insert(0, "starting")
-    return " · ".join(parts)
-
-
-def _si(value: float) -> str:
-    if value >= 1e6:
-        return f"{value / 1e6:.1f}M"
-    if value >= 1e3:
-        return f"{value / 1e3:.1f}k"
-    return f"{value:.0f}"
-
-
-def _total_rss(sup: Supervisor) -> int:
-    return _SELF.memory_info().rss + sum(w.sample.get("rss", 0) for w in sup.workers.values())
+        return f"reloading: gen {pending.number} {len(pending.serving())}/{len(pending.slots)} ready"
+    if sup.phase == "starting":
+        return "starting"
+    if sup.last_reload is not None and not sup.last_reload.ok:
+        return f"last reload failed: {sup.last_reload.message}"
+    return None
 
 
 def snapshot(sup: Supervisor) -> dict[str, Any]:
@@ -73,6 +67,7 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
             "max_requests": worker.max_requests or None,
             "stats": stats,
         })
+    figures = sup.metrics.status()
     return {
         "name": sup.config.name,
         "pid": os.getpid(),
@@ -83,15 +78,20 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
         "workers_ready": len(generation.serving()) if generation else 0,
         "pending_generation": sup.pending.number if sup.pending else None,
         "uptime": round(now - sup.started_at, 3),
-        "requests_total": sup.total_requests(),
-        "requests_per_second": round(sup.request_rate(), 1),
+        "requests_total": figures["requests_total"],
+        "requests_per_second": figures["requests_per_second"],
+        "in_flight": figures["in_flight"],
+        "queue_depth": figures["queue_depth"],
+        "queue_max": figures["queue_max"],
+        "rss_bytes": figures["rss_bytes"],
         "status": status_line(sup),
-        "restarts": dict(sup.restarts),
+        "restarts": {k: v for k, v in figures["restarts"].items() if v},
         "last_reload": None if sup.last_reload is None else {
             "ok": sup.last_reload.ok, "generation": sup.last_reload.generation,
             "message": sup.last_reload.message, "duration": round(sup.last_reload.duration, 3)},
         "listeners": [{"fd": item.fd, "role": item.role, "address": item.address, "source": item.source,
-                       "name": item.name, "group": item.group} for item in sup.listeners.items],
+                       "name": item.name, "group": item.group, **_queue(figures, item.address)}
+                      for item in sup.listeners.items],
         "supervisor": {
             "rss": memory.rss,
             "uss": memory.uss,
@@ -103,6 +103,13 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
         },
         "workers": workers,
     }
+
+
+def _queue(figures: dict[str, Any], address: str) -> dict[str, Any]:
+    for item in figures["listeners"]:
+        if item["address"] == address:
+            return {"queue_depth": item["queue_depth"], "queue_max": item["queue_max"]}
+    return {"queue_depth": None, "queue_max": None}
 
 
 def render_table(data: dict[str, Any]) -> str:
@@ -118,7 +125,8 @@ def render_table(data: dict[str, Any]) -> str:
         r = data["last_reload"]
         lines.append(f"  last reload: {'ok' if r['ok'] else 'FAILED'}: {r['message']} ({r['duration']:.2f}s)")
     for item in data["listeners"]:
-        lines.append(f"  listening on {item['address']} ({item['role']}, {item['source']}, fd {item['fd']})")
+        queue = "" if item.get("queue_depth") is None else f", queue {item['queue_depth']}/{item['queue_max']}"
+        lines.append(f"  listening on {item['address']} ({item['role']}, {item['source']}, fd {item['fd']}{queue})")
     header = ("PID", "GEN", "SLOT", "STATE", "REQUESTS", "IN-FLIGHT", "CONNS", "USS", "AGE")
     rows = [header]
     for w in data["workers"]:

@@ -19,13 +19,13 @@ import random
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import psutil
 
 from corral.config import Config, ConfigError
+from corral.metrics.registry import RESTART_REASONS, Metrics
 from corral.supervisor import policies
 from corral.supervisor.notify import Notifier
 from corral.supervisor.slots import Generation, Slot
@@ -71,9 +71,8 @@ class Supervisor:
         self.recycling: WorkerProcess | None = None  # the one worker being replaced now
         self.next_id = 1
         self.generation_counter = 0
-        self.restarts: dict[str, int] = {}
-        self.requests_retired = 0  # requests served by workers that have exited
-        self.rate_window: deque[tuple[float, int]] = deque(maxlen=40)
+        self.metrics = Metrics()
+        self._bad_heartbeats: set[int] = set()  # workers whose heartbeat the metrics rejected (logged once)
         self.last_watchdog = 0.0
         self.last_sample = 0.0
         self.last_extend = 0.0
@@ -93,6 +92,10 @@ class Supervisor:
         self._done: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.control = None  # set by run(): the control-socket server
+        self.metrics_server = None
+        self._loop_lag = None
+        for item in listeners.items:
+            self.metrics.add_listener(item.sock, item.role, app_traffic=item.role == "http")
 
     # ------------------------------------------------------------------ main
 
@@ -105,7 +108,10 @@ class Supervisor:
         self.control = ControlServer(self, self.config.control_socket)
         try:
             await self.control.start()
+            self._start_metrics()
             self.generation = self._new_generation(self.config, self.config.workers)
+            self.metrics.set_generation(self.generation.number)
+            self.metrics.set_desired_workers(len(self.generation.slots))
             log.info("starting %d worker%s (generation %d) for %s", self.config.workers,
                      "s" if self.config.workers != 1 else "", self.generation.number, self.config.app)
             self._update_status(force=True)
@@ -114,6 +120,7 @@ class Supervisor:
             ticker.cancel()
         finally:
             await self.control.close()
+            await self._stop_metrics()
             self._kill_everything()
             self.listeners.close()
             if self.balance is not None:
@@ -121,6 +128,31 @@ class Supervisor:
         if self.fatal_error:
             print(f"corral: {self.fatal_error}", file=sys.stderr, flush=True)
         return self.exit_code
+
+    def _start_metrics(self) -> None:
+        from corral.metrics.looplag import LoopLagMonitor
+
+        self._loop_lag = LoopLagMonitor(self.metrics.set_loop_lag)
+        self._loop_lag.start()
+        sockets = self.listeners.role("metrics")
+        if sockets:
+            from corral.metrics.server import MetricsServer
+
+            self.metrics_server = MetricsServer(self.metrics.render)
+            for item in sockets:
+                self.metrics_server.serve(item.sock)
+                log.info("metrics on http://%s/metrics", item.address.removeprefix("unix:"))
+
+    async def _stop_metrics(self) -> None:
+        if self._loop_lag is not None:
+            self._loop_lag.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """Worker restarts by reason (counted when the old worker is gone), non-zero only."""
+        return {k: v for k, v in self.metrics.status()["restarts"].items() if v}
 
     def _install_signals(self) -> None:
         loop = self._loop
@@ -176,6 +208,7 @@ class Supervisor:
         if self.cells is not None:
             worker.balance_cell = self.cells.take()
         self.workers[worker.pid] = worker
+        self.metrics.worker_started(worker.pid, slot=slot.index, generation=generation.number)
         self._loop.add_reader(worker.channel.fileno(), self._on_channel, worker)
         worker.channel.send({
             "t": "hello",
@@ -211,6 +244,13 @@ class Supervisor:
             stats = message.get("stats")
             if isinstance(stats, dict):
                 worker.stats = stats
+                try:
+                    self.metrics.worker_heartbeat(worker.pid, stats)
+                except ValueError as exc:
+                    if worker.pid not in self._bad_heartbeats:
+                        self._bad_heartbeats.add(worker.pid)
+                        log.warning("worker %d (pid %d): heartbeat not usable for metrics: %s",
+                                    worker.id, worker.pid, exc)
         elif kind == "ready":
             self._on_ready(worker, now)
         elif kind == "booted":
@@ -225,6 +265,7 @@ class Supervisor:
             if worker.state == READY:
                 worker.state = DRAINING
                 worker.stop_started = now
+            self.metrics.worker_draining(worker.pid)
 
     def _on_ready(self, worker: WorkerProcess, now: float) -> None:
         if worker.state != BOOTING:
@@ -232,6 +273,7 @@ class Supervisor:
         worker.state = READY
         worker.ready_at = now
         worker.last_heartbeat = now
+        self.metrics.worker_ready(worker.pid)
         log.info("worker %d (pid %d) ready in %.2fs (slot %d, generation %d)", worker.id, worker.pid,
                  now - worker.spawned_at, worker.slot, worker.generation)
         generation = self._generation_of(worker)
@@ -275,6 +317,7 @@ class Supervisor:
         now = time.monotonic()
         self.workers.pop(worker.pid, None)
         self._processes.pop(worker.pid, None)
+        self._bad_heartbeats.discard(worker.pid)
         worker.state = EXITED
         try:
             self._loop.remove_reader(worker.channel.fileno())
@@ -284,7 +327,7 @@ class Supervisor:
         worker.close()
         if self.cells is not None:
             self.cells.give_back(worker.balance_cell)
-        self.requests_retired += int(worker.stats.get("requests_total", 0) or 0)
+        self.metrics.worker_exited(worker.pid, restart_reason=self._restart_reason(worker))
         if worker in self.retiring:
             self.retiring.remove(worker)
         if self.recycling is worker:
@@ -311,6 +354,10 @@ class Supervisor:
             slot.successor = None
             slot.note_exit(worker, now)
             slot.last_error = worker.boot_error or description
+            if self.recycling is slot.worker:
+                self.recycling = None
+            if slot.worker is not None:
+                slot.worker.stop_reason = None  # it stays: it is not being replaced after all
             log.error("replacement worker %d (pid %d) %s before it was ready; worker %d keeps serving "
                       "(recycle retried in %.1fs)%s", worker.id, worker.pid, description,
                       slot.worker.id if slot.worker else -1, slot.backoff(), _error_suffix(worker))
@@ -320,7 +367,6 @@ class Supervisor:
         slot.worker = None
         never_ready = worker.ready_at is None
         reason = worker.stop_reason or (policies.BOOT_FAILED if never_ready else policies.CRASH)
-        self.restarts[reason] = self.restarts.get(reason, 0) + 1
         slot.note_exit(worker, now)
         slot.last_error = worker.boot_error or description
         if slot.successor is not None:
@@ -354,6 +400,14 @@ class Supervisor:
     def _restart_due_now(self) -> None:
         if self.phase != "stopping":
             self._restart_due(time.monotonic())
+
+    def _restart_reason(self, worker: WorkerProcess) -> str | None:
+        """Why a worker was replaced, for the restart counters; None when it was not replaced
+        (a stop, a scale-down, a rolled-back generation)."""
+        if self.phase == "stopping" and worker.stop_reason in (None, policies.STOP):
+            return None
+        reason = worker.stop_reason or (policies.BOOT_FAILED if worker.ready_at is None else policies.CRASH)
+        return reason if reason in RESTART_REASONS else None
 
     def _drain_channel(self, worker: WorkerProcess) -> None:
         try:
@@ -391,7 +445,6 @@ class Supervisor:
             self.last_extend = now
             self.notifier.extend_timeout(self.config.boot_timeout + 10)
         self._watchdog(now)
-        self._record_rate(now)
         self._update_status()
         if self.reload_queued and self.phase == "running" and self.pending is None:
             self.reload_queued = False
@@ -442,7 +495,7 @@ class Supervisor:
         generation = self._generation_of(worker)
         slot = generation.slot_of(worker) if generation else None
         worker.stop_reason = reason
-        self.restarts[reason] = self.restarts.get(reason, 0) + 1
+        self.metrics.worker_draining(worker.pid)
         if slot is None:
             return
         if slot.worker is worker:
@@ -462,6 +515,11 @@ class Supervisor:
             if sample is None:
                 continue
             worker.sample = sample
+            try:
+                self.metrics.worker_process(worker.pid, rss_bytes=sample["rss"], uss_bytes=sample["uss"],
+                                            cpu_seconds=sample["cpu_ms"] / 1000, open_fds=sample["fds"])
+            except KeyError:
+                pass  # exited between the sample and now
             if worker.state != READY or self.phase != "running":
                 continue
             verdict = policies.check_sample(self._config_of(worker), sample, worker.breaches)
@@ -508,7 +566,6 @@ class Supervisor:
         log.info("recycling worker %d (pid %d, slot %d): %s%s", worker.id, worker.pid, slot.index, reason,
                  f" ({detail})" if detail else "")
         worker.stop_reason = reason
-        self.restarts[reason] = self.restarts.get(reason, 0) + 1
         self.recycling = worker
         if self._start_worker(generation, slot, successor_of=worker) is None:
             self.recycling = None
@@ -520,6 +577,7 @@ class Supervisor:
         if worker not in self.retiring:
             self.retiring.append(worker)
         worker.stop_gracefully(reason, self._config_of(worker).graceful_timeout, time.monotonic())
+        self.metrics.worker_draining(worker.pid)
         if self.balance is not None and worker.balance_cell >= 0:
             self.balance.set(worker.balance_cell, False, 0)
 
@@ -550,6 +608,7 @@ class Supervisor:
                 config = self.reload_config()
             except ConfigError as exc:
                 self.phase = "running"
+                self.metrics.reload_finished("aborted", time.monotonic() - self._reload_started)
                 self._finish_reload(ReloadOutcome(False, self._gen_number(), f"config error: {exc}"))
                 return
         if self.listeners.from_systemd is False and config.bind != self.config.bind:
@@ -565,6 +624,8 @@ class Supervisor:
         self.pending = None
         self.generation = new
         self.config = new.config
+        self.metrics.set_generation(new.number)
+        self.metrics.set_desired_workers(len(new.slots))
         if old is not None:
             for worker in old.workers():
                 worker.stop_reason = worker.stop_reason or policies.RELOAD
@@ -575,6 +636,7 @@ class Supervisor:
                                 now - self._reload_started)
         log.info("reload: generation %d ready in %.2fs; draining generation %d", new.number,
                  outcome.duration, old.number if old else 0)
+        self.metrics.reload_finished("success", outcome.duration)
         self._finish_reload(outcome)
 
     def _reload_failed(self, worker: WorkerProcess, description: str) -> None:
@@ -591,6 +653,7 @@ class Supervisor:
                 other.stop_fast("rollback", time.monotonic())
                 self.retiring.append(other)
         self.phase = "running"
+        self.metrics.reload_finished("rolled_back", time.monotonic() - self._reload_started)
         self._finish_reload(ReloadOutcome(False, self._gen_number(),
                                           f"generation {generation.number} failed to boot: {error}",
                                           time.monotonic() - self._reload_started))
@@ -599,10 +662,9 @@ class Supervisor:
         self.last_reload = outcome
         if not outcome.ok:
             log.error("reload failed: %s", outcome.message)
-        status = self.status_line() if outcome.ok else f"reload failed: {outcome.message[:200]} · " \
-                                                        f"{self.status_line()}"
         # READY=1 after every RELOADING=1, success or not: systemd 252 hangs otherwise.
-        self.notifier.ready(status)
+        # A failure shows at the end of the STATUS line until the next successful reload.
+        self.notifier.ready(self.status_line())
         waiters, self.reload_waiters = self.reload_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -627,10 +689,12 @@ class Supervisor:
                     log.error("TTIN: cannot bind a socket for slot %d: %s", slot.index, exc)
                     return
             generation.slots.append(slot)
+            self.metrics.set_desired_workers(len(generation.slots))
             log.info("TTIN: adding a worker (now %d)", len(generation.slots))
             self._start_worker(generation, slot)
         elif len(generation.slots) > 1:
             slot = generation.slots.pop()
+            self.metrics.set_desired_workers(len(generation.slots))
             log.info("TTOU: removing the worker of slot %d (now %d)", slot.index, len(generation.slots))
             for worker in slot.workers():
                 if self.recycling is worker:
@@ -725,19 +789,6 @@ class Supervisor:
         if fresh:
             self.last_watchdog = now
             self.notifier.watchdog()
-
-    def total_requests(self) -> int:
-        return self.requests_retired + sum(int(w.stats.get("requests_total", 0) or 0)
-                                           for w in self.workers.values())
-
-    def _record_rate(self, now: float) -> None:
-        self.rate_window.append((now, self.total_requests()))
-
-    def request_rate(self) -> float:
-        if len(self.rate_window) < 2:
-            return 0.0
-        (t0, n0), (t1, n1) = self.rate_window[0], self.rate_window[-1]
-        return max(n1 - n0, 0) / (t1 - t0) if t1 > t0 else 0.0
 
     def status_line(self) -> str:
         from corral.supervisor.status import status_line

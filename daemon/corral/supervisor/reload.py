@@ -1,0 +1,419 @@
+"""The reload transaction: ``systemctl reload`` (or SIGHUP) as a zero-downtime deploy.
+
+One transaction at a time; a request that arrives while one runs is answered by
+the next one (it may be for code written after the running one read its own).
+
+1. ``RELOADING=1`` + ``MONOTONIC_USEC`` (unless ``corral reload`` already sent them
+   and waited on ``BARRIER=1``).
+2. Re-read and validate the config. Invalid: abort; the old generation keeps
+   serving, the reason goes to STATUS, ``READY=1``, the reload reports failure.
+3. corral's own code changed on disk: re-execute the supervisor in place
+   (``reexec``), which then carries on from step 4 with the new code.
+4. Start the new generation: ``surge`` starts every new worker at once;
+   ``rolling`` starts ``reload_batch`` at a time, for hosts without the memory
+   for two generations.
+5. Gate: a new worker counts only once it said ``ready``, which a worker does
+   after importing the app, finishing lifespan startup and, with
+   ``health_check:``, getting the expected answer to a probe sent through the
+   app to itself (``corral.worker.probe``). Within ``reload_timeout`` (per batch
+   when rolling), or the transaction rolls back.
+6. Drain the old workers that the gated ones replace: SIGTERM, after which each
+   stops accepting, answers busy connections' last response with
+   ``Connection: close``, closes idle keep-alive connections, and finishes its
+   in-flight requests within ``graceful_timeout``. ``READY=1`` (and the answer to
+   ``corral reload``) waits until every drained worker has closed its idle
+   connections ("quiesced"), so that every request sent after ``systemctl
+   reload`` returns is served by the new code.
+7. ``READY=1`` with the new STATUS (generation, the app's code identity).
+
+Rollback: a new worker that exits or fails its probe before it is ready, or a
+batch not ready within ``reload_timeout``: the new workers are stopped, the old
+generation never stopped serving, STATUS says why, the reload reports failure.
+``READY=1`` follows every ``RELOADING=1``, whatever happens (systemd 252 leaves
+``systemctl reload`` hanging otherwise). When rolling, a failure after the
+first batch cannot bring back the old code (it is gone from disk, and
+interpreters load code when they start): the workers already replaced keep
+serving the new code and the reload reports the mixed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from corral.config import Config, ConfigError
+from corral.supervisor import policies
+from corral.supervisor.slots import Generation, Slot
+from corral.supervisor.worker_process import BOOTING, READY, WorkerProcess
+
+if TYPE_CHECKING:
+    from corral.supervisor.supervisor import Supervisor
+
+log = logging.getLogger("corral.reload")
+
+SURGE = "surge"
+ROLLING = "rolling"
+ROLLBACK = "rollback"
+# How long READY waits, beyond drain_linger, for a drained worker to say it closed its idle
+# connections (an old worker blocked in the app says nothing; READY must come anyway).
+QUIESCE_GRACE = 3.0
+EXTEND_EVERY = 5.0
+
+
+@dataclass
+class ReloadOutcome:
+    ok: bool
+    generation: int
+    message: str
+    duration: float = 0.0
+
+
+@dataclass
+class Transaction:
+    started: float
+    waiters: list[asyncio.Future[ReloadOutcome]] = field(default_factory=list)
+    config: Config | None = None
+    generation: Generation | None = None  # the new one (the supervisor's ``pending``)
+    old: Generation | None = None
+    batches: list[list[int]] = field(default_factory=list)  # slot indices, in start order
+    batch: int = -1  # index into batches of the batch booting now
+    deadline: float | None = None  # reload_timeout of the booting batch
+    quiescing: set[int] = field(default_factory=set)  # ids of drained workers not yet quiet
+    quiesce_deadline: float | None = None
+    outcome: ReloadOutcome | None = None  # decided; READY waits for the quiescing workers
+    task: asyncio.Task[None] | None = None
+
+
+class Reloader:
+    """Runs reload transactions for one supervisor (all on its event loop)."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.active: Transaction | None = None
+        self.queued = False  # one more transaction once this one (or the start-up) is over
+        self.queued_waiters: list[asyncio.Future[ReloadOutcome]] = []
+        self.last: ReloadOutcome | None = None
+        self.last_extend = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.active is not None
+
+    # ------------------------------------------------------------------ requests
+
+    def request(self, waiter: asyncio.Future[ReloadOutcome] | None = None, notify: bool = True) -> None:
+        """Start a reload, or queue one; ``waiter`` gets the outcome. ``notify=False``: RELOADING=1
+        was already sent (by `corral reload`, as an ExecReload= process)."""
+        sup = self.sup
+        if sup.phase == "stopping":
+            if waiter is not None and not waiter.done():
+                waiter.set_result(ReloadOutcome(False, sup._gen_number(), "corral is stopping"))
+            if not notify:
+                sup.notifier.ready(sup.status_line())  # answer the RELOADING=1 sent for us
+            return
+        if self.active is not None or sup.phase == "starting":
+            self.queued = True
+            if waiter is not None:
+                self.queued_waiters.append(waiter)
+            return
+        self._begin([waiter] if waiter is not None else [], notify)
+
+    def _begin(self, waiters: list[asyncio.Future[ReloadOutcome]], notify: bool) -> None:
+        sup = self.sup
+        if notify:
+            sup.notifier.reloading()
+        txn = self.active = Transaction(time.monotonic(), waiters)
+        sup.phase = "reloading"
+        txn.task = asyncio.ensure_future(self._prepare(txn))
+
+    async def _prepare(self, txn: Transaction) -> None:
+        sup = self.sup
+        try:
+            config = sup.config
+            if sup.reload_config is not None:
+                try:
+                    config = sup.reload_config()
+                except ConfigError as exc:
+                    self._finish(txn, ReloadOutcome(False, sup._gen_number(), f"config error: {exc}",
+                                                    time.monotonic() - txn.started), "aborted")
+                    return
+            if await self._upgrade_in_place(txn):
+                return  # not reached when the exec succeeds
+            if txn is not self.active or sup.phase == "stopping":
+                return
+            self._start(txn, config)
+        except Exception as exc:  # a bug must not leave systemd waiting for READY=1
+            log.exception("reload failed unexpectedly")
+            if self.active is txn:
+                self._rollback(txn, f"internal error: {exc!r}")
+
+    async def _upgrade_in_place(self, txn: Transaction) -> bool:
+        """corral's own code changed: preflight it and exec it (same PID). False: no upgrade needed."""
+        sup = self.sup
+        code = getattr(sup, "code_identity", None)
+        if code is None:
+            return False
+        from corral.supervisor import identity, reexec
+
+        installed = identity.installed()
+        if installed == code:
+            return False
+        log.info("reload: corral's code changed on disk (%s -> %s): re-executing the supervisor in place",
+                 code.short(), installed.short())
+        try:
+            state = reexec.capture(sup)
+            await reexec.preflight(sup.argv, state)
+            if txn is not self.active or sup.phase == "stopping":
+                return True
+            state = reexec.capture(sup)  # fresh: workers may have changed during the preflight
+            reexec.exec_in_place(state)
+        except reexec.ReexecError as exc:
+            self._finish(txn, ReloadOutcome(False, sup._gen_number(), f"self-upgrade refused: {exc}; still "
+                                            f"running {code.short()}", time.monotonic() - txn.started), "aborted")
+        return True
+
+    # ------------------------------------------------------------------ the new generation
+
+    def _start(self, txn: Transaction, config: Config) -> None:
+        sup = self.sup
+        if not sup.listeners.from_systemd and config.bind != sup.config.bind:
+            log.warning("reload: bind changed (%s -> %s); listening addresses change only on restart",
+                        ", ".join(map(str, sup.config.bind)), ", ".join(map(str, config.bind)))
+        txn.config = config
+        txn.old = sup.generation
+        sup.generation_counter += 1
+        generation = Generation(sup.generation_counter, config)
+        generation.slots = [Slot(index) for index in range(config.workers)]
+        txn.generation = sup.pending = generation
+        batch = config.workers if _strategy(config) == SURGE else max(1, min(_batch(config), config.workers))
+        indices = list(range(config.workers))
+        txn.batches = [indices[i:i + batch] for i in range(0, len(indices), batch)]
+        log.info("reload: generation %d starting (%d workers, %s%s)", generation.number, config.workers,
+                 _strategy(config), f", batches of {batch}" if len(txn.batches) > 1 else "")
+        self._start_batch(txn, 0)
+
+    def _start_batch(self, txn: Transaction, number: int) -> None:
+        sup = self.sup
+        assert txn.generation is not None and txn.config is not None
+        txn.batch = number
+        txn.deadline = time.monotonic() + _reload_timeout(txn.config)
+        for index in txn.batches[number]:
+            slot = txn.generation.slots[index]
+            if sup._start_worker(txn.generation, slot) is None:
+                self._rollback(txn, f"cannot start a worker: {slot.last_error}")
+                return
+        sup._update_status(force=True)
+
+    def on_ready(self, worker: WorkerProcess) -> None:
+        """A worker of the new generation passed the gate."""
+        txn = self.active
+        if txn is None or txn.generation is None or txn.batch < 0 or txn.outcome is not None:
+            return
+        slots = [txn.generation.slots[i] for i in txn.batches[txn.batch]]
+        if not all(slot.worker is not None and slot.worker.state == READY for slot in slots):
+            return
+        self._replace(txn, [slot.index for slot in slots])
+        if txn.batch + 1 < len(txn.batches):
+            log.info("reload: batch %d/%d of generation %d ready", txn.batch + 1, len(txn.batches),
+                     txn.generation.number)
+            self._start_batch(txn, txn.batch + 1)
+        else:
+            self._cutover(txn)
+
+    def _replace(self, txn: Transaction, indices: list[int]) -> None:
+        """Drain the old workers of these slots (and, with the last batch, of slots no longer wanted)."""
+        old = txn.old
+        if old is None:
+            return
+        last = txn.batch + 1 >= len(txn.batches)
+        for slot in old.slots:
+            if slot.index in indices or (last and slot.index >= len(txn.generation.slots)):
+                for worker in slot.workers():
+                    self._drain(txn, worker)
+                slot.worker = slot.successor = None
+                slot.restart_at = None
+
+    def _drain(self, txn: Transaction, worker: WorkerProcess) -> None:
+        sup = self.sup
+        if sup.recycling is worker:
+            sup.recycling = None
+        if worker.state == BOOTING:  # a recycle's successor that was still booting
+            worker.stop_fast(policies.RELOAD, time.monotonic())
+            if worker not in sup.retiring:
+                sup.retiring.append(worker)
+            return
+        worker.stop_reason = worker.stop_reason or policies.RELOAD
+        sup._retire(worker, policies.RELOAD)
+        if worker.alive:
+            txn.quiescing.add(worker.id)
+
+    def _cutover(self, txn: Transaction) -> None:
+        sup = self.sup
+        new = txn.generation
+        assert new is not None
+        now = time.monotonic()
+        sup.pending = None
+        sup.generation = new
+        sup.config = new.config
+        sup.recycling = None
+        sup.phase = "running"
+        sup._generation_changed(new)
+        identity = sup.code_description(new)
+        txn.outcome = ReloadOutcome(True, new.number, f"generation {new.number} serving"
+                                    + (f" ({identity})" if identity else ""), now - txn.started)
+        log.info("reload: generation %d ready in %.2fs%s; draining generation %d", new.number,
+                 txn.outcome.duration, f" ({identity})" if identity else "", txn.old.number if txn.old else 0)
+        linger = max([sup._config_of_id(i).drain_linger for i in txn.quiescing] or [0.0])
+        txn.quiesce_deadline = now + linger + QUIESCE_GRACE
+        self._maybe_finish(txn)
+
+    def on_quiesced(self, worker: WorkerProcess) -> None:
+        """A drained worker stopped accepting and closed its idle connections (or exited)."""
+        txn = self.active
+        if txn is None or worker.id not in txn.quiescing:
+            return
+        txn.quiescing.discard(worker.id)
+        self._maybe_finish(txn)
+
+    def _maybe_finish(self, txn: Transaction) -> None:
+        if txn.outcome is None:
+            return
+        if txn.quiescing and txn.quiesce_deadline is not None and time.monotonic() < txn.quiesce_deadline:
+            return
+        if txn.quiescing:
+            log.warning("reload: %d drained worker(s) did not report closing their idle connections in time; "
+                        "sending READY anyway", len(txn.quiescing))
+        self._finish(txn, txn.outcome, "success" if txn.outcome.ok else "rolled_back")
+
+    # ------------------------------------------------------------------ failure
+
+    def on_lost(self, worker: WorkerProcess, description: str) -> bool:
+        """A worker of the new generation exited. True: the transaction handled it."""
+        txn = self.active
+        if txn is None or txn.generation is None or txn.outcome is not None:
+            return False
+        if worker.ready_at is not None:
+            return False  # it served, then crashed: an ordinary crash, restarted in its slot
+        what = f"worker {worker.id} (pid {worker.pid}) of generation {txn.generation.number} {description} " \
+               "before it was ready"
+        self._rollback(txn, f"{what}: {worker.boot_error}" if worker.boot_error else what, exclude=worker)
+        return True
+
+    def _rollback(self, txn: Transaction, reason: str, exclude: WorkerProcess | None = None) -> None:
+        sup = self.sup
+        now = time.monotonic()
+        new = txn.generation
+        sup.pending = None
+        sup.phase = "running"
+        if new is None:
+            self._finish(txn, ReloadOutcome(False, sup._gen_number(), reason, now - txn.started), "aborted")
+            return
+        done = [i for batch in txn.batches[:max(txn.batch, 0)] for i in batch]
+        booting = txn.batches[txn.batch] if 0 <= txn.batch < len(txn.batches) else []
+        for index in booting:
+            for worker in new.slots[index].workers():
+                if worker is not exclude and worker.alive:
+                    worker.stop_reason = ROLLBACK
+                    worker.stop_fast(ROLLBACK, now)
+                    if worker not in sup.retiring:
+                        sup.retiring.append(worker)
+            new.slots[index].worker = new.slots[index].successor = None
+        if not done:
+            log.error("reload: %s; rolling back: generation %d keeps serving", reason, sup._gen_number())
+            message = f"generation {new.number} rolled back: {reason}; generation {sup._gen_number()} keeps serving"
+        else:
+            # Rolling, after the first batch: the replaced slots keep their new workers.
+            old = txn.old
+            assert old is not None
+            for index in done:
+                slot = next((s for s in old.slots if s.index == index), None)
+                if slot is None:
+                    slot = Slot(index)
+                    old.slots.append(slot)
+                slot.worker = new.slots[index].worker
+            old.slots.sort(key=lambda s: s.index)
+            message = (f"rolling reload stopped at batch {txn.batch + 1}/{len(txn.batches)}: {reason}; "
+                       f"{len(done)} of {len(old.slots)} workers run generation {new.number}, the others "
+                       f"generation {old.number}")
+            log.error("reload: %s", message)
+        txn.outcome = ReloadOutcome(False, sup._gen_number(), message, now - txn.started)
+        linger = max([sup._config_of_id(i).drain_linger for i in txn.quiescing] or [0.0])
+        txn.quiesce_deadline = now + linger + QUIESCE_GRACE
+        self._maybe_finish(txn)
+
+    def _finish(self, txn: Transaction, outcome: ReloadOutcome, result: str) -> None:
+        sup = self.sup
+        if self.active is txn:
+            self.active = None
+        if sup.phase == "reloading":
+            sup.phase = "running"
+        if sup.pending is txn.generation:
+            sup.pending = None
+        self.last = sup.last_reload = outcome
+        if not outcome.ok:
+            log.error("reload failed: %s", outcome.message)
+        sup._reload_finished(outcome, result)
+        # READY=1 after every RELOADING=1, success or not: systemd 252 hangs otherwise.
+        sup.notifier.ready(sup.status_line())
+        for waiter in txn.waiters:
+            if not waiter.done():
+                waiter.set_result(outcome)
+
+    def abort(self, message: str) -> None:
+        """corral is stopping: answer everyone waiting (STOPPING=1 follows, no READY)."""
+        sup = self.sup
+        txn, self.active = self.active, None
+        waiters = (txn.waiters if txn else []) + self.queued_waiters
+        self.queued_waiters, self.queued = [], False
+        if txn is not None and txn.task is not None:
+            txn.task.cancel()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(ReloadOutcome(False, sup._gen_number(), message))
+
+    # ------------------------------------------------------------------ the periodic tick
+
+    def tick(self, now: float) -> None:
+        sup = self.sup
+        txn = self.active
+        if txn is not None:
+            if txn.outcome is None and txn.deadline is not None and now > txn.deadline and txn.generation:
+                late = [slot.worker for i in txn.batches[txn.batch] if (slot := txn.generation.slots[i]).worker
+                        and slot.worker.state != READY]
+                detail = ", ".join(f"worker {w.id} (pid {w.pid}) {w.state}" + (f": {w.boot_error}" if w.boot_error
+                                                                               else "") for w in late)
+                timeout = _reload_timeout(txn.config) if txn.config else 0
+                self._rollback(txn, f"generation {txn.generation.number} not ready within "
+                                    f"reload_timeout={timeout:g}s ({detail or 'no worker started'})")
+            elif txn.outcome is not None:
+                txn.quiescing = {i for i in txn.quiescing if sup._worker_by_id(i) is not None}
+                self._maybe_finish(txn)
+            if self.active is txn and now - self.last_extend >= EXTEND_EVERY:
+                # A slow boot still progressing: keep systemd's reload timeout (TimeoutStartSec=) ahead.
+                self.last_extend = now
+                left = (txn.deadline - now) if txn.deadline else 0
+                sup.notifier.extend_timeout(max(left, 0) + 15)
+        elif self.queued and sup.phase == "running":
+            waiters, self.queued_waiters, self.queued = self.queued_waiters, [], False
+            self._begin(waiters, True)
+
+    def on_worker_gone(self, worker: WorkerProcess) -> None:
+        """Any worker exited: a drained one counts as quiet."""
+        if self.active is not None and worker.id in self.active.quiescing:
+            self.on_quiesced(worker)
+
+
+def _strategy(config: Config) -> str:
+    return getattr(config, "reload_strategy", SURGE)
+
+
+def _batch(config: Config) -> int:
+    return int(getattr(config, "reload_batch", 1))
+
+
+def _reload_timeout(config: Config) -> float:
+    return float(getattr(config, "reload_timeout", 60.0))
+
