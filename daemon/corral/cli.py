@@ -17,10 +17,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from corral import __version__
-from corral.config import Config, ConfigError, load
+from corral.config import Config, ConfigError, default_control_socket, load, read_file
 
 EXIT_USAGE = 2
 
@@ -129,16 +130,30 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _control_path(args: argparse.Namespace) -> list[str]:
-    """Where the control socket may be, most specific first."""
+    """Where the control socket may be, most specific first.
+
+    Read leniently: `corral reload` must reach the supervisor even when the config
+    on disk is broken (the supervisor then reports the error and keeps serving), and
+    `corral status` must work whatever the file says.
+    """
     if args.control_socket:
         return [args.control_socket]
-    config = load(args.config)
-    paths = [config.control_socket]
-    if "control_socket" not in config.explicit and not os.environ.get("RUNTIME_DIRECTORY"):
+    raw: dict[str, Any] = {}
+    if args.config:
+        try:
+            raw = read_file(args.config)
+        except ConfigError:
+            raw = {}
+    explicit = raw.get("control_socket") or os.environ.get("CORRAL_CONTROL_SOCKET")
+    if isinstance(explicit, str) and explicit:
+        return [explicit]
+    name = raw.get("name") or os.environ.get("CORRAL_NAME")
+    if not isinstance(name, str) or not name:
+        name = Path(args.config).stem if args.config else "corral"
+    paths = [default_control_socket(name)]
+    if not os.environ.get("RUNTIME_DIRECTORY"):
         # The model unit's RuntimeDirectory=NAME gives /run/NAME rather than /run/corral/NAME.
-        alt = f"/run/{config.name}/control.sock"
-        if alt not in paths:
-            paths.append(alt)
+        paths.append(f"/run/{name}/control.sock")
     return paths
 
 
@@ -193,10 +208,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
         notified = bool(notifier.socket_path) and barrier(notifier.socket_path)
     try:
         reply = _request(args, {"cmd": "reload", "notified": notified}, timeout=args.timeout)
-    except ControlError as exc:
+    except BaseException as exc:
+        if notifier.enabled:
+            notifier.ready()  # nobody else will answer our RELOADING=1: never leave systemd hanging
+        if not isinstance(exc, ControlError):
+            raise
         print(f"corral: reload failed: {exc}", file=sys.stderr)
-        if notified:
-            notifier.ready()  # nothing will answer our RELOADING=1: do not leave systemd hanging
         return 1
     if reply.get("ok"):
         print(f"corral: reload ok: {reply.get('message')} ({reply.get('duration', 0):.2f}s)")

@@ -26,7 +26,7 @@ CONTROL = "/run/apptest/control.sock"
 GRACEFUL = 10
 
 
-def _units(port: int, config: Path) -> dict[str, str]:
+def _units(port: int, config: Path, start_timeout: str = "60s") -> dict[str, str]:
     socket_unit = f"""\
 [Unit]
 Description=corral test socket
@@ -49,7 +49,7 @@ NotifyAccess=exec
 ExecStart={CORRAL} run --config {config}
 ExecReload={CORRAL} reload --config {config}
 WatchdogSec=4s
-TimeoutStartSec=60s
+TimeoutStartSec={start_timeout}
 TimeoutStopSec=30s
 TimeoutAbortSec=3s
 KillMode=mixed
@@ -251,3 +251,38 @@ def test_systemctl_stop_lets_a_5s_request_finish(app):
     assert result["response"][0] == 200
     assert app.show("ActiveState") == "inactive" and app.show("Result") == "success"
     assert stopped_after < GRACEFUL
+
+
+def test_slow_boot_extends_the_start_timeout(app):
+    """TimeoutStartSec=3s, but lifespan startup takes 6 s: EXTEND_TIMEOUT_USEC keeps it alive."""
+    app.restart_fresh(environment={"PROBE_STARTUP_DELAY": "6"})
+    app.ns.write_unit("app.service.d/slow.conf", "[Service]\nTimeoutStartSec=3s\n")
+    app.ns.daemon_reload()
+    try:
+        started = time.monotonic()
+        app.ns.systemctl("start", "app.service", timeout=90)
+        assert time.monotonic() - started > 5
+        assert app.show("ActiveState") == "active"
+        assert app.get("/")[0] == 200
+    finally:
+        (app.ns.unit_dir / "app.service.d" / "slow.conf").unlink()
+        app.ns.daemon_reload()
+
+
+def test_systemctl_reload_waits_for_the_new_generation_and_fails_visibly(app):
+    app.restart_fresh(environment={"PROBE_STARTUP_DELAY": "1"})
+    app.start_and_wait()
+    main_pid = app.show("MainPID")
+    out = app.ns.systemctl("reload", "app.service", timeout=90)
+    assert out.returncode == 0
+    # systemctl returned only once generation 2 served.
+    data = app.status()
+    assert data["generation"] == 2 and {w["generation"] for w in data["workers"] if w["state"] == "ready"} == {2}
+    assert app.show("MainPID") == main_pid and app.get("/")[0] == 200
+    # A bad config: the reload fails, and generation 2 keeps serving.
+    app.configure(environment={"PROBE_STARTUP_DELAY": "1"}, workers="many")
+    out = app.ns.systemctl("reload", "app.service", timeout=90, check=False)
+    assert out.returncode != 0
+    assert app.show("ActiveState") == "active" and app.status()["generation"] == 2
+    assert "last reload failed: config error" in app.show("StatusText")
+    assert app.get("/")[0] == 200

@@ -67,8 +67,10 @@ def main(argv: Sequence[str]) -> int:
     setup_logging(config.get("log_level", "info"), role="corral-worker")
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
-    # Until the loop's handlers are installed, TERM/INT must simply end a booting worker.
+    # Until the loop's handlers are installed, a stop simply ends a booting worker
+    # (QUIT's default action would also dump core).
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         import uvloop
