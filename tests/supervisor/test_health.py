@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 
 import psutil
-import pytest
 
-from helpers import APPS, Corral, Load
-from util import CORRAL, free_port, wait_until
+from helpers import Corral, Load
+from util import wait_until
 
 
 def _pids(corral: Corral, state: str = "ready") -> set[int]:

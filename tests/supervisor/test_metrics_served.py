@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 
-import pytest
 
 from helpers import Corral
 from util import free_port, wait_until

@@ -8,7 +8,6 @@ import sys
 import time
 
 import psutil
-import pytest
 
 from helpers import APPS, Corral, Load
 from util import CORRAL, free_port, stop_process, wait_until
