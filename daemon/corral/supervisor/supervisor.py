@@ -94,7 +94,7 @@ class Supervisor:
         self.metrics_server = None
         self._loop_lag = None
         for item in listeners.items:
-            self.metrics.add_listener(item.sock, item.role, app_traffic=item.role == "http")
+            self._watch_listener(item)
 
     # ------------------------------------------------------------------ main
 
@@ -127,6 +127,12 @@ class Supervisor:
         if self.fatal_error:
             print(f"corral: {self.fatal_error}", file=sys.stderr, flush=True)
         return self.exit_code
+
+    def _watch_listener(self, item: Any) -> None:
+        """Export a listener's accept queue. Reuse-port sockets share an address, so their
+        series are told apart by group: ``http/1``, ``http/2``, ..."""
+        name = f"{item.role}/{item.group}" if item.group else item.role
+        self.metrics.add_listener(item.sock, name, app_traffic=item.role == "http")
 
     def _start_metrics(self) -> None:
         from corral.metrics.looplag import LoopLagMonitor
@@ -682,11 +688,15 @@ class Supervisor:
         if delta > 0:
             slot = Slot(len(generation.slots))
             if self.config.reuse_port and not self.listeners.from_systemd:
+                known = {id(item) for item in self.listeners.items}
                 try:
                     bind_reuse_port_group(self.listeners, self.config.bind, self.config.backlog, slot.index + 1)
                 except Exception as exc:
                     log.error("TTIN: cannot bind a socket for slot %d: %s", slot.index, exc)
                     return
+                for item in self.listeners.items:
+                    if id(item) not in known:
+                        self._watch_listener(item)
             generation.slots.append(slot)
             self.metrics.set_desired_workers(len(generation.slots))
             log.info("TTIN: adding a worker (now %d)", len(generation.slots))
@@ -711,6 +721,7 @@ class Supervisor:
             # Connections queued on this socket are reset when the last copy closes,
             # unless net.ipv4.tcp_migrate_req=1 moves them to the other sockets.
             self.listeners.items.remove(item)
+            self.metrics.remove_listener(item.sock)
             item.close()
 
     def reopen_logs(self) -> None:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from helpers import APPS
+from supervisor_util import APPS
 from util import CORRAL, free_port, stop_process, wait_until
 
 from corral.config import BindSpec

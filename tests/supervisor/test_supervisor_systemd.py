@@ -19,7 +19,7 @@ import yaml
 
 from harness.fixtures import require_systemd_namespace
 from harness.systemd import SystemdNamespace
-from helpers import APPS, Load
+from supervisor_util import APPS, Load
 from util import CORRAL, free_port, wait_until
 
 CONTROL = "/run/apptest/control.sock"

@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from helpers import APPS, Corral, Load
+from supervisor_util import APPS, Corral, Load
 from util import CORRAL, free_port, stop_process, wait_until
 
 FORBIDDEN = ("uvloop", "httptools", "probe", "starlette", "fastapi")

@@ -9,7 +9,7 @@ import signal
 import subprocess
 
 
-from helpers import Corral
+from supervisor_util import Corral
 from util import free_port, wait_until
 
 

@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from helpers import Corral, Load
+from supervisor_util import Corral, Load
 from util import wait_until
 
 

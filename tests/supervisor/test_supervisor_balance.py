@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from helpers import Corral
+from supervisor_util import Corral
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make sysdeps)")
 
