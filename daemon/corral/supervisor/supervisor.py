@@ -446,9 +446,13 @@ class Supervisor:
             self.last_sample = now
             self._sample(now)
         if self.phase == "starting" and now - self.last_extend >= 5.0:
-            # A slow boot that is still progressing: keep systemd's start timeout ahead of it.
-            self.last_extend = now
-            self.notifier.extend_timeout(self.config.boot_timeout + 10)
+            # A slow boot that is still progressing (a worker within its boot_timeout) keeps
+            # systemd's start timeout ahead of it; a start that only crash-loops does not.
+            booting = [w for w in self.workers.values() if w.state == BOOTING]
+            if booting:
+                self.last_extend = now
+                left = max(self.config.boot_timeout - min(w.age(now) for w in booting), 0.0)
+                self.notifier.extend_timeout(left + 10)
         self._watchdog(now)
         self._update_status()
         if self.reload_queued and self.phase == "running" and self.pending is None:
