@@ -11,10 +11,11 @@ to CPU 1, a warm-up run, then the measured run.
 * on: ``metrics_bind:`` set, and a scraper on CPU 1 fetching ``/metrics`` every
   ``--scrape-interval`` seconds (Prometheus scrapes every 15 s by default).
 
-Rounds alternate off/on so that a noisy machine hurts both alike; the result is the median
-of the per-round on/off ratios. The supervisor's CPU time during each measured run is
-reported too: it is where collection work happens, and unlike req/s it barely depends on
-what else runs on the machine.
+Rounds alternate off/on (and which comes first) so that a noisy machine hurts both alike;
+the result is the median of the per-round on/off ratios. On a shared machine req/s swings by
+far more than 2% between runs, so two figures that barely depend on what else runs are
+reported too: the CPU time corral (supervisor and worker) spends per request, and the
+supervisor's own CPU time, which is where scrapes are answered.
 Not a test (pytest does not collect it): run it by hand.
 """
 
@@ -62,13 +63,20 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def _wrk(port: int, seconds: float, connections: int) -> float:
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _wrk(port: int, seconds: float, connections: int) -> tuple[float, int]:
+    """(requests per second, requests completed)."""
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
                           f"http://127.0.0.1:{port}/"], check=True, capture_output=True, text=True).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match or "Non-2xx" in out or "Socket errors" in out:
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
+    if not rate or not count or "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk failed or saw errors:\n{out}")
-    return float(match.group(1))
+    return float(rate.group(1)), int(count.group(1))
 
 
 class _Scraper(threading.Thread):
@@ -113,17 +121,18 @@ def run_once(metrics: bool, duration: float, warmup: float, connections: int,
                     raise RuntimeError(f"corral did not start: {proc.stderr.read().decode()[-2000:]}")
                 time.sleep(0.2)
             supervisor = proc.pid  # taskset execs corral: the same pid is the supervisor
+            workers = _children(supervisor)
             _wrk(port, warmup, connections)
             scraper = _Scraper(metrics_port, scrape_interval) if metrics else None
             if scraper:
                 scraper.start()
-            cpu_before = _cpu_seconds(supervisor)
-            rps = _wrk(port, duration, connections)
-            cpu = _cpu_seconds(supervisor) - cpu_before
+            cpu_before = [_cpu_seconds(p) for p in (supervisor, *workers)]
+            rps, count = _wrk(port, duration, connections)
+            cpu = [_cpu_seconds(p) - c for p, c in zip((supervisor, *workers), cpu_before)]
             if scraper:
                 scraper.stop.set()
                 scraper.join()
-            return {"rps": rps, "supervisor_cpu": cpu,
+            return {"rps": rps, "supervisor_cpu": cpu[0], "cpu_us_per_request": 1e6 * sum(cpu) / count,
                     "scrapes": scraper.count if scraper else 0,
                     "scrape_ms": 1000 * scraper.seconds / scraper.count if scraper and scraper.count else 0.0}
         finally:
@@ -149,22 +158,29 @@ def main() -> int:
         return 2
     print(f"wrk -t1 -c{args.connections} -d{args.duration:g}s (after {args.warmup:g}s warm-up), corral -w 1 "
           f"on CPU 0; metrics on = metrics_bind + a scrape every {args.scrape_interval:g}s")
-    ratios, offs, ons = [], [], []
+    ratios, cpu_ratios, offs, ons = [], [], [], []
     for i in range(args.rounds):
-        off = run_once(False, args.duration, args.warmup, args.connections, args.scrape_interval)
-        on = run_once(True, args.duration, args.warmup, args.connections, args.scrape_interval)
+        order = (False, True) if i % 2 == 0 else (True, False)
+        runs = {m: run_once(m, args.duration, args.warmup, args.connections, args.scrape_interval)
+                for m in order}
+        off, on = runs[False], runs[True]
         offs.append(off)
         ons.append(on)
         ratios.append(on["rps"] / off["rps"])
-        print(f"  round {i + 1}: off {off['rps']:>8,.0f} req/s (supervisor cpu {off['supervisor_cpu']:.2f}s)   "
-              f"on {on['rps']:>8,.0f} req/s (supervisor cpu {on['supervisor_cpu']:.2f}s, {on['scrapes']} "
-              f"scrapes, {on['scrape_ms']:.1f} ms each)   on/off {ratios[-1]:.3f}", flush=True)
-    print(f"median off {statistics.median(r['rps'] for r in offs):,.0f} req/s, "
-          f"median on {statistics.median(r['rps'] for r in ons):,.0f} req/s, "
-          f"median on/off ratio {statistics.median(ratios):.3f} "
-          f"(cost {100 * (1 - statistics.median(ratios)):+.1f}%)")
-    print(f"supervisor CPU per {args.duration:g}s run: off {statistics.median(r['supervisor_cpu'] for r in offs):.2f}s, "
-          f"on {statistics.median(r['supervisor_cpu'] for r in ons):.2f}s")
+        cpu_ratios.append(on["cpu_us_per_request"] / off["cpu_us_per_request"])
+        print(f"  round {i + 1}: off {off['rps']:>8,.0f} req/s {off['cpu_us_per_request']:5.1f} us cpu/req "
+              f"(supervisor {off['supervisor_cpu']:.2f}s)   on {on['rps']:>8,.0f} req/s "
+              f"{on['cpu_us_per_request']:5.1f} us cpu/req (supervisor {on['supervisor_cpu']:.2f}s, "
+              f"{on['scrapes']} scrapes, {on['scrape_ms']:.1f} ms each)", flush=True)
+    med = statistics.median
+    print(f"req/s: median off {med(r['rps'] for r in offs):,.0f}, on {med(r['rps'] for r in ons):,.0f}; "
+          f"median on/off {med(ratios):.3f} ({100 * (1 - med(ratios)):+.1f}% cost; noise: ratios "
+          f"{min(ratios):.2f}..{max(ratios):.2f})")
+    print(f"cpu per request: median off {med(r['cpu_us_per_request'] for r in offs):.2f} us, "
+          f"on {med(r['cpu_us_per_request'] for r in ons):.2f} us; median on/off {med(cpu_ratios):.3f} "
+          f"({100 * (med(cpu_ratios) - 1):+.1f}% cost; ratios {min(cpu_ratios):.2f}..{max(cpu_ratios):.2f})")
+    print(f"supervisor CPU per {args.duration:g}s run: off {med(r['supervisor_cpu'] for r in offs):.2f}s, "
+          f"on {med(r['supervisor_cpu'] for r in ons):.2f}s")
     return 0
 
 

@@ -288,3 +288,35 @@ def test_journal_priorities_access_json_and_no_secrets(app):
     everything = app.ns.journal(None, "-o", "verbose") + app.ns.console()
     for secret in SECRETS:
         assert secret not in everything, secret
+
+
+def test_reload_outcomes_generation_and_their_log_lines(app):
+    app.restart_fresh(workers=2)
+    app.ns.systemctl("reload", "app.service", timeout=120)
+    data = wait_until(lambda: (s := app.scrape()) and value(s, "corral_generation") == 2
+                      and value(s, "corral_worker_restarts_total", reason="reload") == 2
+                      and value(s, "corral_workers", state="ready") == 2
+                      and value(s, "corral_workers", state="draining") == 0 and s, 60, 0.2,
+                      "generation 2 serving, generation 1 drained")
+    assert value(data, "corral_reload_duration_seconds_count", outcome="success") == 1
+    assert value(data, "corral_last_reload_success") == 1
+    assert {lb["pid"] for name, lb, v in data if name == "corral_worker_generation" and v == 2} == \
+        {lb["pid"] for name, lb, _ in data if name == "corral_worker_ready"}
+
+    # An invalid config: the reload is aborted and generation 2 keeps serving.
+    config = yaml.safe_load(app.config_path.read_text())
+    app.config_path.write_text(yaml.safe_dump({**config, "workers": "many"}))
+    assert app.ns.systemctl("reload", "app.service", check=False, timeout=120).returncode != 0
+    data = wait_until(lambda: (s := app.scrape()) and value(s, "corral_reload_duration_seconds_count",
+                                                             outcome="aborted") == 1 and s, 30, 0.2,
+                      "the aborted reload counted")
+    assert value(data, "corral_last_reload_success") == 0
+    assert value(data, "corral_generation") == 2 and value(data, "corral_workers", state="ready") == 2
+    status = app.status()
+    assert "reload failed" in status["status"] and "workers" in status["status"]
+    wait_until(lambda: "reload failed" in app.ns.show("app.service", "StatusText"), 30, 0.2,
+               "STATUS= naming the failed reload")
+    journal = app.journal("-o", "cat")
+    assert re.search(r"reload: generation 2 starting", journal)
+    assert re.search(r"reload: generation 2 ready in [\d.]+s", journal)
+    assert re.search(r"reload failed: .*workers", journal)
