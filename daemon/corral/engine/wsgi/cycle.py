@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("corral.engine.wsgi")
 
 BytesIO = io.BytesIO
+# Response bytes an inline app may produce in one go before the loop serves others.
+_PUMP_BUDGET = 4 << 20
 _get_ident = threading.get_ident
 
 
@@ -329,7 +331,15 @@ class InlineCycle(WSGICycle):
     def _pump(self) -> None:
         """Send chunks while the client keeps up; continue from the drain future when it does not."""
         it = self._iter
+        if it is None:
+            return  # already finished (aborted while this step was queued)
+        if self.response_complete or self.disconnected:
+            self.abort_response()
+            self._done()
+            return
         iface = self.iface
+        transport = self.conn.transport
+        budget = _PUMP_BUDGET
         iface.inline_current = self
         try:
             for chunk in it:
@@ -346,6 +356,15 @@ class InlineCycle(WSGICycle):
                     if waiter is not None:
                         waiter.add_done_callback(self._resume)
                         return
+                if transport.is_closing():
+                    # A failed write closes the transport at once but reports
+                    # connection_lost later: stop producing for a dead socket.
+                    raise ClientDisconnected("the client closed the connection")
+                budget -= len(chunk)
+                if budget <= 0:
+                    # A fast client and a long body: let other connections run too.
+                    self.ctx.loop.call_soon(self._pump)
+                    return
             else:
                 self._write(b"", False)
         except Exception as exc:
@@ -457,7 +476,7 @@ class ThreadedCycle(WSGICycle):
         except Exception as exc:
             post(self._finish, None, b"", exc)
             return
-        if type(result) is list and len(result) == 1 and not self._sent:
+        if type(result) is list and len(result) == 1 and not self._sent and self._head is not None:
             # Hot path: the whole body in one piece; one hop to the loop.
             self._sent = True
             post(self._finish, self._head, result[0], None)
@@ -477,8 +496,11 @@ class ThreadedCycle(WSGICycle):
             error = exc
         close_iterable(result, self)
         head = None
-        if not self._sent:
+        if not self._sent and error is None:
             head = self._head
+            if head is None:
+                error = InvalidResponse(f"the WSGI app returned without calling start_response() "
+                                        f"({self.request_line()})")
             self._sent = True
         post(self._finish, head, b"", error)
 
@@ -562,7 +584,7 @@ class ThreadedCycle(WSGICycle):
     def _write_chunk(self, head: Any, chunk: bytes) -> None:
         n = len(chunk)
         try:
-            if self.response_complete or self.disconnected:
+            if self.response_complete or self.disconnected or self.conn.transport.is_closing():
                 raise ClientDisconnected("the client closed the connection")
             if head is not None:
                 self.commit_head(head)

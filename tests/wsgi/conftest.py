@@ -1,0 +1,42 @@
+"""Fixtures for the WSGI tests: engines serving WSGI apps in subprocesses, always cleaned up."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from wsgi_util import MODE_IDS, MODES, WSGIProc
+
+
+@pytest.fixture(scope="module", params=MODES, ids=MODE_IDS)
+def mode(request: pytest.FixtureRequest) -> int:
+    """The execution mode: threads 0 (inline) or 4 (thread pool)."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def server(mode: int) -> Iterator[WSGIProc]:
+    """tests/wsgi/wsgi_apps.py:app in the module's mode, shared by the module's tests."""
+    proc = WSGIProc("wsgi_apps:app", threads=mode, settings={"max_body_size": None})
+    try:
+        yield proc
+    finally:
+        proc.cleanup()
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., WSGIProc]]:
+    """Start engines with custom settings; all are stopped at the end of the test."""
+    procs: list[WSGIProc] = []
+
+    def start(app: str = "wsgi_apps:app", **kwargs: Any) -> WSGIProc:
+        proc = WSGIProc(app, **kwargs)
+        procs.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.cleanup()
