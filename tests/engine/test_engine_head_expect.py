@@ -72,3 +72,21 @@ def test_unknown_expectation_gets_417(server):
         (resp,) = read_responses(sock, 1)
         assert resp.status == 417
         assert peer_closed(sock)
+
+
+def test_http10_client_never_gets_100_continue(server):
+    with server.connect() as sock:
+        sock.sendall(b"POST /echo HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        sock.settimeout(1.0)
+        try:
+            early = sock.recv(65536)
+        except socket.timeout:
+            early = b""
+        assert b"100 Continue" not in early
+        sock.sendall(b"hi")
+        data = early
+        sock.settimeout(10)
+        while chunk := sock.recv(65536):
+            data += chunk
+    (resp,) = parse_responses(data)
+    assert resp.status == 200 and resp.body == b"hi"

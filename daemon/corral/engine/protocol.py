@@ -377,7 +377,7 @@ class HttpProtocol(asyncio.Protocol):
                 if ctx.max_body_size is not None and length > ctx.max_body_size:
                     raise Reject(413, f"Content Too Large (limit {ctx.max_body_size} bytes)")
                 body_expected = length > 0
-            if expect_value is not None:
+            if expect_value is not None and version != "1.0":  # 1.0 clients get no 1xx (RFC 9110 10.1.1)
                 if expect_value.lower() != b"100-continue":
                     raise Reject(417, "Expectation Failed")
                 expect = body_expected
