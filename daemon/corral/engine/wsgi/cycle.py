@@ -76,16 +76,14 @@ class WSGICycle(Cycle):
 
     iface: "WSGIInterface"  # set on the per-interface subclass (a class attribute, not a slot)
 
-    def __init__(self, conn: Any, scope: dict[str, Any], keep_alive: bool,
-                 expect_continue: bool, body_expected: bool) -> None:
-        Cycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
-        self._head: tuple[int, bytes, int | None, bool, int] | None = None  # set by start_response
-        self._sent = False  # the head was handed over for writing (exc_info may no longer replace it)
-        self._result: Any = None  # the app's response iterable, until closed
-        self._sendfile: SendfileJob | None = None
-        self._ident: int | None = None  # thread running the app (for stack dumps)
-        self._timed_out = False
-        self._body: SpooledBody | None = None
+    # Fields (set in the subclasses' __init__, flattened there for the hot path):
+    #   _head      (code, block, length, close, flags) from start_response, or None
+    #   _sent      the head was handed over for writing (exc_info may no longer replace it)
+    #   _result    the app's response iterable, until closed
+    #   _sendfile  the running SendfileJob, if any
+    #   _ident     the thread running the app (for stack dumps)
+    #   _timed_out request_timeout passed
+    #   _body      the spooled request body (inline mode)
 
     def request_line(self) -> str:
         scope = self.scope
@@ -125,9 +123,9 @@ class WSGICycle(Cycle):
             # RFC 9110 8.6: never a Content-Length on a 204.
             head = encode_headers([h for h in headers if str(h[0]).lower() != "content-length"])
         self._head = (code, head[0], head[1], head[2], head[3])
-        return self.write_callable()
+        return self._write_legacy
 
-    def write_callable(self) -> Callable[[bytes], None]:
+    def _write_legacy(self, data: bytes) -> None:
         raise NotImplementedError
 
     def commit_head(self, head: tuple[int, bytes, int | None, bool, int] | None) -> None:
@@ -143,7 +141,7 @@ class WSGICycle(Cycle):
 
     def app_failed(self, exc: BaseException) -> None:
         """The app (or its iterable) raised: 500 if nothing was sent, else close the connection."""
-        if self.response_complete and isinstance(exc, InvalidResponse):
+        if getattr(exc, "logged", False) or (self.response_complete and isinstance(exc, InvalidResponse)):
             pass  # a framing error the base cycle already logged and acted on
         elif isinstance(exc, ClientDisconnected) and self.disconnected:
             log.debug("client went away during %s", self.request_line())
@@ -229,12 +227,17 @@ class InlineCycle(WSGICycle):
 
     def __init__(self, conn: Any, scope: dict[str, Any], keep_alive: bool,
                  expect_continue: bool, body_expected: bool) -> None:
-        WSGICycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
+        # Hot path: one level of __init__ below the engine's (see WSGICycle for the fields).
+        Cycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
+        self._head = None
+        self._sent = False
+        self._result = None
+        self._sendfile = None
+        self._ident = None
+        self._timed_out = False
+        self._body = None
         self._iter: Any = None
         self._scheduled = False  # the body is complete and the app call is queued
-
-    def write_callable(self) -> Callable[[bytes], None]:
-        return self._write_legacy
 
     def run(self) -> None:
         # Hot path.
@@ -415,16 +418,21 @@ class ThreadedCycle(WSGICycle):
 
     def __init__(self, conn: Any, scope: dict[str, Any], keep_alive: bool,
                  expect_continue: bool, body_expected: bool) -> None:
-        WSGICycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
+        # Hot path: one level of __init__ below the engine's (see WSGICycle for the fields).
+        Cycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
+        self._head = None
+        self._sent = False
+        self._result = None
+        self._sendfile = None
+        self._ident = None
+        self._timed_out = False
+        self._body = None
         self._stream: StreamingInput | None = None
         self._pulling = False
         self._cond: threading.Condition | None = None
         self._unacked = 0
         self._error: BaseException | None = None
         self._file_event: threading.Event | None = None
-
-    def write_callable(self) -> Callable[[bytes], None]:
-        return self._write_legacy
 
     def run(self) -> None:
         # Hot path.

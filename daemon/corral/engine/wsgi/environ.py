@@ -151,6 +151,8 @@ def environ_base(
         server_name, server_port = "localhost", "443" if scheme == "https" else "80"
     base: dict[str, Any] = {
         "SCRIPT_NAME": script_name,
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
         "SERVER_NAME": server_name,
         "SERVER_PORT": server_port,
         "wsgi.version": WSGI_VERSION,
@@ -177,9 +179,18 @@ def set_client(environ: dict[str, Any], client: tuple[str, int] | None) -> None:
         environ.pop("REMOTE_PORT", None)
 
 
-_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
-# Host header value -> (SERVER_NAME, SERVER_PORT) per scheme; bounded like _KEY_CACHE.
-_HOST_CACHE: dict[tuple[str, str], tuple[str, str]] = {}
+# Host header value -> (SERVER_NAME, SERVER_PORT or "" when the header names no port).
+_HOST_CACHE: dict[str, tuple[str, str]] = {}
+
+
+def _host_parts(host: str) -> tuple[str, str]:
+    name, port = split_host(host, "")
+    if port in ("80", "443") and not (host.endswith(":80") or host.endswith(":443")):
+        port = ""  # no port in the header: the scheme's default, filled in per request
+    if len(_HOST_CACHE) >= _KEY_CACHE_MAX:
+        _HOST_CACHE.clear()
+    _HOST_CACHE[host] = (name, port)
+    return name, port
 
 
 def build_environ(
@@ -195,22 +206,27 @@ def build_environ(
 
     ``raw_path`` is the request target's path as sent (still percent-encoded)
     and ``headers`` the request's header fields in order, trailers excluded.
+    The base already holds the common values (HTTP/1.1, an empty query), so
+    the usual request costs only the keys that differ.
     """
     environ = base.copy()
     raw_uri = raw_path.decode("latin-1")
     environ["REQUEST_METHOD"] = method
-    environ["PATH_INFO"] = raw_uri if b"%" not in raw_path else unquote_to_bytes(raw_path).decode("latin-1")
+    if b"%" in raw_path:
+        path = unquote_to_bytes(raw_path).decode("latin-1")
+    else:
+        path = raw_uri
+    if environ["SCRIPT_NAME"]:
+        path = split_script_name(path, environ["SCRIPT_NAME"])
+    environ["PATH_INFO"] = path
     if query:
         qs = query.decode("latin-1")
         environ["QUERY_STRING"] = qs
-        environ["RAW_URI"] = raw_uri + "?" + qs
-    else:
-        environ["QUERY_STRING"] = ""
-        environ["RAW_URI"] = raw_uri
-    environ["SERVER_PROTOCOL"] = _PROTOCOLS.get(http_version) or "HTTP/" + http_version
+        raw_uri = raw_uri + "?" + qs
+    environ["RAW_URI"] = raw_uri
+    if http_version != "1.1":
+        environ["SERVER_PROTOCOL"] = "HTTP/" + http_version
     environ["wsgi.input"] = wsgi_input
-    if environ["SCRIPT_NAME"]:
-        environ["PATH_INFO"] = split_script_name(environ["PATH_INFO"], environ["SCRIPT_NAME"])
     cache = _KEY_CACHE
     for name, value in headers:
         key = cache.get(name)
@@ -224,18 +240,13 @@ def build_environ(
             # Repeated fields are one comma-separated list (RFC 9110 5.3);
             # Cookie is the exception, whose pairs are joined with "; ".
             environ[key] = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value.decode("latin-1")
-        else:
-            environ[key] = value.decode("latin-1")
-    host = environ.get("HTTP_HOST")
-    if host:
-        scheme = environ["wsgi.url_scheme"]
-        name_port = _HOST_CACHE.get((host, scheme))
-        if name_port is None:
-            name_port = split_host(host, scheme)
-            if len(_HOST_CACHE) >= _KEY_CACHE_MAX:
-                _HOST_CACHE.clear()
-            _HOST_CACHE[(host, scheme)] = name_port
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = name_port
+            continue
+        text = value.decode("latin-1")
+        environ[key] = text
+        if key == "HTTP_HOST" and text:
+            name_port = _HOST_CACHE.get(text) or _host_parts(text)
+            environ["SERVER_NAME"] = name_port[0]
+            environ["SERVER_PORT"] = name_port[1] or ("443" if environ["wsgi.url_scheme"] == "https" else "80")
     return environ
 
 

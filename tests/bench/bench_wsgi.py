@@ -1,0 +1,168 @@
+"""Hello-world WSGI benchmark: corral (inline and 8 threads) vs granian WSGI vs gunicorn gthread.
+
+    python tests/bench/bench_wsgi.py [--only NAME]... [--duration 10] [--warmup 3] [--json results.json]
+
+Same method as the ASGI benchmark (tests/bench/bench.py): each server runs
+alone with one worker, pinned to CPU 0 (``taskset -c 0``); wrk runs pinned to
+CPU 1 (``wrk -t1 -c64``): a warm-up run, then the measured run. Every server
+serves ``corral.demo.hello:wsgi``.
+
+  corral-inline   corral run -w 1 --interface wsgi, threads: 0 (the app runs on the event loop)
+  corral-threads  the same with threads: 8 (CORRAL_THREADS=8)
+  granian         granian --interface wsgi --workers 1 --blocking-threads 1
+  gunicorn        gunicorn -w 1 --threads 8 (the gthread worker)
+
+Prints requests/s and the two target ratios: corral-inline / granian (>= 1.1)
+and corral-threads / gunicorn (>= 3.0). Not a test: run it by hand or with
+``make bench``; expect noise on a busy machine (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+APP = "corral.demo.hello:wsgi"
+EXPECTED_BODY = b"Hello, world!"
+ORDER = ["corral-inline", "corral-threads", "granian", "gunicorn"]
+TARGETS = [("corral-inline", "granian", 1.1), ("corral-threads", "gunicorn", 3.0)]
+
+
+def commands(port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Per server: the command line and extra environment."""
+    addr = f"127.0.0.1:{port}"
+    corral = [str(BIN / "corral"), "run", "-w", "1", "--interface", "wsgi", "-b", addr, "--log-level", "warning",
+              APP]
+    # A name of its own: another corral on this machine must not collide with the bench's control socket.
+    name = {"CORRAL_NAME": f"bench-wsgi-{os.getpid()}"}
+    return {
+        "corral-inline": (corral, {"CORRAL_THREADS": "0", **name}),
+        "corral-threads": (corral, {"CORRAL_THREADS": "8", **name}),
+        "granian": ([str(BIN / "granian"), "--interface", "wsgi", "--workers", "1", "--blocking-threads", "1",
+                     "--no-access-log", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", APP],
+                    {}),
+        "gunicorn": ([str(BIN / "gunicorn"), "-w", "1", "--threads", "8", "-b", addr, "--log-level", "warning",
+                      APP], {}),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def responds(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            s.settimeout(2)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            return data.startswith(b"HTTP/1.1 200") and data.endswith(EXPECTED_BODY)
+    except OSError:
+        return False
+
+
+def wrk(port: int, seconds: float, connections: int) -> tuple[float, str]:
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
+                          f"http://127.0.0.1:{port}/"], check=True, capture_output=True, text=True).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not match:
+        raise RuntimeError(f"could not read wrk output:\n{out}")
+    errors = re.findall(r"Non-2xx or 3xx responses: \d+|Socket errors: .*", out)
+    return float(match.group(1)), "; ".join(errors)
+
+
+def loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def run_one(name: str, duration: float, warmup: float, connections: int) -> dict[str, object]:
+    port = free_port()
+    cmd, extra_env = commands(port)[name]
+    cmd = ["taskset", "-c", "0"] + cmd
+    env = dict(os.environ, PYTHONPATH=str(REPO / "daemon"), **extra_env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not responds(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"{name} did not start: {' '.join(cmd)}\n{err[-2000:]}")
+            time.sleep(0.2)
+        if warmup:
+            wrk(port, warmup, connections)
+        rps, errors = wrk(port, duration, connections)
+        return {"server": name, "requests_per_second": rps, "errors": errors, "loadavg": loadavg()}
+    finally:
+        stop(proc)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=ORDER, help="run only this server (repeatable)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of the measured run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of the warm-up run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"bench_wsgi: {tool} not found; install it (make sysdeps installs wrk and util-linux)",
+                  file=sys.stderr)
+            return 2
+    if (os.cpu_count() or 1) < 2:
+        print("bench_wsgi: needs 2 CPUs (server on CPU 0, wrk on CPU 1)", file=sys.stderr)
+        return 2
+
+    names = args.only or ORDER
+    print(f"WSGI: wrk -t1 -c{args.connections} -d{args.duration:g}s after a {args.warmup:g}s warm-up; "
+          f"server on CPU 0, wrk on CPU 1; app {APP}")
+    results: dict[str, dict[str, object]] = {}
+    for name in names:
+        result = run_one(name, args.duration, args.warmup, args.connections)
+        results[name] = result
+        note = f"  ({result['errors']})" if result["errors"] else ""
+        print(f"  {name:<15} {result['requests_per_second']:>10,.0f} req/s   load {result['loadavg']:.2f}{note}",
+              flush=True)
+    ratios = {}
+    for ours, theirs, target in TARGETS:
+        if ours in results and theirs in results:
+            ratio = results[ours]["requests_per_second"] / results[theirs]["requests_per_second"]  # type: ignore[operator]
+            ratios[f"{ours}/{theirs}"] = round(ratio, 2)
+            verdict = "meets" if ratio >= target else "MISSES"
+            print(f"  {ours} / {theirs} = {ratio:.2f}x  ({verdict} the >= {target:g}x target)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "ratios": ratios}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
