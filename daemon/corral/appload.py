@@ -66,22 +66,24 @@ def load_app(spec: str, *, app_dir: str | None = None) -> Callable[..., Any]:
 
 
 def detect_interface(app: Callable[..., Any]) -> str:
-    """Guess whether ``app`` is ASGI 3 or WSGI from its signature.
+    """Guess whether ``app`` is ASGI 3 or WSGI (``interface: auto``).
 
-    ASGI 3 apps are ``async def app(scope, receive, send)`` (or objects whose
-    ``__call__`` is a coroutine function); WSGI apps are plain callables taking
-    ``(environ, start_response)``.
+    ASGI 3: ``async def app(scope, receive, send)``, or an object whose
+    ``__call__`` is a coroutine function (Starlette, FastAPI, Django's
+    ASGIHandler), or any callable taking exactly three required positional
+    arguments. Everything else is WSGI: ``app(environ, start_response)``
+    (Flask, Django's WSGIHandler); that includes callables whose signature
+    cannot tell, such as ``def app(*args)`` wrappers without
+    ``functools.wraps``. Set ``interface:`` explicitly when the guess is wrong.
     """
-    target = app
-    if not inspect.isfunction(app) and not inspect.ismethod(app) and hasattr(app, "__call__"):
-        target = app.__call__  # type: ignore[assignment]
-    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(app):
+    call = getattr(app, "__call__", None)
+    if inspect.iscoroutinefunction(app) or (call is not None and inspect.iscoroutinefunction(call)):
         return "asgi"
     try:
-        params = [
-            p for p in inspect.signature(target).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        # signature() sees through functools.partial, __wrapped__ and __call__.
+        params = inspect.signature(app).parameters.values()
     except (TypeError, ValueError):
         return "asgi"
-    return "asgi" if len(params) == 3 else "wsgi"
+    required = [p for p in params
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return "asgi" if len(required) == 3 else "wsgi"
