@@ -90,7 +90,7 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
             "ok": sup.last_reload.ok, "generation": sup.last_reload.generation,
             "message": sup.last_reload.message, "duration": round(sup.last_reload.duration, 3)},
         "listeners": [{"fd": item.fd, "role": item.role, "address": item.address, "source": item.source,
-                       "name": item.name, "group": item.group, **_queue(figures, item.address)}
+                       "name": item.name, "group": item.group, **_queue(figures, item)}
                       for item in sup.listeners.items],
         "supervisor": {
             "rss": memory.rss,
@@ -105,9 +105,12 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
     }
 
 
-def _queue(figures: dict[str, Any], address: str) -> dict[str, Any]:
+def _queue(figures: dict[str, Any], listener: Any) -> dict[str, Any]:
+    # Reuse-port sockets share an address: the series name tells them apart (the same
+    # rule as Supervisor._watch_listener: role, then /group).
+    name = f"{listener.role}/{listener.group}" if listener.group else listener.role
     for item in figures["listeners"]:
-        if item["address"] == address:
+        if item["address"] == listener.address and item["name"] == name:
             return {"queue_depth": item["queue_depth"], "queue_max": item["queue_max"]}
     return {"queue_depth": None, "queue_max": None}
 
