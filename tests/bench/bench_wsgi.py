@@ -45,7 +45,7 @@ def commands(port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
     corral = [str(BIN / "corral"), "run", "-w", "1", "--interface", "wsgi", "-b", addr, "--log-level", "warning",
               APP]
     # A name of its own: another corral on this machine must not collide with the bench's control socket.
-    name = {"CORRAL_NAME": f"bench-wsgi-{os.getpid()}"}
+    name = {"CORRAL_CONTROL_SOCKET": f"/tmp/corral-bench-wsgi-{os.getpid()}.sock"}
     return {
         "corral-inline": (corral, {"CORRAL_THREADS": "0", **name}),
         "corral-threads": (corral, {"CORRAL_THREADS": "8", **name}),

@@ -113,3 +113,13 @@ def test_large_upload_memory_bounded(make_server, threads):
     assert r.json() == {"length": total, "sha256": sha.hexdigest()}
     growth = peak[0] - baseline
     assert growth < 48 << 20, f"RSS grew by {growth >> 20} MiB during a {total >> 20} MiB upload"
+
+
+def test_no_100_continue_when_threaded_app_ignores_the_body(make_server):
+    """Threads: 100 Continue goes out only when the app reads wsgi.input (inline collects the body first)."""
+    srv = make_server(threads=2)
+    with srv.connect() as sock:
+        sock.sendall(b"POST /body?mode=ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        r = recv_response(sock)
+        assert r.status == 200 and r.json() == {"ignored": True}
+        assert r.header("connection") == "close"  # the withheld body is never read: the connection ends

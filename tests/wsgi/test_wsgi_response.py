@@ -124,6 +124,7 @@ def test_close_called_when_iteration_fails(server, tmp_path):
 def test_close_called_when_client_disconnects(server, mode, tmp_path):
     """An endless response: the client reads a little and leaves; close() must still run."""
     marker = tmp_path / "closed"
+    log_start = len(server.log_text())
     sock = server.connect()
     sock.sendall(f"GET /tracked?marker={marker} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
     got = b""
@@ -136,6 +137,8 @@ def test_close_called_when_client_disconnects(server, mode, tmp_path):
     if mode:
         assert "corral-wsgi" in text  # close() ran on the thread that ran the app
     assert request(server, "GET", "/environ").status == 200
+    log = server.log_text()[log_start:]  # a disconnect is not an app error
+    assert "never retrieved" not in log and "Traceback" not in log, log
 
 
 # ---------------------------------------------------------------- wsgi.file_wrapper

@@ -143,7 +143,8 @@ class WSGICycle(Cycle):
         """The app (or its iterable) raised: 500 if nothing was sent, else close the connection."""
         if getattr(exc, "logged", False) or (self.response_complete and isinstance(exc, InvalidResponse)):
             pass  # a framing error the base cycle already logged and acted on
-        elif isinstance(exc, ClientDisconnected) and self.disconnected:
+        elif isinstance(exc, ClientDisconnected):
+            # Raised by our own writes (or wsgi.input reads) once the client is gone.
             log.debug("client went away during %s", self.request_line())
         elif self._timed_out:
             log.info("WSGI request %s ended with %r after its request_timeout", self.request_line(), exc)
@@ -600,10 +601,15 @@ class ThreadedCycle(WSGICycle):
             if self.conn._write_paused:
                 waiter = self.drain()
                 if waiter is not None:
-                    waiter.add_done_callback(lambda _w: self._ack(n))
+                    waiter.add_done_callback(lambda w: self._drained(w, n))
                     return
         except Exception as exc:
             self._error = exc
+        self._ack(n)
+
+    def _drained(self, waiter: Any, n: int) -> None:
+        if not waiter.cancelled() and waiter.exception() is not None:
+            self._error = ClientDisconnected("the client closed the connection")
         self._ack(n)
 
     def _ack(self, n: int) -> None:
