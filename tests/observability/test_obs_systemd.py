@@ -217,6 +217,10 @@ def test_restart_reasons_after_a_kill_and_a_recycle(app):
     journal = app.journal("-o", "cat")
     assert "was killed by SIGKILL" in journal
     assert re.search(r"recycling worker \d+ \(pid \d+, slot \d\): max_requests", journal), journal[-3000:]
+    # Every start says why: the first ones, the crash's replacement, the recycles' successors.
+    assert re.search(r"starting in slot \d, generation 1: start$", journal, re.M)
+    assert re.search(r"starting in slot \d, generation 1: restart, 1 failure in a row", journal)
+    assert re.search(r"starting in slot \d, generation 1: replaces worker \d+ \(max_requests\)", journal)
 
 
 def test_queue_depth_rises_while_workers_are_stopped_and_drains_after_cont(app):
@@ -318,5 +322,6 @@ def test_reload_outcomes_generation_and_their_log_lines(app):
                "STATUS= naming the failed reload")
     journal = app.journal("-o", "cat")
     assert re.search(r"reload: generation 2 starting", journal)
+    assert re.search(r"starting in slot \d, generation 2: reload$", journal, re.M)
     assert re.search(r"reload: generation 2 ready in [\d.]+s", journal)
     assert re.search(r"reload failed: .*workers", journal)

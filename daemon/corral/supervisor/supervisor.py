@@ -226,9 +226,19 @@ class Supervisor:
             slot.successor = worker
         else:
             slot.worker = worker
-        log.info("worker %d (pid %d) starting in slot %d, generation %d", worker.id, worker.pid,
-                 slot.index, generation.number)
+        log.info("worker %d (pid %d) starting in slot %d, generation %d: %s", worker.id, worker.pid,
+                 slot.index, generation.number, self._start_reason(generation, slot, successor_of))
         return worker
+
+    def _start_reason(self, generation: Generation, slot: Slot, successor_of: WorkerProcess | None) -> str:
+        """Why a worker is started, for its log line (the exit that caused a restart is logged before)."""
+        if successor_of is not None:
+            return f"replaces worker {successor_of.id} ({successor_of.stop_reason or 'recycle'})"
+        if slot.failures:
+            return f"restart, {slot.failures} failure{'s' if slot.failures > 1 else ''} in a row in this slot"
+        if generation is self.pending:
+            return "reload"
+        return "start" if self.phase == "starting" else "new slot (TTIN)"
 
     # ------------------------------------------------------------------ worker messages
 
