@@ -121,3 +121,25 @@ def test_no_deadline_no_recycle(make_server):
     srv = make_server(threads=1)
     assert request(srv, "GET", "/stuck?seconds=1.5").status == 200
     assert srv.stats()["wants_recycle"] is None
+
+
+def test_request_queued_past_deadline_gets_504_without_running(make_server, tmp_path):
+    srv = make_server(threads=1, settings={"request_timeout": 1.0})
+    waiting = srv.connect()  # accepted now, used once the only thread is busy
+    stuck = srv.connect()
+    try:
+        wait_until(lambda: srv.stats()["connections_accepted"] == 2, what="both connections accepted")
+        stuck.sendall(b"GET /stuck?seconds=4 HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_until(lambda: srv.stats()["in_flight"] == 1, what="the stuck request running")
+        marker = tmp_path / "ran"
+        waiting.sendall(f"GET /tracked?marker={marker}&chunks=1 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        assert recv_response(waiting).status == 504
+        assert recv_response(stuck).status == 504
+        wait_until(lambda: "waited" in srv.log_text() and "for a free thread" in srv.log_text(),
+                   what="the queued request's warning")
+        # The pool is FIFO: once a new request is answered, the queued one was dequeued before it.
+        assert request(srv, "GET", "/thread").status == 200
+        assert not marker.exists()  # the queued app never ran: its iterable was never created
+    finally:
+        waiting.close()
+        stuck.close()

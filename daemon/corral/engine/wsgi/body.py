@@ -23,7 +23,50 @@ from typing import BinaryIO, Callable, Iterator
 
 from corral.engine.cycle import ClientDisconnected  # an OSError: raised by reads once the client is gone
 
-__all__ = ["ClientDisconnected", "SpooledBody", "StreamingInput"]
+__all__ = ["ClientDisconnected", "EMPTY_INPUT", "EmptyInput", "SpooledBody", "StreamingInput"]
+
+
+class EmptyInput:
+    """``wsgi.input`` for a request without a body: always at EOF, stateless, so one instance serves all."""
+
+    __slots__ = ()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def read1(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+EMPTY_INPUT = EmptyInput()
 
 
 class SpooledBody:

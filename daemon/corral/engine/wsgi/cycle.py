@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from corral.engine.cycle import ClientDisconnected, Cycle
 from corral.engine.wire import InvalidResponse
-from corral.engine.wsgi.body import SpooledBody, StreamingInput
+from corral.engine.wsgi.body import EMPTY_INPUT, SpooledBody, StreamingInput
 from corral.engine.wsgi.environ import build_environ
 from corral.engine.wsgi.filewrapper import FileWrapper
 from corral.engine.wsgi.head import encode_headers, encode_status
@@ -244,7 +244,7 @@ class InlineCycle(WSGICycle):
         # Hot path.
         self.start = self.ctx.monotonic()
         if self.body_complete:
-            self.call_app(BytesIO(self.take_body()))
+            self.call_app(BytesIO(self.take_body()) if self._chunks else EMPTY_INPUT)
             return
         # The app cannot wait for the client on the loop: receive the whole body
         # first, in memory up to the spool threshold, then in a temporary file.
@@ -297,10 +297,16 @@ class InlineCycle(WSGICycle):
             # Hot path: the whole body in one piece, one write with the head.
             iface.inline_current = None
             try:
-                self._write(result[0], False)
+                head = self._head
+                if head is None:
+                    self.commit_head(head)  # raises: no start_response()
+                self.set_encoded_head(head[0], head[1], head[2], head[4], head[3])
+                self._sent = True
+                self.write_body(result[0], False)
             except Exception as exc:
                 self.app_failed(exc)
-            self._done()
+            if self._body is not None:
+                self._done()
             return
         self._result = result
         try:
@@ -407,9 +413,9 @@ class InlineCycle(WSGICycle):
         self.abort_response(504, "Gateway Timeout: the request took longer than request_timeout")
         job = self._sendfile
         if job is not None:
-            job.cancel()
-        elif self._iter is not None:
-            self._done()
+            job.cancel()  # its completion closes the iterable
+        else:
+            self._done()  # the iterable (a pending drain callback then finds nothing to do), the spooled body
 
 
 class ThreadedCycle(WSGICycle):
@@ -439,7 +445,7 @@ class ThreadedCycle(WSGICycle):
         # Hot path.
         self.start = self.ctx.monotonic()
         if self.body_complete:
-            wsgi_input: Any = BytesIO(self.take_body())
+            wsgi_input: Any = BytesIO(self.take_body()) if self._chunks else EMPTY_INPUT
         else:
             self._stream = wsgi_input = StreamingInput(self._request_more)
         self.iface.submit(self, wsgi_input)
@@ -479,6 +485,10 @@ class ThreadedCycle(WSGICycle):
         """Runs on a pool thread: the whole WSGI call, from environ to close()."""
         iface = self.iface
         post = iface.call_soon_threadsafe
+        if self.disconnected or self.response_complete:
+            # The client left (or the request timed out) while queued for a thread.
+            post(self._finish, None, b"", None)
+            return
         self._ident = _get_ident()
         try:
             result = iface.app(self.make_environ(wsgi_input), self.wsgi_start_response)
@@ -652,7 +662,14 @@ class ThreadedCycle(WSGICycle):
         if self._timed_out:
             return
         self._timed_out = True
-        self.timed_out(self.ctx.monotonic() - self.start, thread_stack(self._ident))
+        if self._ident is None:
+            # Still queued: every thread is busy (those requests report themselves).
+            log.warning("WSGI request %s waited %.1fs for a free thread, past request_timeout (%ss); "
+                        "answering 504 (all %d threads busy: raise threads, or look for slow requests)",
+                        self.request_line(), self.ctx.monotonic() - self.start, self.ctx.request_timeout,
+                        self.iface.threads)
+        else:
+            self.timed_out(self.ctx.monotonic() - self.start, thread_stack(self._ident))
         self.abort_response(504, "Gateway Timeout: the request took longer than request_timeout")
         job = self._sendfile
         if job is not None:
