@@ -305,7 +305,12 @@ def thread_name(environ: dict[str, Any], start_response: StartResponse) -> list[
                                   "multithread": environ["wsgi.multithread"]})
 
 
+def pid(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    return _json(start_response, {"pid": os.getpid()})
+
+
 ROUTES: dict[str, Callable[..., Any]] = {
+    "/pid": pid,
     "/environ": environ_view,
     "/body": read_body,
     "/stream": stream,
