@@ -17,8 +17,26 @@ from typing import Any, Iterable, Mapping
 import httpx
 import yaml
 
-from metrics.promtext_parse import parse
-from util import CORRAL, free_port, stop_process, wait_until
+from util import CORRAL, REPO, free_port, stop_process, wait_until
+
+
+def _load_promtext_parse() -> Any:
+    # tests/metrics has the independent exposition parser; loaded by path, since a top-level
+    # package named "metrics" in the environment would shadow tests/metrics.
+    import importlib.util
+    import sys
+
+    name = "promtext_parse"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "metrics" / "promtext_parse.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+parse = _load_promtext_parse().parse
 
 APPS = Path(__file__).resolve().parent / "apps"
 
