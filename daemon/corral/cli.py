@@ -103,11 +103,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "ssl" not in sys.modules:
         sys.modules["ssl"] = None  # type: ignore[assignment]
     overrides = _overrides(args)
-    config = load(args.config, overrides)
+    try:
+        config = load(args.config, overrides)
+    except ConfigError as exc:
+        config = _config_after_reexec(exc)
     from corral.supervisor import run
 
     # A reload re-reads the same file, environment and flags.
     return run(config, reload_config=lambda: load(args.config, overrides))
+
+
+def _config_after_reexec(error: ConfigError) -> Config:
+    """An in-place re-exec must not die on a config file broken since its preflight (its
+    workers would be orphaned): it goes on with the config it ran with. A normal start fails."""
+    from corral.supervisor import reexec
+
+    state = reexec.take_state()
+    if state is None:
+        raise error
+    print(f"corral: {error}; re-executed in place: keeping the running config", file=sys.stderr, flush=True)
+    return reexec.config_from_json(state["config"])
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -331,6 +331,44 @@ class BindKind(Kind):
         return value
 
 
+class HealthCheckKind(Kind):
+    """``{path: /healthz, expect_status: 200, timeout: 10, host: localhost}``; only ``path`` is required."""
+
+    expected = ("a mapping {path: '/healthz', expect_status: 200, timeout: 10} (path required; "
+                "expect_status defaults to 200, timeout to 10s, host to 'localhost'), or null")
+    FIELDS = ("path", "expect_status", "timeout", "host")
+
+    def coerce(self, value: Any, text: bool = False) -> dict[str, Any] | None:
+        if text and isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else None
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            self.fail()
+        unknown = sorted(set(value) - set(self.FIELDS))
+        if unknown:
+            raise ValueError(f"{self.expected}; unknown field {unknown[0]!r}{_suggest(str(unknown[0]), self.FIELDS)}")
+        path = value.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"{self.expected}; path must start with '/'")
+        try:
+            status = IntKind(minimum=100).coerce(value.get("expect_status", 200))
+            if status > 599:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{self.expected}; expect_status must be an HTTP status (100-599)") from None
+        try:
+            timeout = DurationKind().coerce(value.get("timeout", 10.0))
+        except ValueError:
+            raise ValueError(f"{self.expected}; timeout must be {DurationKind.expected}") from None
+        if timeout <= 0:
+            raise ValueError(f"{self.expected}; timeout must be greater than 0")
+        host = value.get("host", "localhost")
+        if not isinstance(host, str) or not host or any(c in host for c in "\r\n "):
+            raise ValueError(f"{self.expected}; host must be a host name for the Host header")
+        return {"path": path, "expect_status": status, "timeout": timeout, "host": host}
+
+
 def _plural(expected: str) -> str:
     for article in ("an ", "a "):
         if expected.startswith(article):
@@ -423,6 +461,13 @@ SUPERVISOR_KEYS: dict[str, KeySpec] = _keys(
     KeySpec("drain_linger", DurationKind(), 1.0,
             "on a graceful stop, keep idle keep-alive connections open this long (answering their next "
             "request with Connection: close) before closing them; 0: close them at once"),
+    KeySpec("reload_strategy", ChoiceKind("surge", "rolling"), "surge",
+            "surge: a reload starts every new worker at once; rolling: reload_batch at a time"),
+    KeySpec("reload_batch", IntKind(minimum=1), 1, "workers replaced at a time by a rolling reload"),
+    KeySpec("reload_timeout", DurationKind(), 60.0,
+            "a reload's new workers (each batch, when rolling) must be ready within this, or it rolls back"),
+    KeySpec("health_check", HealthCheckKind(), None,
+            "a request each new worker must answer through the app before it counts as ready"),
     KeySpec("max_memory", SizeKind(), 0, "recycle a worker whose memory stays above this (0: off)"),
     KeySpec("memory_metric", ChoiceKind("uss", "rss"), "uss", "which memory figure max_memory applies to"),
     KeySpec("max_fds", IntKind(minimum=0), 0, "recycle a worker with more open fds than this (0: off)"),
@@ -520,6 +565,10 @@ class Config:
     boot_timeout: float
     graceful_timeout: float
     drain_linger: float
+    reload_strategy: str
+    reload_batch: int
+    reload_timeout: float
+    health_check: dict[str, Any] | None
     max_memory: int
     memory_metric: str
     max_fds: int
@@ -638,7 +687,7 @@ def _resolve(raw: _Raw, keys: Mapping[str, KeySpec], path: str | os.PathLike[str
     workers = values["workers"]
     if workers == "auto":
         workers = cpu_count()
-    for key in ("timeout", "boot_timeout", "policy_interval"):
+    for key in ("timeout", "boot_timeout", "policy_interval", "reload_timeout"):
         if values[key] <= 0:
             raise ConfigError(f"config key {key!r} ({raw.origin.get(key)}): must be greater than 0")
     return Config(
@@ -647,6 +696,8 @@ def _resolve(raw: _Raw, keys: Mapping[str, KeySpec], path: str | os.PathLike[str
         workers=workers, python=python, environment=dict(values["environment"]),
         timeout=values["timeout"], boot_timeout=values["boot_timeout"],
         graceful_timeout=values["graceful_timeout"], drain_linger=values["drain_linger"],
+        reload_strategy=values["reload_strategy"], reload_batch=values["reload_batch"],
+        reload_timeout=values["reload_timeout"], health_check=values["health_check"],
         max_memory=values["max_memory"],
         memory_metric=values["memory_metric"], max_fds=values["max_fds"],
         max_requests=values["max_requests"], max_requests_jitter=values["max_requests_jitter"],

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from corral.config import Config
+    from corral.supervisor.sockets import Listeners
 
 # Imported lazily: corral.config imports corral.supervisor.addresses, which loads this
 # package, and the CLI must be able to keep ssl out of asyncio first (see cli.cmd_run).
@@ -30,8 +31,9 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
 
     from corral.logs import setup_logging
     from corral.supervisor.control import ControlError
+    from corral.supervisor import reexec
     from corral.supervisor.notify import Notifier
-    from corral.supervisor.sockets import SocketError, bind_all, from_systemd
+    from corral.supervisor.sockets import SocketError
     from corral.supervisor.supervisor import Supervisor
 
     setup_logging(config.log_level, role="corral")
@@ -41,23 +43,49 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
     try:
         if not config.app:
             raise StartupError("no app given: pass MODULE:ATTR on the command line or set app: in the config")
-        listeners = from_systemd()
-        if listeners is None:
-            listeners = bind_all(config.bind, config.backlog, reuse_port=config.reuse_port,
-                                 slots=config.workers, metrics=config.metrics_bind)
-        else:
-            if "bind" in config.explicit:
-                log.info("using the %d socket(s) passed by systemd; bind: is ignored", len(listeners.items))
-            if config.metrics_bind and not listeners.role("metrics"):
-                extra = bind_all([], config.backlog, metrics=config.metrics_bind)
-                listeners.items.extend(extra.items)
+        # An in-place re-exec (a reload that found corral upgraded) hands over its sockets and workers.
+        state = reexec.take_state()
+        listeners = reexec.listeners_from(state) if state is not None else _listeners(config)
         if not listeners.http():
             raise StartupError("no http socket to serve: systemd passed only other sockets (FileDescriptorName=)")
-        for item in listeners.items:
-            log.info("listening on %s (%s, %s)", item.address, item.role, item.source)
+        if state is None:
+            for item in listeners.items:
+                log.info("listening on %s (%s, %s)", item.address, item.role, item.source)
         supervisor = Supervisor(config, listeners, reload_config=reload_config, notifier=notifier)
+        if state is not None:
+            reexec.restore(supervisor, state)
         return asyncio.run(supervisor.run())
-    except (StartupError, SocketError, ControlError) as exc:
+    except (StartupError, SocketError, ControlError, reexec.ReexecError) as exc:
         notifier.send(STATUS=f"failed: {exc}"[:400])
         print(f"corral: {exc}", file=sys.stderr, flush=True)
         return 1
+
+
+def _listeners(config: Config) -> Listeners:
+    """The listening sockets: a socket unit's, our own handed back by systemd's fd store, or bound now."""
+    from corral.supervisor import fdstore
+    from corral.supervisor.sockets import bind_all, from_systemd
+
+    listeners = from_systemd()
+    if listeners is None:
+        listeners = bind_all(config.bind, config.backlog, reuse_port=config.reuse_port,
+                             slots=config.workers, metrics=config.metrics_bind)
+        fdstore.store(listeners)
+        return listeners
+    stored = fdstore.adopt(listeners)
+    if stored and len(stored) == len(listeners.items):
+        # Only sockets we bound ourselves before a restart: they are ours, and bind: applies.
+        listeners.from_systemd = False
+        log.info("took %d listening socket(s) back from systemd's fd store", len(stored))
+        fdstore.reconcile(listeners, config.bind, config.backlog, reuse_port=config.reuse_port,
+                          slots=config.workers)
+        if config.metrics_bind and not listeners.role("metrics"):
+            listeners.items.extend(bind_all([], config.backlog, metrics=config.metrics_bind).items)
+            fdstore.store(listeners)
+        return listeners
+    if "bind" in config.explicit:
+        log.info("using the %d socket(s) passed by systemd; bind: is ignored", len(listeners.items))
+    if config.metrics_bind and not listeners.role("metrics"):
+        extra = bind_all([], config.backlog, metrics=config.metrics_bind)
+        listeners.items.extend(extra.items)
+    return listeners

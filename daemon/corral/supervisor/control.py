@@ -37,8 +37,15 @@ class ControlServer:
         self.supervisor = supervisor
         self.path = path
         self.server: asyncio.AbstractServer | None = None
+        # reload requests waiting for their outcome -> the fd of the client's connection
+        # (handed over to the new image by an in-place re-exec, which answers them)
+        self.waiting: dict[asyncio.Future[Any], int] = {}
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on the control socket path, or on ``sock`` (already listening: an in-place re-exec)."""
+        if sock is not None:
+            self.server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_REQUEST)
+            return
         path = Path(self.path)
         try:
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -57,6 +64,23 @@ class ControlServer:
             raise ControlError(f"cannot create control socket {self.path}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
+
+    def listening_fd(self) -> int | None:
+        return self.server.sockets[0].fileno() if self.server is not None and self.server.sockets else None
+
+    def waiting_clients(self) -> list[int]:
+        """fds of the connections whose reload request has no answer yet."""
+        return [fd for waiter, fd in self.waiting.items() if not waiter.done()]
+
+    def adopt_waiting(self, clients: list[socket.socket]) -> list[asyncio.Future[Any]]:
+        """Reload requests a previous image of this process accepted: one waiter each, answered
+        on the client's connection once the reload is over."""
+        waiters = []
+        for client in clients:
+            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            waiter.add_done_callback(lambda done, c=client: _answer(c, done.result()))
+            waiters.append(waiter)
+        return waiters
 
     async def close(self) -> None:
         if self.server is not None:
@@ -80,7 +104,8 @@ class ControlServer:
                 except ValueError:
                     reply: dict[str, Any] = {"ok": False, "error": "requests are one JSON object per line"}
                 else:
-                    reply = await self._handle(request)
+                    sock = writer.get_extra_info("socket")
+                    reply = await self._handle(request, sock.fileno() if sock is not None else None)
                 writer.write(json.dumps(reply, default=str).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
@@ -90,7 +115,7 @@ class ControlServer:
         finally:
             writer.close()
 
-    async def _handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _handle(self, request: dict[str, Any], client_fd: int | None = None) -> dict[str, Any]:
         from corral.supervisor.status import snapshot
 
         cmd = request.get("cmd")
@@ -101,11 +126,30 @@ class ControlServer:
             return {"ok": True, "pid": os.getpid()}
         if cmd == "reload":
             waiter: asyncio.Future = asyncio.get_running_loop().create_future()
-            sup.start_reload(waiter, notify=not request.get("notified", False))
-            outcome = await waiter
-            return {"ok": outcome.ok, "generation": outcome.generation, "message": outcome.message,
-                    "duration": outcome.duration}
+            if client_fd is not None:
+                self.waiting[waiter] = client_fd
+            try:
+                sup.start_reload(waiter, notify=not request.get("notified", False))
+                return _outcome_reply(await waiter)
+            finally:
+                self.waiting.pop(waiter, None)
         return {"ok": False, "error": f"unknown command {cmd!r}; use status, reload or ping"}
+
+
+def _outcome_reply(outcome: Any) -> dict[str, Any]:
+    return {"ok": outcome.ok, "generation": outcome.generation, "message": outcome.message,
+            "duration": outcome.duration}
+
+
+def _answer(client: socket.socket, outcome: Any) -> None:
+    """Answer an adopted reload request (small, so a short blocking send is fine), then hang up."""
+    try:
+        client.settimeout(5.0)
+        client.sendall(json.dumps(_outcome_reply(outcome)).encode() + b"\n")
+    except OSError as exc:
+        log.warning("could not answer a reload request: %s", exc)
+    finally:
+        client.close()
 
 
 def _answers(path: str) -> bool:

@@ -6,18 +6,21 @@ A reload compares a fingerprint of those files with the one taken at start-up;
 when they differ the supervisor re-executes itself in place (see ``reexec``) so
 that it runs the code that is installed.
 
-The fingerprint hashes the content of every ``.py`` file of the package (a
+The fingerprint checksums the content of every ``.py`` file of the package (a
 few hundred KiB, a few milliseconds) plus the version the distribution
 metadata records; content rather than mtimes, so that a reinstall of the same
-files is no change and a copy that preserved mtimes still is one.
+files is no change and a copy that preserved mtimes still is one. zlib's CRC-32
+and Adler-32 rather than hashlib: this detects upgrades, it is no defence
+against someone who can write the package (they own the service anyway), and
+hashlib would map OpenSSL's libcrypto into the supervisor (~2 MiB of its 25).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import corral
 
@@ -27,7 +30,7 @@ PACKAGE_DIR = Path(corral.__file__).resolve().parent
 @dataclass(frozen=True)
 class CodeIdentity:
     version: str  # the distribution's version (corral.__version__ when metadata is missing)
-    digest: str  # sha256 over the package's .py files, relative path and content
+    digest: str  # checksum over the package's .py files: relative path, size and content
 
     def short(self) -> str:
         return f"corral {self.version} ({self.digest[:12]})"
@@ -39,7 +42,7 @@ def installed(package_dir: Path = PACKAGE_DIR) -> CodeIdentity:
 
 
 def _digest(package_dir: Path) -> str:
-    digest = hashlib.sha256()
+    records = []
     for path in sorted(package_dir.rglob("*.py")):
         if "__pycache__" in path.parts:
             continue
@@ -47,20 +50,44 @@ def _digest(package_dir: Path) -> str:
             data = path.read_bytes()
         except OSError:  # a file removed mid-upgrade: the next reload sees the final state
             data = b"<unreadable>"
-        digest.update(str(path.relative_to(package_dir)).encode() + b"\0")
-        digest.update(hashlib.sha256(data).digest())
-    return digest.hexdigest()
+        records.append(f"{path.relative_to(package_dir)}:{len(data)}:{zlib.crc32(data):08x}:"
+                       f"{zlib.adler32(data):08x}")
+    summary = "\n".join(records).encode()
+    return f"{zlib.crc32(summary):08x}{zlib.adler32(summary):08x}{len(records):04x}"
+
+
+def describe_app(identity: dict[str, Any] | None) -> str:
+    """An app identity a worker reported, for one line of STATUS: ``v1.4.2 git 3f2a9c01de``,
+    else ``sha256 9f8e7d6c5b4a`` (its module file's hash)."""
+    if not identity:
+        return ""
+    parts = []
+    version = identity.get("version")
+    if version:
+        parts.append(f"v{version}" if str(version)[:1].isdigit() else str(version))
+    if identity.get("git"):
+        parts.append(f"git {identity['git']}")
+    if not parts and identity.get("sha256"):
+        parts.append(f"sha256 {identity['sha256']}")
+    return " ".join(parts)
 
 
 def _installed_version(package_dir: Path) -> str:
-    # Read the version file that sits next to the package (site-packages/corral-X.dist-info),
-    # not importlib.metadata's cached view of what was installed when we started.
-    try:
-        for dist in importlib.metadata.distributions(path=[str(package_dir.parent)]):
-            if (dist.metadata["Name"] or "").lower() == "corral":
-                return dist.version
-    except Exception:
-        pass
+    # The version file next to the package (site-packages/corral-X.dist-info/METADATA, or an
+    # egg-info's PKG-INFO), read as it is now; importlib.metadata would cost the supervisor
+    # ~3 MiB of imports (email, zipfile, csv) for one line.
+    candidates = sorted(package_dir.parent.glob("corral-*.dist-info/METADATA")) + \
+        sorted(package_dir.parent.glob("corral.egg-info/PKG-INFO"))
+    for path in candidates:
+        try:
+            with open(path, encoding="utf-8") as metadata:
+                for line in metadata:
+                    if line.startswith("Version:"):
+                        return line.partition(":")[2].strip()
+                    if not line.strip():
+                        break  # end of the headers
+        except OSError:
+            continue
     try:
         text = (package_dir / "__init__.py").read_text()
     except OSError:

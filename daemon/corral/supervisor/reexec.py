@@ -183,12 +183,19 @@ def exec_in_place(state: dict[str, Any], argv: Sequence[str] | None = None) -> N
 # --------------------------------------------------------------------------- the new image
 
 
+_taken: dict[str, Any] | None = None
+
+
 def take_state(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
-    """The state a previous image of this process left (and forget it), or None on a normal start."""
+    """The state a previous image of this process left, or None on a normal start.
+
+    Read once (the variable is removed, so workers never see it); later calls get the same state.
+    """
+    global _taken
     environ = os.environ if environ is None else environ  # type: ignore[assignment]
     value = environ.pop(ENV, None)
     if value is None:
-        return None
+        return _taken
     fd = int(value)
     try:
         chunks = []
@@ -199,6 +206,7 @@ def take_state(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
     state = json.loads(b"".join(chunks))
     if state.get("version") != STATE_VERSION:
         raise ReexecError(f"state version {state.get('version')} from the previous image is not {STATE_VERSION}")
+    _taken = state
     return state
 
 
@@ -215,7 +223,9 @@ def config_from_json(data: dict[str, Any]) -> Config:
             values[field.name] = data[field.name]
         elif field.name in SUPERVISOR_KEYS:
             values[field.name] = SUPERVISOR_KEYS[field.name].default
-    values["bind"] = tuple(BindSpec(**b) if isinstance(b, dict) else BindSpec(str(b)) for b in values.get("bind", ()))
+    for name in ("bind", "metrics_bind"):
+        if name in values:
+            values[name] = tuple(BindSpec(**b) if isinstance(b, dict) else BindSpec(str(b)) for b in values[name])
     values["explicit"] = frozenset(values.get("explicit") or ())
     return Config(**values)
 
@@ -274,6 +284,7 @@ def restore(sup: Supervisor, state: dict[str, Any]) -> None:
         from corral.supervisor.supervisor import ReloadOutcome
 
         sup.last_reload = ReloadOutcome(**info["last_reload"])
+    _adopt_balance_table(sup, state)
     by_id: dict[int, WorkerProcess] = {}
     for entry in state["workers"]:
         channel = Channel(socket.socket(fileno=entry["channel_fd"]))
@@ -300,6 +311,24 @@ def restore(sup: Supervisor, state: dict[str, Any]) -> None:
     sup.retiring = [by_id[i] for i in state["retiring"] if i in by_id]
     sup.recycling = by_id.get(state["recycling"]) if state["recycling"] is not None else None
     sup.phase = "running"
+    sup.resumed = state
+
+
+def _adopt_balance_table(sup: Supervisor, state: dict[str, Any]) -> None:
+    """Keep the accept-balance table the running workers write to (old and new workers share it)."""
+    from corral.worker.balance import BalanceTable, CellAllocator
+
+    info = state["balance"]
+    if info is None:
+        return
+    fd = info["fd"]
+    if sup.balance is None:
+        os.close(fd)  # accept_balance is off now; the adopted workers keep their own mapping
+        return
+    sup.balance.close()
+    os.set_inheritable(fd, False)
+    sup.balance = BalanceTable(fd)
+    sup.cells = CellAllocator(sup.balance)
 
 
 def control_socket_from(state: dict[str, Any]) -> socket.socket | None:

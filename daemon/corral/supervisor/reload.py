@@ -45,7 +45,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from corral.config import Config, ConfigError
-from corral.supervisor import policies
+# Imported now, not when a reload needs them: after a package upgrade the files on disk are the
+# new version's, and the running (old) code must not load new modules into itself.
+from corral.supervisor import identity, policies, reexec
 from corral.supervisor.slots import Generation, Slot
 from corral.supervisor.worker_process import BOOTING, READY, WorkerProcess
 
@@ -84,6 +86,7 @@ class Transaction:
     quiescing: set[int] = field(default_factory=set)  # ids of drained workers not yet quiet
     quiesce_deadline: float | None = None
     outcome: ReloadOutcome | None = None  # decided; READY waits for the quiescing workers
+    may_reexec: bool = True  # False for the transaction a re-executed image resumes (no exec loop)
     task: asyncio.Task[None] | None = None
 
 
@@ -121,11 +124,16 @@ class Reloader:
             return
         self._begin([waiter] if waiter is not None else [], notify)
 
-    def _begin(self, waiters: list[asyncio.Future[ReloadOutcome]], notify: bool) -> None:
+    def resume(self, waiters: list[asyncio.Future[ReloadOutcome]]) -> None:
+        """In a re-executed image: carry on with the reload that caused the exec (RELOADING=1 was
+        sent before it). It never re-executes again, whatever it finds on disk."""
+        self._begin(waiters, notify=False, may_reexec=False)
+
+    def _begin(self, waiters: list[asyncio.Future[ReloadOutcome]], notify: bool, may_reexec: bool = True) -> None:
         sup = self.sup
         if notify:
             sup.notifier.reloading()
-        txn = self.active = Transaction(time.monotonic(), waiters)
+        txn = self.active = Transaction(time.monotonic(), waiters, may_reexec=may_reexec)
         sup.phase = "reloading"
         txn.task = asyncio.ensure_future(self._prepare(txn))
 
@@ -153,11 +161,9 @@ class Reloader:
     async def _upgrade_in_place(self, txn: Transaction) -> bool:
         """corral's own code changed: preflight it and exec it (same PID). False: no upgrade needed."""
         sup = self.sup
-        code = getattr(sup, "code_identity", None)
-        if code is None:
+        code = sup.code_identity
+        if not txn.may_reexec:
             return False
-        from corral.supervisor import identity, reexec
-
         installed = identity.installed()
         if installed == code:
             return False
@@ -297,9 +303,12 @@ class Reloader:
             return False
         if worker.ready_at is not None:
             return False  # it served, then crashed: an ordinary crash, restarted in its slot
-        what = f"worker {worker.id} (pid {worker.pid}) of generation {txn.generation.number} {description} " \
-               "before it was ready"
-        self._rollback(txn, f"{what}: {worker.boot_error}" if worker.boot_error else what, exclude=worker)
+        log.error("reload: worker %d (pid %d, slot %d) of generation %d %s before it was ready%s", worker.id,
+                  worker.pid, worker.slot, txn.generation.number, description,
+                  f": {worker.boot_error}" if worker.boot_error else "")
+        # The app's own error first: it is what STATUS= and `systemctl reload`'s caller must see.
+        self._rollback(txn, worker.boot_error or f"a new worker {description} before it was ready",
+                       exclude=worker)
         return True
 
     def _rollback(self, txn: Transaction, reason: str, exclude: WorkerProcess | None = None) -> None:
@@ -323,7 +332,7 @@ class Reloader:
             new.slots[index].worker = new.slots[index].successor = None
         if not done:
             log.error("reload: %s; rolling back: generation %d keeps serving", reason, sup._gen_number())
-            message = f"generation {new.number} rolled back: {reason}; generation {sup._gen_number()} keeps serving"
+            message = f"gen {new.number} rolled back, gen {sup._gen_number()} serves: {reason}"
         else:
             # Rolling, after the first batch: the replaced slots keep their new workers.
             old = txn.old
@@ -336,8 +345,7 @@ class Reloader:
                 slot.worker = new.slots[index].worker
             old.slots.sort(key=lambda s: s.index)
             message = (f"rolling reload stopped at batch {txn.batch + 1}/{len(txn.batches)}: {reason}; "
-                       f"{len(done)} of {len(old.slots)} workers run generation {new.number}, the others "
-                       f"generation {old.number}")
+                       f"{len(done)} of {len(old.slots)} workers run gen {new.number}, the others gen {old.number}")
             log.error("reload: %s", message)
         txn.outcome = ReloadOutcome(False, sup._gen_number(), message, now - txn.started)
         linger = max([sup._config_of_id(i).drain_linger for i in txn.quiescing] or [0.0])
@@ -386,8 +394,8 @@ class Reloader:
                 detail = ", ".join(f"worker {w.id} (pid {w.pid}) {w.state}" + (f": {w.boot_error}" if w.boot_error
                                                                                else "") for w in late)
                 timeout = _reload_timeout(txn.config) if txn.config else 0
-                self._rollback(txn, f"generation {txn.generation.number} not ready within "
-                                    f"reload_timeout={timeout:g}s ({detail or 'no worker started'})")
+                self._rollback(txn, f"not ready within reload_timeout={timeout:g}s "
+                                    f"({detail or 'no worker started'})")
             elif txn.outcome is not None:
                 txn.quiescing = {i for i in txn.quiescing if sup._worker_by_id(i) is not None}
                 self._maybe_finish(txn)
@@ -407,13 +415,13 @@ class Reloader:
 
 
 def _strategy(config: Config) -> str:
-    return getattr(config, "reload_strategy", SURGE)
+    return config.reload_strategy
 
 
 def _batch(config: Config) -> int:
-    return int(getattr(config, "reload_batch", 1))
+    return config.reload_batch
 
 
 def _reload_timeout(config: Config) -> float:
-    return float(getattr(config, "reload_timeout", 60.0))
+    return config.reload_timeout
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from corral.supervisor.identity import PACKAGE_DIR
+
 if TYPE_CHECKING:
     from corral.supervisor.supervisor import Supervisor
 
@@ -26,14 +28,20 @@ def status_line(sup: Supervisor) -> str:
 
 
 def _phase_message(sup: Supervisor) -> str | None:
+    # The app's code identity (``app v1.4.2 git 3f2a9c01de``) comes last: a long failure
+    # message may be cut, and it matters more.
+    code = sup.code_description()
+    parts = []
     if sup.pending is not None:
         pending = sup.pending
-        return f"reloading: gen {pending.number} {len(pending.serving())}/{len(pending.slots)} ready"
-    if sup.phase == "starting":
-        return "starting"
-    if sup.last_reload is not None and not sup.last_reload.ok:
-        return f"last reload failed: {sup.last_reload.message}"
-    return None
+        parts.append(f"reloading: gen {pending.number} {len(pending.serving())}/{len(pending.slots)} ready")
+    elif sup.phase == "starting":
+        parts.append("starting")
+    elif sup.last_reload is not None and not sup.last_reload.ok:
+        parts.append(f"last reload failed: {sup.last_reload.message}")
+    if code:
+        parts.append(f"app {code}")
+    return " · ".join(parts) or None
 
 
 def snapshot(sup: Supervisor) -> dict[str, Any]:
@@ -65,6 +73,7 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
             "fds": worker.sample.get("fds"),
             "cpu_seconds": (worker.sample["cpu_ms"] / 1000) if "cpu_ms" in worker.sample else None,
             "max_requests": worker.max_requests or None,
+            "identity": worker.identity,
             "stats": stats,
         })
     figures = sup.metrics.status()
@@ -77,6 +86,7 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
         "workers_wanted": len(generation.slots) if generation else 0,
         "workers_ready": len(generation.serving()) if generation else 0,
         "pending_generation": sup.pending.number if sup.pending else None,
+        "code": sup.code_description(),
         "uptime": round(now - sup.started_at, 3),
         "requests_total": figures["requests_total"],
         "requests_per_second": figures["requests_per_second"],
@@ -93,6 +103,9 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
                        "name": item.name, "group": item.group, **_queue(figures, item)}
                       for item in sup.listeners.items],
         "supervisor": {
+            # corral's own code this image runs (a reload re-executes when the installed code differs)
+            "code": {"path": str(PACKAGE_DIR), "version": sup.code_identity.version,
+                     "digest": sup.code_identity.digest, "reexecs": sup.reexecs},
             "rss": memory.rss,
             "uss": memory.uss,
             "python": sys.executable,

@@ -18,15 +18,15 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import psutil
 
-from corral.config import Config, ConfigError
+from corral.config import Config
 from corral.metrics.registry import RESTART_REASONS, Metrics
-from corral.supervisor import policies
+from corral.supervisor import identity, policies
 from corral.supervisor.notify import Notifier
+from corral.supervisor.reload import ReloadOutcome, Reloader
 from corral.supervisor.slots import Generation, Slot
 from corral.supervisor.sockets import Listeners, bind_reuse_port_group
 from corral.supervisor.spawn import worker_argv, worker_env
@@ -42,14 +42,6 @@ TICK = 0.25
 HUNG_KILL_GRACE = 1.0  # seconds between the traceback request and SIGKILL
 FAST_STOP_GRACE = 5.0
 EXIT_BOOT_FAILED = 1
-
-
-@dataclass
-class ReloadOutcome:
-    ok: bool
-    generation: int
-    message: str
-    duration: float = 0.0
 
 
 class Supervisor:
@@ -77,12 +69,16 @@ class Supervisor:
         self.last_extend = 0.0
         self.stop_deadline: float | None = None
         self.stop_mode = ""
-        self._reload_started = 0.0
         self._last_status = 0.0
         self.fatal_error: str | None = None
-        self.reload_waiters: list[asyncio.Future[ReloadOutcome]] = []
-        self.reload_queued = False
+        self.reloader = Reloader(self)
         self.last_reload: ReloadOutcome | None = None
+        # corral's own code as it was when this image started: a reload that finds other code on
+        # disk re-executes the supervisor in place (reload.py, reexec.py).
+        self.code_identity = identity.installed()
+        self.argv = list(sys.argv[1:])  # the command line, for the preflight of an in-place upgrade
+        self.reexecs = 0
+        self.resumed: dict[str, Any] | None = None  # set by reexec.restore(): a re-executed image
         # One queue per slot (reuse-port groups) must never be paused: nobody else drains it.
         shared = not any(item.group for item in listeners.http())
         self.balance = BalanceTable.create() if config.accept_balance and shared else None
@@ -106,13 +102,18 @@ class Supervisor:
 
         self.control = ControlServer(self, self.config.control_socket)
         try:
-            await self.control.start()
+            from corral.supervisor import reexec
+
+            await self.control.start(reexec.control_socket_from(self.resumed) if self.resumed else None)
             self._start_metrics()
-            self.generation = self._new_generation(self.config, self.config.workers)
-            self.metrics.set_generation(self.generation.number)
-            self.metrics.set_desired_workers(len(self.generation.slots))
-            log.info("starting %d worker%s (generation %d) for %s", self.config.workers,
-                     "s" if self.config.workers != 1 else "", self.generation.number, self.config.app)
+            if self.resumed is not None:
+                self._resume()
+            else:
+                self.generation = self._new_generation(self.config, self.config.workers)
+                self.metrics.set_generation(self.generation.number)
+                self.metrics.set_desired_workers(len(self.generation.slots))
+                log.info("starting %d worker%s (generation %d) for %s", self.config.workers,
+                         "s" if self.config.workers != 1 else "", self.generation.number, self.config.app)
             self._update_status(force=True)
             ticker = asyncio.ensure_future(self._tick_forever())
             await self._done.wait()
@@ -127,6 +128,28 @@ class Supervisor:
         if self.fatal_error:
             print(f"corral: {self.fatal_error}", file=sys.stderr, flush=True)
         return self.exit_code
+
+    def _resume(self) -> None:
+        """After an in-place re-exec: watch the adopted workers, then run the reload that caused it."""
+        from corral.supervisor import reexec
+
+        state = self.resumed
+        assert state is not None and self.generation is not None
+        for worker in self.workers.values():
+            self.metrics.worker_started(worker.pid, slot=worker.slot, generation=worker.generation)
+            if worker.state == READY:
+                self.metrics.worker_ready(worker.pid)
+            elif worker.state == DRAINING:
+                self.metrics.worker_draining(worker.pid)
+            self._loop.add_reader(worker.channel.fileno(), self._on_channel, worker)
+        self.metrics.set_generation(self.generation.number)
+        self.metrics.set_desired_workers(len(self.generation.slots))
+        reexec.unblock_signals()
+        log.info("re-executed in place (pid %d, %s): adopted %d workers of generation %d",
+                 os.getpid(), self.code_identity.short(), len(self.workers), self.generation.number)
+        waiters = self.control.adopt_waiting(reexec.waiting_clients_from(state))
+        self.reloader.resume(waiters)
+        self._reap()  # workers that exited during the exec
 
     def _watch_listener(self, item: Any) -> None:
         """Export a listener's accept queue. Reuse-port sockets share an address, so their
@@ -267,6 +290,8 @@ class Supervisor:
                         log.warning("worker %d (pid %d): heartbeat not usable for metrics: %s",
                                     worker.id, worker.pid, exc)
         elif kind == "ready":
+            if isinstance(message.get("identity"), dict):
+                worker.identity = message["identity"]
             self._on_ready(worker, now)
         elif kind == "booted":
             worker.last_heartbeat = now
@@ -281,6 +306,8 @@ class Supervisor:
                 worker.state = DRAINING
                 worker.stop_started = now
             self.metrics.worker_draining(worker.pid)
+        elif kind == "quiesced":
+            self.reloader.on_quiesced(worker)
 
     def _on_ready(self, worker: WorkerProcess, now: float) -> None:
         if worker.state != BOOTING:
@@ -310,14 +337,15 @@ class Supervisor:
                 self.phase = "running"
                 log.info("all %d workers ready: serving", len(generation.slots))
                 self.notifier.ready(self.status_line())
-        if generation is self.pending and generation.all_ready():
-            self._cutover(now)
+        if generation is self.pending:
+            self.reloader.on_ready(worker)
         self._update_status(force=True)
 
     def _generation_of(self, worker: WorkerProcess) -> Generation | None:
+        # By slot, not by number: a rolling reload that stops half-way leaves workers of the new
+        # generation in the old one's slots.
         for generation in (self.generation, self.pending):
-            if generation is not None and generation.number == worker.generation \
-                    and generation.slot_of(worker) is not None:
+            if generation is not None and generation.slot_of(worker) is not None:
                 return generation
         return None
 
@@ -347,6 +375,7 @@ class Supervisor:
             self.retiring.remove(worker)
         if self.recycling is worker:
             self.recycling = None
+        self.reloader.on_worker_gone(worker)
         description = _describe_exit(worker.returncode)
         if self.phase == "stopping":
             log.info("worker %d (pid %d) %s", worker.id, worker.pid, description)
@@ -361,8 +390,7 @@ class Supervisor:
                     worker.stop_reason or "retired", description)
             self._update_status(force=True)
             return
-        if generation is self.pending:
-            self._reload_failed(worker, description)
+        if generation is self.pending and self.reloader.on_lost(worker, description):
             return
         if slot.successor is worker:
             # The replacement of a recycle died before it was ready: keep the old one serving.
@@ -464,10 +492,8 @@ class Supervisor:
                 left = max(self.config.boot_timeout - min(w.age(now) for w in booting), 0.0)
                 self.notifier.extend_timeout(left + 10)
         self._watchdog(now)
+        self.reloader.tick(now)
         self._update_status()
-        if self.reload_queued and self.phase == "running" and self.pending is None:
-            self.reload_queued = False
-            self.start_reload()
 
     def _enforce_deadlines(self, now: float) -> None:
         for worker in list(self.workers.values()):
@@ -503,7 +529,7 @@ class Supervisor:
                               age, timeout)
                     self._take_out_of_slot(worker, policies.HUNG, now)
                     worker.kill_hung(policies.HUNG, now, HUNG_KILL_GRACE)
-            if worker.state == READY and self.phase == "running" and self.pending is None:
+            if worker.state == READY and self.phase == "running" and not self.reloader.busy:
                 verdict = policies.check_counters(worker.stats, worker.age(now), worker.max_requests,
                                                   worker.max_lifetime)
                 if verdict is not None:
@@ -572,7 +598,7 @@ class Supervisor:
         At most one recycle runs at a time; a policy that trips meanwhile trips again
         on a later sample.
         """
-        if worker.state != READY or self.phase != "running" or self.pending is not None:
+        if worker.state != READY or self.phase != "running" or self.reloader.busy:
             return False
         if self.recycling is not None and self.recycling.alive:
             return False
@@ -600,7 +626,7 @@ class Supervisor:
         if self.balance is not None and worker.balance_cell >= 0:
             self.balance.set(worker.balance_cell, False, 0)
 
-    # ------------------------------------------------------------------ reload (HUP)
+    # ------------------------------------------------------------------ reload (reload.py)
 
     def _on_hup(self) -> None:
         log.info("SIGHUP: reloading")
@@ -608,86 +634,31 @@ class Supervisor:
 
     def start_reload(self, waiter: asyncio.Future[ReloadOutcome] | None = None, notify: bool = True
                      ) -> None:
-        """Start a new generation; it replaces the current one once every worker of it is ready."""
-        if waiter is not None:
-            self.reload_waiters.append(waiter)
-        if self.phase == "stopping":
-            self._finish_reload(ReloadOutcome(False, self._gen_number(), "corral is stopping"))
-            return
-        if self.phase == "starting" or self.pending is not None:
-            self.reload_queued = True  # one more reload once this one (or the start-up) is done
-            return
-        if notify:
-            self.notifier.reloading()
-        self.phase = "reloading"
-        self._reload_started = time.monotonic()
-        config = self.config
-        if self.reload_config is not None:
-            try:
-                config = self.reload_config()
-            except ConfigError as exc:
-                self.phase = "running"
-                self.metrics.reload_finished("aborted", time.monotonic() - self._reload_started)
-                self._finish_reload(ReloadOutcome(False, self._gen_number(), f"config error: {exc}"))
-                return
-        if self.listeners.from_systemd is False and config.bind != self.config.bind:
-            log.warning("reload: bind changed (%s -> %s); listening addresses change only on restart",
-                        ", ".join(map(str, self.config.bind)), ", ".join(map(str, config.bind)))
-        self.pending = self._new_generation(config, config.workers)
-        log.info("reload: generation %d starting (%d workers)", self.pending.number, config.workers)
-        self._update_status(force=True)
+        """Deploy: a new generation replaces the current one once it passed the gate (reload.py)."""
+        self.reloader.request(waiter, notify)
 
-    def _cutover(self, now: float) -> None:
-        new, old = self.pending, self.generation
-        assert new is not None
-        self.pending = None
-        self.generation = new
-        self.config = new.config
-        self.metrics.set_generation(new.number)
-        self.metrics.set_desired_workers(len(new.slots))
-        if old is not None:
-            for worker in old.workers():
-                worker.stop_reason = worker.stop_reason or policies.RELOAD
-                self._retire(worker, policies.RELOAD)
-        self.phase = "running"
-        self.recycling = None
-        outcome = ReloadOutcome(True, new.number, f"generation {new.number} serving",
-                                now - self._reload_started)
-        log.info("reload: generation %d ready in %.2fs; draining generation %d", new.number,
-                 outcome.duration, old.number if old else 0)
-        self.metrics.reload_finished("success", outcome.duration)
-        self._finish_reload(outcome)
+    def _generation_changed(self, generation: Generation) -> None:
+        """A reload's generation now serves."""
+        self.metrics.set_generation(generation.number)
+        self.metrics.set_desired_workers(len(generation.slots))
 
-    def _reload_failed(self, worker: WorkerProcess, description: str) -> None:
-        generation = self.pending
-        assert generation is not None
-        error = worker.boot_error or description
-        log.error("reload: worker %d of generation %d %s before it was ready; rolling back, generation %d "
-                  "keeps serving%s", worker.id, generation.number, description, self._gen_number(),
-                  _error_suffix(worker))
-        self.pending = None
-        for other in generation.workers():
-            if other.alive and other is not worker:
-                other.stop_reason = "rollback"
-                other.stop_fast("rollback", time.monotonic())
-                self.retiring.append(other)
-        self.phase = "running"
-        self.metrics.reload_finished("rolled_back", time.monotonic() - self._reload_started)
-        self._finish_reload(ReloadOutcome(False, self._gen_number(),
-                                          f"generation {generation.number} failed to boot: {error}",
-                                          time.monotonic() - self._reload_started))
+    def _reload_finished(self, outcome: ReloadOutcome, result: str) -> None:
+        self.metrics.reload_finished(result, outcome.duration)
 
-    def _finish_reload(self, outcome: ReloadOutcome) -> None:
-        self.last_reload = outcome
-        if not outcome.ok:
-            log.error("reload failed: %s", outcome.message)
-        # READY=1 after every RELOADING=1, success or not: systemd 252 hangs otherwise.
-        # A failure shows at the end of the STATUS line until the next successful reload.
-        self.notifier.ready(self.status_line())
-        waiters, self.reload_waiters = self.reload_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(outcome)
+    def code_description(self, generation: Generation | None = None) -> str:
+        """The app code a generation serves, as its workers reported it (e.g. ``v1.4.2 git 3f2a9c01de``)."""
+        generation = generation or self.generation
+        if generation is None:
+            return ""
+        seen = [identity.describe_app(w.identity) for w in generation.workers() if w.identity]
+        return max(set(seen), key=seen.count) if seen else ""
+
+    def _config_of_id(self, worker_id: int) -> Config:
+        worker = self._worker_by_id(worker_id)
+        return self._config_of(worker) if worker is not None else self.config
+
+    def _worker_by_id(self, worker_id: int) -> WorkerProcess | None:
+        return next((w for w in self.workers.values() if w.id == worker_id), None)
 
     def _gen_number(self) -> int:
         return self.generation.number if self.generation else 0
@@ -772,10 +743,7 @@ class Supervisor:
         self.stop_deadline = now + grace + 5.0
         self.notifier.stopping(self.fatal_error[:400] if self.fatal_error else
                                f"stopping: draining {len(self.workers)} workers")
-        for waiter in self.reload_waiters:
-            if not waiter.done():
-                waiter.set_result(ReloadOutcome(False, self._gen_number(), "corral is stopping"))
-        self.reload_waiters.clear()
+        self.reloader.abort("corral is stopping")
         for worker in list(self.workers.values()):
             if worker.state == KILLED:
                 continue

@@ -46,6 +46,7 @@ class WorkerProcess:
     breaches: dict[str, int] = field(default_factory=dict)  # policy -> consecutive breaches
     sample: dict[str, int] = field(default_factory=dict)  # last psutil sample (uss, rss, fds)
     successor_of: int | None = None  # id of the worker this one replaces (a recycle)
+    identity: dict[str, Any] | None = None  # the app code it serves (version, file hash, git), from "ready"
 
     @property
     def pid(self) -> int:

@@ -94,6 +94,12 @@ class CellAllocator:
                 return cell
         return -1
 
+    def adopt(self, cell: int) -> None:
+        """Mark a cell in use by a worker this allocator did not start (after an in-place re-exec)."""
+        if 0 < cell < CELLS:
+            self._used.add(cell)
+            self.table.set_limit(max(self._used) + 1)
+
     def give_back(self, cell: int) -> None:
         if cell in self._used:
             self._used.discard(cell)

@@ -29,11 +29,14 @@ import traceback
 from typing import Any, Sequence
 
 from corral.logs import setup_logging
+from corral.worker import probe
+from corral.worker.identity import app_identity
 from corral.worker.protocol import Channel
 
 log = logging.getLogger("corral.worker")
 
 HEARTBEAT_INTERVAL = 1.0
+QUIESCE_MAX = 2.0  # seconds after shutdown() starts; a stray half-open connection must not hold a reload
 EXIT_BOOT_ERROR = 3
 DEPENDENCY_HINT = ("install uvloop>=0.23 and httptools into the app's environment "
                    "(pip install 'uvloop>=0.23' httptools), or run the app under corral's own interpreter")
@@ -130,6 +133,16 @@ class WorkerRuntime:
             await self.server.startup()
         except Exception as exc:
             return self._report_boot_error(exc)
+        check = probe.settings_from(self.config)
+        if check is not None and not self.stop_event.is_set():
+            # The gate of a reload: the app answers through this worker's own engine, before the
+            # worker takes any public traffic (corral.worker.probe).
+            try:
+                passed = await probe.run_probe(self.server, check)
+            except probe.ProbeFailed as exc:
+                await self.server.shutdown(0)
+                return _boot_failed(self.channel, str(exc))
+            log.debug("health check passed: %s", passed)
         if self.stop_event.is_set():
             await self.server.shutdown(0)
             return 0
@@ -138,7 +151,8 @@ class WorkerRuntime:
         await self.server.serve(sockets)
         self._start_balancer()
         self.ready = True
-        self.channel.send({"t": "ready", "pid": os.getpid(), "interface": interface})
+        self.channel.send({"t": "ready", "pid": os.getpid(), "interface": interface,
+                           "identity": self._identity()})
         await self.stop_event.wait()
 
         self.ready = False
@@ -148,9 +162,28 @@ class WorkerRuntime:
         timeout = float(self.config.get("graceful_timeout", 30.0)) if self.graceful else 0.0
         if self.graceful:
             timeout -= await self._linger(min(float(self.config.get("drain_linger", 1.0)), timeout))
-        await self.server.shutdown(max(timeout, 0.0))
+        shutdown = asyncio.ensure_future(self.server.shutdown(max(timeout, 0.0)))
+        await self._quiesce(shutdown)
+        await shutdown
         self._send_heartbeat()  # final counters, so the supervisor's totals stay exact
         return 0
+
+    async def _quiesce(self, shutdown: asyncio.Future[None]) -> None:
+        """Tell the supervisor once no idle connection is left open (only busy ones, which close
+        after their response): from then on no new request can reach this worker, so a reload
+        may report that the new code serves everything."""
+        deadline = time.monotonic() + QUIESCE_MAX
+        stats = self.server.stats
+        while not shutdown.done() and stats.connections_open > stats.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self.channel.send({"t": "quiesced"})
+
+    def _identity(self) -> dict[str, Any] | None:
+        try:
+            return app_identity(self.config["app"], self.config.get("app_dir"))
+        except Exception as exc:  # only a label: never fail a boot over it
+            log.debug("cannot tell the app's code identity: %s", exc)
+            return None
 
     async def _linger(self, seconds: float) -> float:
         """Stop accepting and close keep-alive connections after their next response, for up to

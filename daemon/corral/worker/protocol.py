@@ -12,11 +12,14 @@ Supervisor -> worker:
   ``hello``   the config, the worker's identity and its listening fds (first message)
 Worker -> supervisor:
   ``booted``  the app is imported (lifespan startup follows)
-  ``ready``   lifespan startup finished and the sockets are being served
+  ``ready``   lifespan startup finished (and the health check passed); the sockets are being
+              served. Carries ``identity``: the app's version / file hash / git revision
   ``hb``      heartbeat, once a second from the event loop, with the engine's counters
   ``boot_error`` the app could not be imported or its startup failed (message included)
   ``recycle`` the worker asks to be replaced (e.g. a WSGI request stuck past its deadline)
   ``draining`` the worker stopped accepting and is finishing in-flight requests
+  ``quiesced`` while draining: no idle connection is left open (only busy ones, each closing after
+              its response), so no new request can reach this worker any more
 """
 
 from __future__ import annotations
