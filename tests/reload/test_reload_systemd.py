@@ -181,3 +181,26 @@ def test_e_invalid_config_fails_the_reload_with_the_config_error_and_service_con
     summary = _report("(e) invalid config", load)
     assert summary["failed"] == 0, load.failures()[:5]
     assert {r.version for r in load.done() if r.sent > returned} == {"cfg2"}
+
+
+def test_bare_sighup_under_systemd_goes_through_reloading_and_back_to_active(site):
+    # What Type=notify-reload (systemd >= 253) does: signal the main process, no ExecReload=. The
+    # supervisor itself sends RELOADING=1 (with MONOTONIC_USEC) and, at the end, READY=1.
+    site.fresh("hup1", workers=2)
+    with Load(site.port, clients=6) as load:
+        load.wait_for_more(100)
+        site.deploy("hup2")
+        site.ns.systemctl("kill", "--kill-who=main", "-s", "HUP", "app.service")
+        states = []
+
+        def reloaded() -> bool:
+            states.append(site.show("ActiveState"))
+            return states[-1] == "active" and site.status()["generation"] == 2
+
+        wait_until(reloaded, 60, 0.02, "generation 2 serving and the unit active again")
+        load.wait_for_more(100)
+    assert "reloading" in states, states
+    summary = _report("bare SIGHUP", load)
+    assert summary["failed"] == 0, load.failures()[:5]
+    assert site.status()["last_reload"]["ok"]
+    assert "hup2" in site.show("StatusText")

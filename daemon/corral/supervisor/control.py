@@ -8,6 +8,9 @@ Protocol: one JSON object per line each way. Requests:
 Errors: ``{"ok": false, "error": "..."}``.
 
 Only the owner (and root) may connect: the socket is created mode 0600.
+
+An in-place re-exec (``reexec``) hands the listening socket and the connections
+of reload requests still waiting to the new image, which answers them.
 """
 
 from __future__ import annotations
