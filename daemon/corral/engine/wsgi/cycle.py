@@ -72,18 +72,17 @@ def thread_stack(ident: int | None) -> str:
 class WSGICycle(Cycle):
     """What both execution modes share: environ, start_response, committing the head, errors."""
 
-    __slots__ = ("_head", "_sent", "_result", "_sendfile", "_ident", "_timed_out", "_body")
+    # No __slots__ here: the per-request fields below are class-level defaults
+    # until a request sets them, so a cycle needs no __init__ of its own (hot path).
+    _head: tuple[int, bytes, int | None, bool, int] | None = None  # from start_response
+    _sent = False  # the head was handed over for writing (exc_info may no longer replace it)
+    _result: Any = None  # the app's response iterable, until closed
+    _sendfile: SendfileJob | None = None  # the running sendfile, if any
+    _ident: int | None = None  # the thread running the app (for stack dumps)
+    _timed_out = False  # request_timeout passed
+    _body: SpooledBody | None = None  # the spooled request body (inline mode)
 
-    iface: "WSGIInterface"  # set on the per-interface subclass (a class attribute, not a slot)
-
-    # Fields (set in the subclasses' __init__, flattened there for the hot path):
-    #   _head      (code, block, length, close, flags) from start_response, or None
-    #   _sent      the head was handed over for writing (exc_info may no longer replace it)
-    #   _result    the app's response iterable, until closed
-    #   _sendfile  the running SendfileJob, if any
-    #   _ident     the thread running the app (for stack dumps)
-    #   _timed_out request_timeout passed
-    #   _body      the spooled request body (inline mode)
+    iface: "WSGIInterface"  # set on the per-interface subclass
 
     def request_line(self) -> str:
         scope = self.scope
@@ -224,21 +223,8 @@ class WSGICycle(Cycle):
 class InlineCycle(WSGICycle):
     """``threads: 0``: the app runs on the event loop (no thread hops; CPU-bound apps, fastest hello-world)."""
 
-    __slots__ = ("_iter", "_scheduled")
-
-    def __init__(self, conn: Any, scope: dict[str, Any], keep_alive: bool,
-                 expect_continue: bool, body_expected: bool) -> None:
-        # Hot path: one level of __init__ below the engine's (see WSGICycle for the fields).
-        Cycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
-        self._head = None
-        self._sent = False
-        self._result = None
-        self._sendfile = None
-        self._ident = None
-        self._timed_out = False
-        self._body = None
-        self._iter: Any = None
-        self._scheduled = False  # the body is complete and the app call is queued
+    _iter: Any = None  # the response iterator being pumped
+    _scheduled = False  # the body is complete and the app call is queued
 
     def run(self) -> None:
         # Hot path.
@@ -421,25 +407,12 @@ class InlineCycle(WSGICycle):
 class ThreadedCycle(WSGICycle):
     """``threads: N``: the app runs on the pool; the loop only parses, frames and writes."""
 
-    __slots__ = ("_stream", "_pulling", "_cond", "_unacked", "_error", "_file_event")
-
-    def __init__(self, conn: Any, scope: dict[str, Any], keep_alive: bool,
-                 expect_continue: bool, body_expected: bool) -> None:
-        # Hot path: one level of __init__ below the engine's (see WSGICycle for the fields).
-        Cycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
-        self._head = None
-        self._sent = False
-        self._result = None
-        self._sendfile = None
-        self._ident = None
-        self._timed_out = False
-        self._body = None
-        self._stream: StreamingInput | None = None
-        self._pulling = False
-        self._cond: threading.Condition | None = None
-        self._unacked = 0
-        self._error: BaseException | None = None
-        self._file_event: threading.Event | None = None
+    _stream: StreamingInput | None = None  # wsgi.input while the body still arrives
+    _pulling = False  # the app waits for body bytes the connection does not have yet
+    _cond: threading.Condition | None = None  # response flow control between thread and loop
+    _unacked = 0  # response bytes handed to the loop and not yet written (or drained)
+    _error: BaseException | None = None  # why the loop could not write the last chunk
+    _file_event: threading.Event | None = None  # set when a sendfile finishes
 
     def run(self) -> None:
         # Hot path.
