@@ -2,7 +2,7 @@
 
 ``threads: N`` runs each request on one of N threads of this worker. The pool
 never grows: the protocol counts requests handed to it and stops the worker
-accepting connections while every thread is busy (see ``WSGIRunner``), so a
+accepting connections while every thread is busy (see ``interface.WSGIInterface``), so a
 worker that cannot run more work leaves new connections in the kernel backlog
 for its siblings instead of queueing them.
 
