@@ -11,6 +11,9 @@ sockets. The worker process (``corral.worker``) drives it through this API:
     server.stats                    # EngineStats: counters the worker puts in its heartbeat
     server.pause_accepting() / server.resume_accepting()
     server.max_connections          # at this many open connections the engine stops accepting
+    server.connection_count         # connections open or being set up
+    server.on_accept = callback     # called after each accepted connection (accept balancing)
+    await server.begin_drain()      # stop accepting; later responses say Connection: close
     await server.shutdown(timeout)  # graceful drain, then lifespan shutdown
 
 Contract details:
