@@ -68,3 +68,15 @@ def test_memoised_result_is_revalidated_for_different_lists():
     encode_headers(good)
     with pytest.raises(InvalidResponse):
         encode_headers([("X", "v\r\nY: z")])
+
+
+def test_encode_head_memoised_and_204_without_length():
+    from corral.engine.wsgi.head import encode_head
+    h = [("Content-Type", "text/plain"), ("Content-Length", "2")]
+    assert encode_head("200 OK", h) == (200, b"Content-Type: text/plain\r\nContent-Length: 2", 2, False, 0)
+    assert encode_head("200 OK", list(h)) is encode_head("200 OK", h)
+    assert encode_head("204 No Content", [("Content-Length", "0")]) == (204, b"", None, False, 0)
+    with pytest.raises(InvalidResponse):
+        encode_head("200 OK", [("X", "a\nb")])
+    with pytest.raises(InvalidResponse):
+        encode_head("2OO OK", h)

@@ -37,7 +37,7 @@ from corral.engine.wire import InvalidResponse
 from corral.engine.wsgi.body import EMPTY_INPUT, SpooledBody, StreamingInput
 from corral.engine.wsgi.environ import build_environ
 from corral.engine.wsgi.filewrapper import FileWrapper
-from corral.engine.wsgi.head import encode_headers, encode_status
+from corral.engine.wsgi.head import encode_head
 from corral.engine.wsgi.sendfile import SendfileJob
 
 if TYPE_CHECKING:
@@ -116,12 +116,7 @@ class WSGICycle(Cycle):
         elif self._head is not None:
             raise AssertionError("start_response() called a second time without exc_info; "
                                  "only an error handler passing exc_info may replace the response head")
-        code, _line = encode_status(status)
-        head = encode_headers(headers)
-        if code == 204 and head[1] is not None:
-            # RFC 9110 8.6: never a Content-Length on a 204.
-            head = encode_headers([h for h in headers if str(h[0]).lower() != "content-length"])
-        self._head = (code, head[0], head[1], head[2], head[3])
+        self._head = encode_head(status, headers)
         return self._write_legacy
 
     def _write_legacy(self, data: bytes) -> None:

@@ -162,3 +162,33 @@ def _encode_headers(headers: list) -> Head:
         return block.encode("latin-1"), content_length, close, flags
     except UnicodeEncodeError:
         raise _explain_bad_value(headers) from None
+
+
+# (status, tuple(response_headers)) -> encode_head() result.
+_HEADS: dict[tuple, tuple[int, bytes, "int | None", bool, int]] = {}
+
+
+def encode_head(status: object, headers: object) -> tuple[int, bytes, int | None, bool, int]:
+    """``start_response``'s arguments as (code, block, Content-Length or None, close, flags). Hot path.
+
+    Memoised on the pair, so a response head seen before costs one lookup.
+    """
+    try:
+        key: tuple | None = (status, tuple(headers)) if type(headers) is list else None  # type: ignore[arg-type]
+        known = _HEADS.get(key) if key is not None else None  # type: ignore[arg-type]
+    except TypeError:  # unhashable items (lists): validate without memoising
+        key = known = None
+    if known is not None:
+        return known
+    code, _line = encode_status(status)
+    block, length, close, flags = encode_headers(headers)
+    if code == 204 and length is not None:
+        # RFC 9110 8.6: never a Content-Length on a 204.
+        block, length, close, flags = encode_headers(
+            [h for h in headers if str(h[0]).lower() != "content-length"])  # type: ignore[union-attr]
+    result = (code, block, length, close, flags)
+    if key is not None:
+        if len(_HEADS) >= _HEADERS_LIMIT:
+            _HEADS.clear()
+        _HEADS[key] = result
+    return result
