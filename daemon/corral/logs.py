@@ -47,6 +47,13 @@ class JournalFormatter(logging.Formatter):
 ACCESS_LOGGER = "corral.access"
 
 
+def print_error(message: str) -> None:
+    """Write a last word (corral exits right after) to stderr, bypassing logging, which may
+    not be set up yet; under journald at priority err, like a logged error."""
+    prefix = f"<{_PRIORITY[logging.ERROR]}>" if stderr_is_journal() else ""
+    print("\n".join(prefix + line for line in message.splitlines() or [""]), file=sys.stderr, flush=True)
+
+
 def setup_logging(level: str = "info", *, role: str = "corral") -> None:
     """Configure the root logger to write to stderr in the right dialect.
 

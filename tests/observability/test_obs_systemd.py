@@ -325,3 +325,17 @@ def test_reload_outcomes_generation_and_their_log_lines(app):
     assert re.search(r"starting in slot \d, generation 2: reload$", journal, re.M)
     assert re.search(r"reload: generation 2 ready in [\d.]+s", journal)
     assert re.search(r"reload failed: .*workers", journal)
+
+
+def test_an_app_that_fails_to_boot_has_its_whole_traceback_at_priority_err(app):
+    app.ns.systemctl("stop", "app.service", timeout=90)
+    app.ns.systemctl("reset-failed", "app.service", check=False)
+    app.config_path.write_text(yaml.safe_dump({"app": "obsbroken:app", "app_dir": str(APPS), "workers": 1,
+                                               "control_socket": CONTROL}))
+    assert app.ns.systemctl("start", "app.service", timeout=90, check=False).returncode != 0
+    errors = wait_until(lambda: (out := app.journal("-p", "err", "-o", "cat")).count(
+        "obsbroken: database unreachable at import") >= 2 and out, 30, 0.2, "the boot failure at err")
+    assert "Traceback (most recent call last):" in errors
+    assert re.search(r'File ".*obsbroken\.py", line 3, in <module>', errors)
+    # The supervisor's last word before it exits non-zero, too.
+    assert "corral: no worker could boot: RuntimeError: obsbroken" in errors

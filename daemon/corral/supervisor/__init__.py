@@ -7,7 +7,6 @@ lists the packages it has loaded, and a test holds it to that.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -29,7 +28,7 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
     import asyncio
     import faulthandler
 
-    from corral.logs import setup_logging
+    from corral.logs import print_error, setup_logging
     from corral.supervisor.control import ControlError
     from corral.supervisor import reexec
     from corral.supervisor.notify import Notifier
@@ -57,7 +56,7 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
         return asyncio.run(supervisor.run())
     except (StartupError, SocketError, ControlError, reexec.ReexecError) as exc:
         notifier.send(STATUS=f"failed: {exc}"[:400])
-        print(f"corral: {exc}", file=sys.stderr, flush=True)
+        print_error(f"corral: {exc}")
         return 1
 
 

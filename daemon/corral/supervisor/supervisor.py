@@ -23,6 +23,7 @@ from typing import Any, Callable
 import psutil
 
 from corral.config import Config
+from corral.logs import print_error
 from corral.metrics.registry import RESTART_REASONS, Metrics
 from corral.supervisor import identity, policies
 from corral.supervisor.notify import Notifier
@@ -126,7 +127,7 @@ class Supervisor:
             if self.balance is not None:
                 self.balance.close()
         if self.fatal_error:
-            print(f"corral: {self.fatal_error}", file=sys.stderr, flush=True)
+            print_error(f"corral: {self.fatal_error}")
         return self.exit_code
 
     def _resume(self) -> None:

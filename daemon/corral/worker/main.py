@@ -212,9 +212,8 @@ class WorkerRuntime:
         return app, interface
 
     def _report_boot_error(self, exc: BaseException) -> int:
-        # The app's own traceback, on stderr (the journal) ...
-        traceback.print_exception(exc, file=sys.stderr)
-        sys.stderr.flush()
+        # The app's own traceback, logged (under journald every line of it at priority err) ...
+        log.error("the app failed to start", exc_info=exc)
         # ... and its last line for the supervisor's exit message and STATUS=.
         message = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
         self.channel.send({"t": "boot_error", "error": message})

@@ -1,0 +1,3 @@
+"""An app that cannot be imported: its traceback must reach the journal at priority err."""
+
+raise RuntimeError("obsbroken: database unreachable at import")
