@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from corral import __version__
 from corral.config import Config, ConfigError, default_control_socket, load, read_file
+from corral.logs import print_error
 
 EXIT_USAGE = 2
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "reload":
             return cmd_reload(args)
     except ConfigError as exc:
-        print(f"corral: {exc}", file=sys.stderr)
+        print_error(f"corral: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -337,5 +337,10 @@ def test_an_app_that_fails_to_boot_has_its_whole_traceback_at_priority_err(app):
         "obsbroken: database unreachable at import") >= 2 and out, 30, 0.2, "the boot failure at err")
     assert "Traceback (most recent call last):" in errors
     assert re.search(r'File ".*obsbroken\.py", line 3, in <module>', errors)
-    # The supervisor's last word before it exits non-zero, too.
+    # The supervisor's last word before it exits non-zero, too; and a config error's.
     assert "corral: no worker could boot: RuntimeError: obsbroken" in errors
+    app.ns.systemctl("reset-failed", "app.service", check=False)
+    app.config_path.write_text(yaml.safe_dump({"app": "obsapp:app", "app_dir": str(APPS), "wrokers": 1}))
+    assert app.ns.systemctl("start", "app.service", timeout=90, check=False).returncode != 0
+    wait_until(lambda: "unknown config key 'wrokers'" in app.journal("-p", "err", "-o", "cat"), 30, 0.2,
+               "the config error at err")
