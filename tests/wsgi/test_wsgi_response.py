@@ -41,6 +41,11 @@ def test_lazy_start_response_inside_generator(server):
 def test_write_callable(server):
     r = request(server, "GET", "/write")
     assert r.body == b"written twice then returned"
+    with server.connect() as sock:
+        for _ in range(2):  # the declared length is respected across write() and the iterable
+            sock.sendall(b"GET /write-length HTTP/1.1\r\nHost: t\r\n\r\n")
+            r = recv_response(sock)
+            assert r.header("content-length") == "11" and r.body == b"hello world" and r.complete
 
 
 def test_exc_info_before_body_replaces_the_head(server):

@@ -139,6 +139,13 @@ def write_callable(environ: dict[str, Any], start_response: StartResponse) -> It
     return [b"then returned"]
 
 
+def write_with_length(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    """write() for part of a declared Content-Length, the rest as a one-item list."""
+    write = start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "11")])
+    write(b"hello ")
+    return [b"world"]
+
+
 def exc_info_before_body(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain"), ("X-First", "yes")])
     try:
@@ -317,6 +324,7 @@ ROUTES: dict[str, Callable[..., Any]] = {
     "/empty-first": empty_first,
     "/multi": multi,
     "/write": write_callable,
+    "/write-length": write_with_length,
     "/exc-before": exc_info_before_body,
     "/exc-after": exc_info_after_body,
     "/twice": twice,

@@ -274,7 +274,7 @@ class InlineCycle(WSGICycle):
             self.app_failed(exc)
             self._done()
             return
-        if type(result) is list and len(result) == 1:
+        if type(result) is list and len(result) == 1 and not self._sent:
             # Hot path: the whole body in one piece, one write with the head.
             iface.inline_current = None
             try:
