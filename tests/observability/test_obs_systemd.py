@@ -320,6 +320,16 @@ def test_reload_outcomes_generation_and_their_log_lines(app):
     assert "reload failed" in status["status"] and "workers" in status["status"]
     wait_until(lambda: "reload failed" in app.ns.show("app.service", "StatusText"), 30, 0.2,
                "STATUS= naming the failed reload")
+    # A bad deploy: the new generation cannot import the app and is rolled back.
+    app.config_path.write_text(yaml.safe_dump({**config, "app": "obsbroken:app"}))
+    assert app.ns.systemctl("reload", "app.service", check=False, timeout=120).returncode != 0
+    data = wait_until(lambda: (s := app.scrape()) and value(s, "corral_reload_duration_seconds_count",
+                                                             outcome="rolled_back") == 1
+                      and value(s, "corral_workers", state="booting") == 0 and s, 60, 0.2,
+                      "the rolled-back reload counted")
+    assert value(data, "corral_generation") == 2 and value(data, "corral_workers", state="ready") == 2
+    # Nothing was restarted: the failed generation's workers are not restarts.
+    assert total(data, "corral_worker_restarts_total") == 2  # generation 1's two, replaced by the reload
     journal = app.journal("-o", "cat")
     assert re.search(r"reload: generation 2 starting", journal)
     assert re.search(r"starting in slot \d, generation 2: reload$", journal, re.M)

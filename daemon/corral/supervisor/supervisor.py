@@ -450,6 +450,9 @@ class Supervisor:
         (a stop, a scale-down, a rolled-back generation)."""
         if self.phase == "stopping" and worker.stop_reason in (None, policies.STOP):
             return None
+        if worker.stop_reason is None and self.generation is not None \
+                and worker.generation > self.generation.number:
+            return None  # a reload's new worker that failed: the reload rolls back, nothing is restarted
         reason = worker.stop_reason or (policies.BOOT_FAILED if worker.ready_at is None else policies.CRASH)
         return reason if reason in RESTART_REASONS else None
 
