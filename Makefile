@@ -46,6 +46,7 @@ test: $(STAMP) $(SYSSTAMP)
 ## Benchmark corral against uvicorn, granian and a bare uvloop+httptools server.
 bench: $(STAMP) $(SYSSTAMP)
 	$(BIN)/python tests/bench/bench.py
+	$(BIN)/python tests/bench/bench_wsgi.py
 
 ## Build the Debian package into packaging/out/deb/ and lint it (fetches pinned wheels once).
 deb: $(SYSSTAMP)
