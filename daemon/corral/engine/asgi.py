@@ -30,6 +30,7 @@ log = logging.getLogger("corral.engine")
 
 _EAGER_C_TASK = sys.version_info >= (3, 12)
 _FINISHED = "FINISHED"
+_PENDING = "PENDING"
 _enter_task = _tasks._enter_task
 _leave_task = _tasks._leave_task
 
@@ -49,6 +50,11 @@ class _EagerTask(_tasks._PyTask):  # type: ignore[misc,name-defined]
         self._callbacks = []
         self._coro = coro
         self._context = context
+
+    def __del__(self) -> None:
+        # Hot path: a finished request task has nothing to report.
+        if self._state == _PENDING:
+            _tasks._PyTask.__del__(self)
 
     def start(self) -> bool:
         """Run the first step now; True if the coroutine finished in it (hot path).
@@ -97,7 +103,8 @@ async def _guard(cycle: "ASGICycle", coro: Any) -> None:
     except Exception as exc:
         cycle.app_failed(exc)
     else:
-        cycle.app_returned()
+        if not cycle.response_complete:
+            cycle.app_returned()
     finally:
         task = cycle.task
         if task is not None:

@@ -364,7 +364,7 @@ class Cycle:
         else:
             parts += (b"\r\n", body)
             self.bytes_sent = len(body)
-        self.conn.write(b"".join(parts))
+        self.conn.transport.write(b"".join(parts))
 
     def _raise_framing(self, message: str) -> None:
         """Log the app's framing error once and raise it to the app."""
