@@ -223,8 +223,11 @@ class Tracked:
         return b"x" * self.size
 
     def close(self) -> None:
-        with open(self.marker, "w") as f:
+        # Write then rename: the test polls for the marker and must never read it half-written.
+        tmp = f"{self.marker}.tmp"
+        with open(tmp, "w") as f:
             f.write(f"closed after {self.sent} chunks in thread {threading.current_thread().name}")
+        os.replace(tmp, self.marker)
 
 
 def tracked(environ: dict[str, Any], start_response: StartResponse) -> Tracked:
