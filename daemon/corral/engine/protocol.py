@@ -104,7 +104,8 @@ _H_CL = b"content-length"
 _H_TE = b"transfer-encoding"
 _PROXY_HEADERS = frozenset((b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
 _H_UPGRADE = b"upgrade"
-_SPECIAL = frozenset((_H_HOST, _H_EXPECT, _H_CL, _H_TE, _H_UPGRADE)) | _PROXY_HEADERS
+_H_CONNECTION = b"connection"
+_SPECIAL = frozenset((_H_HOST, _H_EXPECT, _H_CL, _H_TE, _H_UPGRADE, _H_CONNECTION)) | _PROXY_HEADERS
 
 _METHODS = {m.encode(): m for m in (
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")}
@@ -150,8 +151,8 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "ctx", "loop", "transport", "_parser", "_closed", "_client", "_server", "_trusted",
         # current request head
-        "_url", "_headers", "_nheaders", "_hsize", "_hosts", "_special",
-        "_in_head", "_head_extra", "_in_trailers",
+        "_url", "_headers", "_nheaders", "_hsize", "_hosts", "_special", "_conn_hdr",
+        "_in_head", "_head_extra",
         # requests
         "_cur", "_parsing", "_queue", "_driving", "_stop", "_last_request", "_upgrade",
         # flow control and deadlines
@@ -174,9 +175,9 @@ class HttpProtocol(asyncio.Protocol):
         self._hsize = 0
         self._hosts = 0
         self._special: list[tuple[bytes, bytes]] | None = None
+        self._conn_hdr = False
         self._in_head = False
         self._head_extra = 0
-        self._in_trailers = False
         self._cur: Cycle | None = None
         self._parsing: Cycle | None = None
         self._queue: deque[Any] = deque()
@@ -309,12 +310,12 @@ class HttpProtocol(asyncio.Protocol):
         else:  # a new request begins
             self._in_head = True
             self._head_extra = 0
-            self._in_trailers = False
             self._headers = []
             self._nheaders = 0
             self._hsize = 0
             self._hosts = 0
             self._special = None
+            self._conn_hdr = False
             if self._deadline_kind == _KEEPALIVE:
                 self._deadline = self.loop.time() + self.ctx.header_timeout
                 self._deadline_kind = _HEADER
@@ -327,11 +328,11 @@ class HttpProtocol(asyncio.Protocol):
         self._nheaders += 1
         self._hsize += len(name) + len(value)
         if self._nheaders > ctx.max_header_count or self._hsize > ctx.max_header_size:
-            what = "trailer" if self._in_trailers else "header"
-            raise Reject(431, f"Request Header Fields Too Large ({what} limits: "
-                              f"{ctx.max_header_count} fields, {ctx.max_header_size} bytes)")
-        if self._in_trailers:
-            return  # trailer fields never reach scope["headers"]
+            # Trailers count against the same limits as the header fields before them.
+            raise Reject(431, f"Request Header Fields Too Large (limits: {ctx.max_header_count} "
+                              f"fields, {ctx.max_header_size} bytes)")
+        if not self._in_head:
+            return  # a trailer (after on_headers_complete): never reaches scope["headers"]
         name = name.lower()
         if value and value[-1] in (32, 9):
             value = value.rstrip(b" \t")  # OWS is not part of the value (llhttp keeps trailing OWS)
@@ -339,6 +340,8 @@ class HttpProtocol(asyncio.Protocol):
         if name in _SPECIAL:
             if name == _H_HOST:
                 self._hosts += 1
+            elif name == _H_CONNECTION:
+                self._conn_hdr = True
             elif self._special is None:
                 self._special = [(name, value)]
             else:
@@ -348,11 +351,15 @@ class HttpProtocol(asyncio.Protocol):
         # Hot path.
         ctx = self.ctx
         parser = self._parser
-        self._in_head = False
-        self._in_trailers = True  # further on_header calls are trailers
-        self._nheaders = 0
-        self._hsize = 0
-        version = parser.get_http_version()
+        self._in_head = False  # further on_header calls are trailers
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and not self._conn_hdr:
+            # llhttp keeps a connection alive by default only for HTTP/1.1 (the
+            # only x.y with y > 0 it accepts): skip get_http_version(), which
+            # formats a new string on every call.
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         body_expected = False
@@ -425,7 +432,8 @@ class HttpProtocol(asyncio.Protocol):
             path = ctx.root_path + path
             raw_path = ctx.root_path_bytes + raw_path
 
-        keep_alive = parser.should_keep_alive() and not self._upgrade
+        if self._upgrade:
+            keep_alive = False
         if not keep_alive:
             self._last_request = True
         state = ctx.state
