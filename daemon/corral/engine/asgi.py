@@ -93,13 +93,12 @@ async def _guard(cycle: "ASGICycle", coro: Any) -> None:
 
 
 class ASGICycle(Cycle):
-    __slots__ = ("task", "_waiter", "_body_done", "_timed_out")
+    __slots__ = ("task", "_body_done", "_timed_out")
 
     def __init__(self, conn: Any, scope: dict[str, Any], keep_alive: bool,
                  expect_continue: bool, body_expected: bool) -> None:
         Cycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
         self.task: asyncio.Task[None] | None = None
-        self._waiter: asyncio.Future[None] | None = None
         self._body_done = False  # the final http.request (more_body False) was delivered
         self._timed_out = False
 
@@ -185,11 +184,6 @@ class ASGICycle(Cycle):
         task.cancel()
 
     # ------------------------------------------------------------------ receive
-
-    def on_body_event(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def on_drain(self) -> None:
         pass  # writers wait on the protocol's drain futures

@@ -69,6 +69,7 @@ class Cycle:
         "conn", "ctx", "scope", "keep_alive", "expect_continue", "start",
         # request body
         "_chunks", "_buffered", "body_complete", "body_received", "disconnected", "_body_paused",
+        "_waiter",
         # response
         "status", "response_started", "head_sent", "response_complete", "bytes_sent",
         "_parts", "_length", "_flags", "_framing", "_remaining",
@@ -90,6 +91,7 @@ class Cycle:
         self.body_received = 0
         self.disconnected = False
         self._body_paused = False
+        self._waiter: asyncio.Future[None] | None = None  # a reader waiting for body (or the end)
         self.status = 0
         self.response_started = False
         self.head_sent = False
@@ -104,7 +106,14 @@ class Cycle:
         raise NotImplementedError
 
     def on_body_event(self) -> None:
-        """Body bytes arrived, the body is complete, or the client went away: wake a reader."""
+        """Body bytes arrived, the body ended, the client went away, or the response completed.
+
+        Default: wake ``self._waiter`` (a future a reader awaits), if any. Called on
+        response completion only while ``_waiter`` is set.
+        """
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_request_timeout(self) -> None:
         """``request_timeout`` passed and the response is not complete: stop the app if possible."""
@@ -307,7 +316,11 @@ class Cycle:
                 self.bytes_sent += len(body)
         # _NO_BODY: HEAD, 204, 304: body bytes are dropped.
         if not more:
-            self._complete()
+            # _complete(), inlined (hot path).
+            self.response_complete = True
+            self.conn.response_done(self)
+            if self._waiter is not None:
+                self.on_body_event()  # the waiting reader now gets "disconnect" (the exchange is over)
 
     def _write_first(self, body: bytes, more: bool) -> None:
         """Write the head, together with the first body bytes in one write (hot path)."""
@@ -384,7 +397,8 @@ class Cycle:
     def _complete(self) -> None:
         self.response_complete = True
         self.conn.response_done(self)
-        self.on_body_event()  # a reader still waiting now gets "disconnect" (the exchange is over)
+        if self._waiter is not None:
+            self.on_body_event()  # the waiting reader now gets "disconnect" (the exchange is over)
 
     def abort_response(self, status: int = 500, message: str = "Internal Server Error") -> None:
         """End this exchange after an error: answer ``status`` if nothing was written, else close."""
@@ -394,6 +408,8 @@ class Cycle:
         if self.head_sent or self.disconnected:
             self.response_complete = True
             self.conn.response_done(self)
+            if self._waiter is not None:
+                self.on_body_event()
             return
         self.status = status
         self.head_sent = True
@@ -402,6 +418,8 @@ class Cycle:
         self.conn.write(data)
         self.response_complete = True
         self.conn.response_done(self)
+        if self._waiter is not None:
+            self.on_body_event()
 
     # ------------------------------------------------------------------ flow control for writers
 
