@@ -68,6 +68,7 @@ import pty
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -158,12 +159,29 @@ private_dev() {  # $1: the /dev to populate; $2: the host's /dev to take nodes f
     mount --bind "$2/${CORRAL_NS_CONSOLE#/dev/}" "$1/console"
 }
 
+# The checkout (and its .venv) may itself live under /tmp or /var/tmp (a CI clone): keep those
+# paths visible at the same place above the fresh tmpfs. CORRAL_NS_KEEP is space-separated.
+save_kept() {  # $1: a directory on the new /run to park bind mounts in
+    i=0
+    for p in $CORRAL_NS_KEEP; do
+        mkdir -p "$1/$i"; mount --bind "$p" "$1/$i"; i=$((i + 1))
+    done
+}
+
+restore_kept() {  # $1: where save_kept parked them; $2: the root to put them back under
+    i=0
+    for p in $CORRAL_NS_KEEP; do
+        mkdir -p "$2$p"; mount --move "$1/$i" "$2$p"; rmdir "$1/$i"; i=$((i + 1))
+    done
+}
+
 cgroup_view() {  # $1: root; cgroup2 rooted at this boot's own cgroup (we are in a cgroup ns)
     mount -t cgroup2 cgroup2 "$1/sys/fs/cgroup"
 }
 
 if [ "$CORRAL_NS_MODE" = basic ]; then
     mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
+    save_kept /run/.keep
     mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
     # /var/tmp becomes fresh too (PrivateTmp= dirs, leftovers after SIGKILL stay inside), but
     # the workdir, which usually lives there, is moved back to the same path.
@@ -172,6 +190,7 @@ if [ "$CORRAL_NS_MODE" = basic ]; then
     mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp
     mkdir -p "$W"
     mount --move /run/.w "$W"
+    restore_kept /run/.keep ""
     mount --rbind /dev /run/.hostdev
     private_dev /dev /run/.hostdev
     umount -l /run/.hostdev
@@ -194,6 +213,7 @@ else
     mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/var/tmp"
     mkdir -p "$R$W"
     mount --bind "$W" "$R$W"
+    for p in $CORRAL_NS_KEEP; do mkdir -p "$R$p"; mount --bind "$p" "$R$p"; done
     private_dev "$R/dev" /dev
     # systemd brings lo up itself as well; iproute2 may be missing from minimal images.
     if command -v ip >/dev/null; then ip link set lo up; fi
@@ -251,6 +271,24 @@ def unavailable_reason(overlay: bool = False) -> str | None:
     if overlay and "overlay" not in Path("/proc/filesystems").read_text():
         return "the kernel has no overlay filesystem (modprobe overlay)"
     return None
+
+
+def _paths_hidden_by_fresh_tmp() -> list[str]:
+    """The checkout, its virtualenv and its Python, where they lie under /tmp or /var/tmp.
+
+    Inside the namespace those are fresh tmpfs, which would hide a CI clone made there (and
+    with it the corral the units start). Paths with spaces are not supported (boot.sh splits
+    on them) and are left out.
+    """
+    repo = Path(__file__).resolve().parents[2]
+    candidates = {repo, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    kept: set[str] = set()
+    for path in candidates:
+        for top in ("/tmp", "/var/tmp"):
+            if str(path).startswith(top + "/") and " " not in str(path):
+                kept.add(str(path))
+    # A path inside another kept one is covered by it.
+    return sorted(p for p in kept if not any(p != q and p.startswith(q + "/") for q in kept))
 
 
 def _cgroup2_base() -> Path | None:
@@ -493,6 +531,7 @@ class SystemdNamespace:
             "CORRAL_NS_UNIT_PATH": str(self.unit_dir) + (OVERLAY_UNIT_DIRS if self.overlay else ""),
             "CORRAL_NS_TARGET": TEST_TARGET,
             "CORRAL_NS_EXTRA_ARGS": extra,
+            "CORRAL_NS_KEEP": " ".join(_paths_hidden_by_fresh_tmp()),
         }
         flags = ["--pid", "--fork", "--kill-child=SIGKILL", "--mount", "--mount-proc",
                  "--propagation", "private", "--cgroup", "--uts", "--ipc"]
