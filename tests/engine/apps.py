@@ -383,3 +383,20 @@ async def swallows_cancel(scope, receive, send, q, key):
 
 
 ROUTES["/swallows-cancel"] = swallows_cancel
+
+
+async def awaits_everything(scope, receive, send, q, key):
+    """The ways an app can suspend: a bare yield, an executor, anyio threads, a cancel scope."""
+    import anyio
+
+    await asyncio.sleep(0)  # a bare yield: the task is rescheduled, not woken by a future
+    loop = asyncio.get_running_loop()
+    a = await loop.run_in_executor(None, sum, [1, 2])
+    b = await anyio.to_thread.run_sync(sum, [3, 4])
+    with anyio.move_on_after(0.01):
+        await asyncio.sleep(5)  # cancelled by the scope, which must find its own task
+    results = await asyncio.gather(asyncio.sleep(0, "x"), asyncio.sleep(0.001, "y"))
+    await _respond(send, 200, json.dumps([a, b, results]).encode())
+
+
+ROUTES["/awaits-everything"] = awaits_everything
