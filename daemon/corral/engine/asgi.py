@@ -12,6 +12,10 @@ the app later suspends.
 * Python 3.11: ``_EagerTask``, the stdlib's pure-Python Task with the first
   step run by us instead of scheduled, and registered in ``all_tasks()`` only
   if it suspends. Same semantics; a little slower per step once suspended.
+
+The task runs the app's coroutine itself (no wrapper): the outcome reaches the
+cycle directly when the app finishes in its first step, else through a done
+callback (``task_done``).
 """
 
 from __future__ import annotations
@@ -75,23 +79,6 @@ class _EagerTask(_tasks._PyTask):  # type: ignore[misc,name-defined]
 _new_task = object.__new__
 
 
-async def _guard(cycle: "ASGICycle", coro: Any) -> None:
-    """The task body: the app, with its outcome turned into a complete response."""
-    try:
-        await coro
-    except asyncio.CancelledError:
-        cycle.app_cancelled()
-    except Exception as exc:
-        cycle.app_failed(exc)
-    else:
-        if not cycle.response_complete:
-            cycle.app_returned()
-    finally:
-        task = cycle.task
-        if task is not None:
-            cycle.ctx.tasks.discard(task)
-
-
 class ASGICycle(Cycle):
     __slots__ = ("task", "_body_done", "_timed_out")
 
@@ -106,15 +93,18 @@ class ASGICycle(Cycle):
         # Hot path.
         ctx = self.ctx
         self.start = ctx.monotonic()
-        coro = _guard(self, ctx.app(self.scope, self.receive, self.send))
+        coro = ctx.app(self.scope, self.receive, self.send)
         loop = ctx.loop
         context = copy_context()
         if _EAGER_C_TASK:
             task = asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
             if task.done():
+                self.task_done(task)
                 return
+            task.add_done_callback(self.task_done)
         else:
-            # Task.__step for a first step, inline (see _EagerTask).
+            # Task.__step for a first step, inline (see _EagerTask); the app's
+            # outcome goes straight to the cycle when it finishes here.
             task = _new_task(_EagerTask)
             task._loop = loop
             task._callbacks = []
@@ -125,26 +115,53 @@ class ASGICycle(Cycle):
                 result = context.run(coro.send, None)
             except StopIteration:
                 _leave_task(loop, task)
+                task._state = _FINISHED
                 if task._must_cancel:  # the app cancelled its own task just before returning
-                    asyncio.futures._PyFuture.cancel(task, msg=task._cancel_message)
-                else:
-                    task._state = _FINISHED
+                    self.app_cancelled()
+                elif not self.response_complete:
+                    self.app_returned()
                 return
-            except BaseException as exc:  # only KeyboardInterrupt/SystemExit get past _guard
+            except Exception as exc:
+                _leave_task(loop, task)
+                task._state = _FINISHED
+                self.app_failed(exc)
+                return
+            except asyncio.CancelledError:
+                _leave_task(loop, task)
+                task._state = _FINISHED
+                self.app_cancelled()
+                return
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit
                 _leave_task(loop, task)
                 task._state = _FINISHED
                 task._exception = exc
                 raise
             _leave_task(loop, task)
+            task._callbacks.append((self.task_done, context))
             task.suspended(result)
         # The app is waiting on something; its task carries on from there.
         self.task = task
         ctx.tasks.add(task)
 
+    def task_done(self, task: "asyncio.Task[None]") -> None:
+        """The app's task ended: turn its outcome into a complete response."""
+        self.ctx.tasks.discard(task)
+        if task.cancelled():
+            self.app_cancelled()
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.app_failed(exc)
+        elif not self.response_complete:
+            self.app_returned()
+
     # ------------------------------------------------------------------ app outcome
 
     def app_returned(self) -> None:
         if self.response_complete or self.disconnected:
+            return
+        if self._timed_out:  # it returned after catching the request_timeout cancellation
+            self.abort_response(504, "Gateway Timeout: the request took longer than request_timeout")
             return
         if not self.head_sent:
             log.error("ASGI app returned without completing the response to %s %s; answering 500",
