@@ -27,7 +27,9 @@ The subclass implements (hooks called by the protocol):
     It sets ``self.start = time.monotonic()`` (request_timeout and stats use it).
 ``on_body_event()``
     Body bytes arrived, the body ended, or the client disconnected: wake
-    whoever waits in a body read.
+    whoever waits in a body read. The default wakes ``self._waiter`` (a
+    future, if set); it is also called when the response completes while
+    ``_waiter`` is set.
 ``on_drain()``
     The write buffer drained (or the client left): wake writers waiting on it.
 ``on_request_timeout()``
