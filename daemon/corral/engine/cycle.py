@@ -316,7 +316,7 @@ class Cycle:
                 self.bytes_sent += len(body)
         # _NO_BODY: HEAD, 204, 304: body bytes are dropped.
         if not more:
-            # _complete(), inlined (hot path).
+            # The response is complete (hot path).
             self.response_complete = True
             self.conn.response_done(self)
             if self._waiter is not None:
@@ -393,12 +393,6 @@ class Cycle:
         self.response_complete = True
         self.conn.response_done(self)
         self._raise_framing(message)
-
-    def _complete(self) -> None:
-        self.response_complete = True
-        self.conn.response_done(self)
-        if self._waiter is not None:
-            self.on_body_event()  # the waiting reader now gets "disconnect" (the exchange is over)
 
     def abort_response(self, status: int = 500, message: str = "Internal Server Error") -> None:
         """End this exchange after an error: answer ``status`` if nothing was written, else close."""
