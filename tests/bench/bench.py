@@ -17,20 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from benchlib import BIN, REPO, check_tools, free_port, run_server
+
 APP = "corral.demo.hello:asgi"
-EXPECTED_BODY = b"Hello, world!"
 
 
 def _commands(port: int) -> dict[str, list[str]]:
@@ -53,80 +45,13 @@ def _commands(port: int) -> dict[str, list[str]]:
 DEFAULT_ORDER = ["corral", "uvicorn", "granian", "bare"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _responds(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            data = b""
-            s.settimeout(2)
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            return data.startswith(b"HTTP/1.1 200") and data.endswith(EXPECTED_BODY)
-    except OSError:
-        return False
-
-
 NICE: list[str] = []  # ["nice", "-n", "-10"] with --nice -10
 
 
-def _wrk(port: int, seconds: float, connections: int) -> tuple[float, str]:
-    out = subprocess.run(
-        NICE + ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
-         f"http://127.0.0.1:{port}/"],
-        check=True, capture_output=True, text=True).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
-        raise RuntimeError(f"could not read wrk output:\n{out}")
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    return float(match.group(1)), (errors.group(0) if errors else "")
-
-
-def _loadavg() -> float:
-    """The 1-minute load average: above ~2.5 on this 2-CPU setup, something else competed."""
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return -1.0
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 def run_one(name: str, duration: float, warmup: float, connections: int) -> dict[str, object]:
-    port = _free_port()
-    cmd = NICE + ["taskset", "-c", "0"] + _commands(port)[name]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "daemon"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 60
-        while not _responds(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise RuntimeError(f"{name} did not start: {' '.join(cmd)}\n{err[-2000:]}")
-            time.sleep(0.2)
-        if warmup:
-            _wrk(port, warmup, connections)
-        rps, errors = _wrk(port, duration, connections)
-        return {"server": name, "requests_per_second": rps, "errors": errors, "loadavg": _loadavg()}
-    finally:
-        _stop(proc)
+    port = free_port()
+    return run_server(name, _commands(port)[name], port, duration=duration, warmup=warmup,
+                      connections=connections, nice=NICE)
 
 
 def main() -> int:
@@ -143,14 +68,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.nice:
         NICE[:] = ["nice", "-n", str(args.nice)]
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            print(f"bench: {tool} not found; install it (make sysdeps installs wrk and util-linux)",
-                  file=sys.stderr)
-            return 2
-    if (os.cpu_count() or 1) < 2:
-        print("bench: needs 2 CPUs (server on CPU 0, wrk on CPU 1)", file=sys.stderr)
-        return 2
+    if (status := check_tools("bench")) is not None:
+        return status
 
     names = args.only or DEFAULT_ORDER
     results: dict[str, dict[str, object]] = {}
@@ -160,8 +79,9 @@ def main() -> int:
         result = run_one(name, args.duration, args.warmup, args.connections)
         results[name] = result
         note = f"  ({result['errors']})" if result["errors"] else ""
-        print(f"  {name:14s} {result['requests_per_second']:>10,.0f} req/s   (load average "
-              f"{result['loadavg']:.2f}){note}", flush=True)
+        print(f"  {name:14s} {result['requests_per_second']:>10,.0f} req/s  "
+              f"{result['cpu_us_per_request']:>6} us CPU/req   (load average {result['loadavg']:.2f}){note}",
+              flush=True)
 
     ratios: dict[str, float] = {}
     corral = results.get("corral") or results.get("corral-engine")

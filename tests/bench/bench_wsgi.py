@@ -25,19 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from benchlib import BIN, check_tools, free_port, run_server
+
 APP = "corral.demo.hello:wsgi"
-EXPECTED_BODY = b"Hello, world!"
 ORDER = ["corral-inline", "corral-threads", "granian", "gunicorn"]
 TARGETS = [("corral-inline", "granian", 1.1), ("corral-threads", "gunicorn", 3.0)]
 
@@ -60,97 +53,11 @@ def commands(port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def responds(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            s.settimeout(2)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-            return data.startswith(b"HTTP/1.1 200") and data.endswith(EXPECTED_BODY)
-    except OSError:
-        return False
-
-
-def wrk(port: int, seconds: float, connections: int) -> tuple[float, str]:
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
-                          f"http://127.0.0.1:{port}/"], check=True, capture_output=True, text=True).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
-        raise RuntimeError(f"could not read wrk output:\n{out}")
-    errors = re.findall(r"Non-2xx or 3xx responses: \d+|Socket errors: .*", out)
-    return float(match.group(1)), "; ".join(errors)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU time of a server and all its processes (supervisor, workers, threads).
-
-    CPU time per request is the noise-resistant measure on a busy machine:
-    other processes steal wall-clock time from the server, not CPU time.
-    """
-    import psutil
-
-    total = 0.0
-    try:
-        root = psutil.Process(pid)
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-    except psutil.NoSuchProcess:
-        pass
-    return total
-
-
-def loadavg() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return -1.0
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 def run_one(name: str, duration: float, warmup: float, connections: int) -> dict[str, object]:
     port = free_port()
     cmd, extra_env = commands(port)[name]
-    cmd = ["taskset", "-c", "0"] + cmd
-    env = dict(os.environ, PYTHONPATH=str(REPO / "daemon"), **extra_env)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 60
-        while not responds(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise RuntimeError(f"{name} did not start: {' '.join(cmd)}\n{err[-2000:]}")
-            time.sleep(0.2)
-        if warmup:
-            wrk(port, warmup, connections)
-        cpu_before = cpu_seconds(proc.pid)
-        rps, errors = wrk(port, duration, connections)
-        cpu = cpu_seconds(proc.pid) - cpu_before
-        return {"server": name, "requests_per_second": rps, "errors": errors, "loadavg": loadavg(),
-                "cpu_us_per_request": round(cpu / (rps * duration) * 1e6, 2) if rps else None}
-    finally:
-        stop(proc)
+    return run_server(name, cmd, port, extra_env=extra_env, duration=duration, warmup=warmup,
+                      connections=connections, nice=[])
 
 
 def main() -> int:
@@ -164,14 +71,8 @@ def main() -> int:
                              "(for a noisy machine)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            print(f"bench_wsgi: {tool} not found; install it (make sysdeps installs wrk and util-linux)",
-                  file=sys.stderr)
-            return 2
-    if (os.cpu_count() or 1) < 2:
-        print("bench_wsgi: needs 2 CPUs (server on CPU 0, wrk on CPU 1)", file=sys.stderr)
-        return 2
+    if (status := check_tools("bench_wsgi")) is not None:
+        return status
 
     names = args.only or ORDER
     print(f"WSGI: wrk -t1 -c{args.connections} -d{args.duration:g}s after a {args.warmup:g}s warm-up; "
