@@ -82,3 +82,25 @@ def setup_logging(level: str = "info", *, role: str = "corral") -> None:
     access.handlers[:] = [access_handler]
     access.propagate = False
     access.setLevel(logging.INFO)
+
+
+def reopen_log_files() -> int:
+    """Reopen every logging.FileHandler (on USR1, after logrotate moved the files away).
+
+    corral itself logs to stderr; the file handlers are the app's own (a Django
+    LOGGING dict, say), on any logger. Returns how many were reopened.
+    """
+    loggers = [logging.getLogger()] + [
+        obj for obj in logging.Logger.manager.loggerDict.values() if isinstance(obj, logging.Logger)]
+    reopened = 0
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    handler.close()
+                    handler.stream = handler._open()
+                    reopened += 1
+                finally:
+                    handler.release()
+    return reopened

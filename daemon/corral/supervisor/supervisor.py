@@ -23,7 +23,7 @@ from typing import Any, Callable
 import psutil
 
 from corral.config import Config
-from corral.logs import print_error
+from corral.logs import print_error, reopen_log_files
 from corral.metrics.registry import RESTART_REASONS, Metrics
 from corral.supervisor import identity, policies
 from corral.supervisor.notify import Notifier
@@ -715,14 +715,7 @@ class Supervisor:
 
     def reopen_logs(self) -> None:
         """USR1: reopen log files (ours and, by forwarding the signal, the workers')."""
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.acquire()
-                try:
-                    handler.close()
-                    handler.stream = handler._open()
-                finally:
-                    handler.release()
+        reopen_log_files()
         for worker in self.workers.values():
             worker.signal(signal.SIGUSR1)
         log.info("USR1: log files reopened")

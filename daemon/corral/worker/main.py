@@ -28,7 +28,7 @@ import time
 import traceback
 from typing import Any, Sequence
 
-from corral.logs import setup_logging
+from corral.logs import reopen_log_files, setup_logging
 from corral.worker import probe
 from corral.worker.identity import app_identity
 from corral.worker.protocol import Channel
@@ -110,7 +110,7 @@ class WorkerRuntime:
         loop.add_signal_handler(signal.SIGTERM, self.stop, True)
         loop.add_signal_handler(signal.SIGINT, self.stop, False)
         loop.add_signal_handler(signal.SIGQUIT, self.stop, False)
-        loop.add_signal_handler(signal.SIGUSR1, _reopen_log_files)
+        loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
         self._heartbeat()
 
         try:
@@ -282,13 +282,3 @@ def _stats_dict(stats: Any) -> dict[str, Any]:
     return {k: getattr(stats, k) for k in dir(stats) if not k.startswith("_")
             and isinstance(getattr(stats, k, None), (int, float, str, bool, type(None)))}
 
-
-def _reopen_log_files() -> None:
-    for handler in logging.getLogger().handlers + logging.getLogger("corral.access").handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.acquire()
-            try:
-                handler.close()
-                handler.stream = handler._open()
-            finally:
-                handler.release()
