@@ -43,10 +43,12 @@ run: $(STAMP)
 test: $(STAMP) $(SYSSTAMP)
 	$(BIN)/python -m pytest -q -ra tests
 
-## Benchmark corral against uvicorn, granian and a bare uvloop+httptools server.
+## Benchmarks: ASGI (corral vs uvicorn, granian, a bare uvloop+httptools server), WSGI
+## (vs granian, gunicorn) and the cost of metrics (on vs off).
 bench: $(STAMP) $(SYSSTAMP)
 	$(BIN)/python tests/bench/bench.py
 	$(BIN)/python tests/bench/bench_wsgi.py
+	$(BIN)/python tests/bench/bench_metrics.py --rounds 5 --scrape-interval 5
 
 ## Build the Debian package into packaging/out/deb/ and lint it (fetches pinned wheels once).
 deb: $(SYSSTAMP)

@@ -1,6 +1,6 @@
 """What metrics cost: hello-world throughput of corral with metrics off and on, in alternating rounds.
 
-    python tests/observability/bench_metrics.py [--rounds 5] [--duration 10] [--scrape-interval 1]
+    python tests/bench/bench_metrics.py [--rounds 5] [--duration 10] [--scrape-interval 1]
 
 The set-up is `make bench`'s (tests/bench/bench.py): ``corral run -w 1`` serving
 ``corral.demo.hello:asgi``, supervisor and worker pinned to CPU 0; ``wrk -t1 -c64`` pinned
