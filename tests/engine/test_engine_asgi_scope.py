@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 from engine_util import exchange, parse_responses, read_responses
 
@@ -52,8 +50,8 @@ def test_root_path_is_prefixed(make_server):
     assert scope["path"] == "/api/users/1" and scope["raw_path"] == "/api/users/1"
 
 
-def test_unix_socket_scope(make_server):
-    path = os.path.join(tempfile.mkdtemp(prefix="corral-engine-"), "s.sock")
+def test_unix_socket_scope(make_server, tmp_path):
+    path = str(tmp_path / "s.sock")
     proc = make_server(unix=path)
     scope = _scope(proc, b"GET /x HTTP/1.0\r\n\r\n")
     assert scope["client"] is None
