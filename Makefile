@@ -18,7 +18,7 @@ APT_PACKAGES := curl wrk util-linux iproute2 systemd lintian rpm debhelper dh-py
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -m venv $(VENV) || { apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
+	@$(PYTHON) -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,bench]'
 	@touch $@
@@ -40,12 +40,12 @@ run: $(STAMP)
 	$(BIN)/corral run corral.demo.app:app
 
 ## Run the whole test-suite.
-test: $(STAMP) $(SYSSTAMP)
+test: $(SYSSTAMP) $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
 
 ## Benchmarks: ASGI (corral vs uvicorn, granian, a bare uvloop+httptools server), WSGI
 ## (vs granian, gunicorn) and the cost of metrics (on vs off).
-bench: $(STAMP) $(SYSSTAMP)
+bench: $(SYSSTAMP) $(STAMP)
 	$(BIN)/python tests/bench/bench.py
 	$(BIN)/python tests/bench/bench_wsgi.py
 	$(BIN)/python tests/bench/bench_metrics.py --rounds 5 --scrape-interval 5
