@@ -25,8 +25,6 @@ import argparse
 import http.client
 import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,15 +33,11 @@ import threading
 import time
 from pathlib import Path
 
+from benchlib import free_port, stop
+
 BIN = Path(sys.executable).parent
 APP = "corral.demo.hello:asgi"
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -100,7 +94,7 @@ class _Scraper(threading.Thread):
 
 def run_once(metrics: bool, duration: float, warmup: float, connections: int,
              scrape_interval: float) -> dict[str, float]:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, CORRAL_CONTROL_SOCKET=f"{tmp}/control.sock")
         if metrics:
@@ -136,13 +130,7 @@ def run_once(metrics: bool, duration: float, warmup: float, connections: int,
                     "scrapes": scraper.count if scraper else 0,
                     "scrape_ms": 1000 * scraper.seconds / scraper.count if scraper and scraper.count else 0.0}
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
+            stop(proc)
 
 
 def main() -> int:
