@@ -15,10 +15,7 @@ src="$stage/corral-$version"
 
 rm -rf "$stage"
 mkdir -p "$src"
-# The source: what the wheel and the package need, without caches or build leftovers.
-tar -C "$repo" --exclude=__pycache__ --exclude='*.egg-info' --exclude='*.pyc' \
-    -cf - pyproject.toml README.md daemon units $(cd "$repo" && ls -d conf/corral.yaml 2>/dev/null) \
-    | tar -C "$src" -xf -
+"$repo/packaging/stage-source.sh" "$src"
 cp -r "$repo/packaging/debian" "$src/debian"
 mkdir "$src/wheels"
 cp "$wheels"/*.whl "$src/wheels/"

@@ -12,9 +12,7 @@ stage="$OUT/rpm/stage"
 
 rm -rf "$top" "$stage"
 mkdir -p "$top/SOURCES" "$stage/corral-$version/wheels"
-tar -C "$repo" --exclude=__pycache__ --exclude='*.egg-info' --exclude='*.pyc' \
-    -cf - pyproject.toml README.md daemon units $(cd "$repo" && ls -d conf/corral.yaml 2>/dev/null) \
-    | tar -C "$stage/corral-$version" -xf -
+"$repo/packaging/stage-source.sh" "$stage/corral-$version"
 tar -C "$stage" -czf "$top/SOURCES/corral-$version.tar.gz" --exclude=wheels "corral-$version"
 cp "$wheels"/*.whl "$stage/corral-$version/wheels/"
 tar -C "$stage/corral-$version" -czf "$top/SOURCES/corral-wheels-$version.tar.gz" wheels
