@@ -111,7 +111,7 @@ def run_server(name: str, cmd: list[str], port: int, *, extra_env: dict[str, str
                duration: float, warmup: float, connections: int, nice: list[str]) -> dict[str, object]:
     """Start one server (listening on ``port``) pinned to CPU 0, wait until it answers, measure it, stop it."""
     pinned = nice + ["taskset", "-c", "0"] + cmd
-    env = dict(os.environ, PYTHONPATH=str(REPO / "daemon"), **(extra_env or {}))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon"), **(extra_env or {})}
     proc = subprocess.Popen(pinned, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                             start_new_session=True, cwd=REPO)
     try:

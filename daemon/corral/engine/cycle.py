@@ -62,6 +62,60 @@ def _as_bytes(data: Any) -> bytes:
     raise TypeError(f"response body must be bytes, not {type(data).__name__}")
 
 
+# Validated response heads: (status, header pairs) -> (status line and header
+# lines, Content-Length or None, _F_* flags). Bounded, and only short heads:
+# apps that echo request data in a header cannot grow it without limit.
+_HEADS: dict[tuple[int, tuple[Any, ...]], tuple[bytes, int | None, int]] = {}
+_HEADS_LIMIT = 4096
+_HEAD_MEMO_BYTES = 1024
+
+
+def _encode_head(status: int, headers: tuple[Any, ...]) -> tuple[bytes, int | None, int]:
+    """Validate an ASGI app's response head; return (head bytes, Content-Length, flags)."""
+    names = _NAMES
+    values = _VALUES
+    parts = [STATUS_LINES[status]]
+    length = None
+    flags = 0
+    try:
+        for name, value in headers:
+            lname = names.get(name)
+            if lname is None:
+                lname = check_name(name)
+            if value not in values:
+                check_value(name, value)
+            if lname in _RESP_SPECIAL:
+                if lname == b"content-length":
+                    if not value.isdigit():
+                        raise InvalidResponse(f"invalid Content-Length {value!r}: must be digits")
+                    n = int(value)
+                    if length is not None:
+                        if n != length:
+                            raise InvalidResponse(f"conflicting Content-Length values {length} and {n}")
+                        continue
+                    length = n
+                    if status == 204:
+                        continue  # RFC 9110 8.6: never sent with 204
+                elif lname == b"transfer-encoding":
+                    flags |= _F_TE  # framing is the server's job; the app's header is dropped
+                    continue
+                elif lname == b"connection":
+                    flags |= _F_CONN
+                    if b"close" in value.lower():
+                        flags |= _F_CLOSE
+                elif lname == b"date":
+                    flags |= _F_DATE
+                else:
+                    flags |= _F_SERVER
+            parts += (name, b": ", value, b"\r\n")
+    except (TypeError, ValueError) as exc:
+        raise InvalidResponse(f"response headers must be an iterable of (name, value) byte-string "
+                              f"pairs: {exc}") from None
+    if flags & _F_TE and length is not None:
+        raise InvalidResponse("the app sent both Content-Length and Transfer-Encoding")
+    return b"".join(parts), length, flags
+
+
 class Cycle:
     """Base class of a request/response cycle; see the protocol module docstring."""
 
@@ -72,7 +126,7 @@ class Cycle:
         "_waiter",
         # response
         "status", "response_started", "head_sent", "response_complete", "bytes_sent",
-        "_parts", "_length", "_flags", "_framing", "_remaining",
+        "_head", "_length", "_flags", "_framing", "_remaining",
     )
 
     def __init__(self, conn: "HttpProtocol", scope: dict[str, Any], keep_alive: bool,
@@ -190,60 +244,31 @@ class Cycle:
         Raises InvalidResponse (nothing is written) for a bad status or header, so
         the caller's error path can still answer 500.
         """
+        # Hot path: an app usually sends the same few heads over and over, so a
+        # validated head is memoised whole, keyed by (status, header pairs).
         if self.response_started:
             raise InvalidResponse("the response was already started (http.response.start sent twice)")
         if type(status) is not int or not 200 <= status <= 599:
             raise InvalidResponse(f"invalid response status {status!r}: must be an int from 200 to 599 "
                                   "(1xx interim responses are the server's job)")
-        # Hot path: validate and collect the app's headers; names and common
-        # values are memoised, so this is mostly dictionary lookups.
-        names = _NAMES
-        values = _VALUES
-        # The head as a flat list of byte strings, joined once when it is written.
-        parts = [STATUS_LINES[status]]
-        length = None
-        flags = 0
         try:
-            for name, value in headers:
-                lname = names.get(name)
-                if lname is None:
-                    lname = check_name(name)
-                if value not in values:
-                    check_value(name, value)
-                if lname in _RESP_SPECIAL:
-                    if lname == b"content-length":
-                        if not value.isdigit():
-                            raise InvalidResponse(f"invalid Content-Length {value!r}: must be digits")
-                        n = int(value)
-                        if length is not None:
-                            if n != length:
-                                raise InvalidResponse(f"conflicting Content-Length values {length} and {n}")
-                            continue
-                        length = n
-                        if status == 204 or (100 <= status < 200):
-                            continue  # RFC 9110 8.6: never sent with 1xx or 204
-                    elif lname == b"transfer-encoding":
-                        flags |= _F_TE  # framing is the server's job; the app's header is dropped
-                        continue
-                    elif lname == b"connection":
-                        flags |= _F_CONN
-                        if b"close" in value.lower():
-                            flags |= _F_CLOSE
-                    elif lname == b"date":
-                        flags |= _F_DATE
-                    else:
-                        flags |= _F_SERVER
-                parts += (name, b": ", value, b"\r\n")
-        except (TypeError, ValueError) as exc:
+            items = tuple(headers)
+        except TypeError as exc:
             raise InvalidResponse(f"response headers must be an iterable of (name, value) byte-string "
                                   f"pairs: {exc}") from None
-        if flags & _F_TE and length is not None:
-            raise InvalidResponse("the app sent both Content-Length and Transfer-Encoding")
-        self._parts = parts
-        self._remaining = 0
-        self.status = status
-        self._length = length
+        try:
+            key = (status, items)
+            head = _HEADS.get(key)
+        except TypeError:  # unhashable pairs (lists): validate them, never memoise
+            key = None
+            head = None
+        if head is None:
+            head = _encode_head(status, items)
+            if key is not None and len(_HEADS) < _HEADS_LIMIT and len(head[0]) <= _HEAD_MEMO_BYTES:
+                _HEADS[key] = head
+        self._head, self._length, flags = head
         self._flags = flags
+        self.status = status
         if flags & _F_CLOSE:
             self.keep_alive = False
         self.response_started = True
@@ -256,13 +281,9 @@ class Cycle:
         the declared Content-Length or None, ``flags`` the ``_F_*`` bits for the
         headers the engine looks at, ``close`` whether the app asked to close.
         """
-        parts = [STATUS_LINES[status]]
-        if block:
-            parts += (block, b"\r\n")
-        self._parts = parts
+        self._head = STATUS_LINES[status] + block + b"\r\n" if block else STATUS_LINES[status]
         self._length = length
         self._flags = flags
-        self._remaining = 0
         self.status = status
         if close:
             self.keep_alive = False
@@ -325,11 +346,9 @@ class Cycle:
     def _write_first(self, body: bytes, more: bool) -> None:
         """Write the head, together with the first body bytes in one write (hot path)."""
         status = self.status
-        parts = self._parts
-        flags = self._flags
         length = self._length
         scope = self.scope
-        http10 = scope["http_version"] == "1.0"
+        extra = b""  # header lines the engine adds: framing, connection
         if status == 204 or status == 304 or scope["method"] == "HEAD":
             framing = _NO_BODY
         elif length is not None:
@@ -344,40 +363,44 @@ class Cycle:
         elif not more:
             # The whole body is here: a Content-Length beats chunked framing for every client.
             framing = _LENGTH
-            parts += (b"content-length: ", str(len(body)).encode(), b"\r\n")
-        elif not http10:
+            extra = b"content-length: %d\r\n" % len(body)
+        elif scope["http_version"] != "1.0":
             framing = _CHUNKED
-            parts.append(b"transfer-encoding: chunked\r\n")
+            extra = b"transfer-encoding: chunked\r\n"
         else:
             framing = _UNTIL_CLOSE  # HTTP/1.0 has no chunked coding: the close ends the body
             self.keep_alive = False
+        flags = self._flags
         ctx = self.ctx
-        if self.keep_alive and (ctx.draining or (self.expect_continue and not self.body_complete)):
-            # Draining, or the client still withholds a body we never asked for: close after this.
-            self.keep_alive = False
-        if not self.keep_alive:
-            if not flags & _F_CLOSE:
-                parts.append(b"connection: close\r\n")
-        elif http10 and not flags & _F_CONN:
-            parts.append(b"connection: keep-alive\r\n")
+        if self.keep_alive:
+            if ctx.draining or (self.expect_continue and not self.body_complete):
+                # Draining, or the client still withholds a body we never asked for: close after this.
+                self.keep_alive = False
+                if not flags & _F_CLOSE:
+                    extra += b"connection: close\r\n"
+            elif not flags & _F_CONN and scope["http_version"] == "1.0":
+                extra += b"connection: keep-alive\r\n"
+        elif not flags & _F_CLOSE:
+            extra += b"connection: close\r\n"
         if flags & (_F_DATE | _F_SERVER):
             if not flags & _F_DATE:
-                parts.append(ctx.date_line)
+                extra += ctx.date_line
             if not flags & _F_SERVER:
-                parts.append(ctx.server_line)
+                extra += ctx.server_line
         else:
-            parts.append(ctx.default_headers)
+            extra += ctx.default_headers
         self._framing = framing
         self.head_sent = True
         if framing == _NO_BODY or not body:
-            parts.append(b"\r\n0\r\n\r\n" if framing == _CHUNKED and not more else b"\r\n")
+            data = self._head + extra + (b"\r\n0\r\n\r\n" if framing == _CHUNKED and not more else b"\r\n")
         elif framing == _CHUNKED:
-            parts += (b"\r\n%x\r\n" % len(body), body, b"\r\n" if more else b"\r\n0\r\n\r\n")
+            data = b"".join((self._head, extra, b"\r\n%x\r\n" % len(body), body,
+                             b"\r\n" if more else b"\r\n0\r\n\r\n"))
             self.bytes_sent = len(body)
         else:
-            parts += (b"\r\n", body)
+            data = b"".join((self._head, extra, b"\r\n", body))
             self.bytes_sent = len(body)
-        self.conn.transport.write(b"".join(parts))
+        self.conn.transport.write(data)
 
     def _raise_framing(self, message: str) -> None:
         """Log the app's framing error once and raise it to the app."""
