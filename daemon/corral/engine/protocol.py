@@ -153,7 +153,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "ctx", "loop", "transport", "_parser", "_closed", "_client", "_server", "_trusted",
         # current request head
-        "_url", "_headers", "_nheaders", "_hsize", "_hosts", "_special", "_conn_hdr",
+        "_url", "_headers", "_ntrailers", "_hsize", "_hosts", "_special",
         "_in_head", "_head_extra",
         # requests
         "_cur", "_parsing", "_queue", "_driving", "_stop", "_last_request", "_upgrade",
@@ -173,11 +173,10 @@ class HttpProtocol(asyncio.Protocol):
         self._trusted = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._nheaders = 0
+        self._ntrailers = 0
         self._hsize = 0
         self._hosts = 0
         self._special: list[tuple[bytes, bytes]] | None = None
-        self._conn_hdr = False
         self._in_head = False
         self._head_extra = 0
         self._cur: Cycle | None = None
@@ -279,7 +278,7 @@ class HttpProtocol(asyncio.Protocol):
             if was_in_head:
                 self._head_extra += len(data)
                 if self._head_extra > self.ctx.max_head_bytes and not self._stop:
-                    if self._nheaders == 0 and len(self._url) >= self.ctx.max_request_line:
+                    if not self._headers and len(self._url) >= self.ctx.max_request_line:
                         self._reject(414, "URI Too Long")
                     else:
                         self._reject(431, "Request Header Fields Too Large")
@@ -313,11 +312,9 @@ class HttpProtocol(asyncio.Protocol):
             self._in_head = True
             self._head_extra = 0
             self._headers = []
-            self._nheaders = 0
             self._hsize = 0
             self._hosts = 0
             self._special = None
-            self._conn_hdr = False
             if self._deadline_kind == _KEEPALIVE:
                 self._deadline = self.loop.time() + self.ctx.header_timeout
                 self._deadline_kind = _HEADER
@@ -326,47 +323,124 @@ class HttpProtocol(asyncio.Protocol):
         self._url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        ctx = self.ctx
-        self._nheaders += 1
-        self._hsize += len(name) + len(value)
-        if self._nheaders > ctx.max_header_count or self._hsize > ctx.max_header_size:
-            # Trailers count against the same limits as the header fields before them.
-            raise Reject(431, f"Request Header Fields Too Large (limits: {ctx.max_header_count} "
-                              f"fields, {ctx.max_header_size} bytes)")
         if not self._in_head:
-            return  # a trailer (after on_headers_complete): never reaches scope["headers"]
+            self._on_trailer(name, value)
+            return
+        ctx = self.ctx
+        headers = self._headers
+        self._hsize += len(name) + len(value)
+        if self._hsize > ctx.max_header_size or len(headers) >= ctx.max_header_count:
+            self._headers_too_large()
         name = name.lower()
         if value and value[-1] in (32, 9):
             value = value.rstrip(b" \t")  # OWS is not part of the value (llhttp keeps trailing OWS)
-        self._headers.append((name, value))
+        headers.append((name, value))
         if name in _SPECIAL:
             if name == _H_HOST:
                 self._hosts += 1
-            elif name == _H_CONNECTION:
-                self._conn_hdr = True
             elif self._special is None:
                 self._special = [(name, value)]
             else:
                 self._special.append((name, value))
 
+    def _on_trailer(self, name: bytes, value: bytes) -> None:
+        # A trailer (after on_headers_complete) never reaches scope["headers"],
+        # but counts against the same limits as the header fields before it.
+        self._ntrailers += 1
+        self._hsize += len(name) + len(value)
+        if self._hsize > self.ctx.max_header_size or len(self._headers) + self._ntrailers > self.ctx.max_header_count:
+            self._headers_too_large()
+
+    def _headers_too_large(self) -> None:
+        ctx = self.ctx
+        raise Reject(431, f"Request Header Fields Too Large (limits: {ctx.max_header_count} "
+                          f"fields, {ctx.max_header_size} bytes)")
+
     def on_headers_complete(self) -> None:
         # Hot path.
+        self._in_head = False  # further on_header calls are trailers
         ctx = self.ctx
         parser = self._parser
-        self._in_head = False  # further on_header calls are trailers
-        keep_alive = parser.should_keep_alive()
-        if keep_alive and not self._conn_hdr:
-            # llhttp keeps a connection alive by default only for HTTP/1.1 (the
-            # only x.y with y > 0 it accepts): skip get_http_version(), which
-            # formats a new string on every call.
-            version = "1.1"
-        else:
-            version = parser.get_http_version()
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        keep_alive = parser.should_keep_alive()
+        special = self._special
+        if keep_alive and special is None and self._hosts == 1 and method != "CONNECT":
+            # The common case: one Host, none of the headers that need checks.
+            # llhttp keeps a connection alive by default only for HTTP/1.1 (the
+            # only x.y with y > 0 it accepts) and no Connection header was sent:
+            # skip get_http_version(), which formats a new string on every call.
+            version = "1.1"
+            body_expected = expect = False
+        else:
+            version, keep_alive, body_expected, expect = self._check_head(method, keep_alive)
+
+        url = self._url
+        if url[0] == 47 and 35 not in url:  # "/" first, no "#" (int membership is a memchr)
+            if 63 in url:  # "?"
+                raw_path, _, query = url.partition(b"?")
+            else:
+                raw_path, query = url, b""
+        elif url == b"*":
+            if method != "OPTIONS":
+                raise Reject(400, "Bad Request: request target '*' is only valid with OPTIONS")
+            raw_path, query = b"*", b""
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise Reject(400, "Bad Request: invalid request target") from None
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+        if 37 in raw_path:  # "%"
+            path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+        else:
+            path = raw_path.decode("ascii")
+        if ctx.root_path:
+            path = ctx.root_path + path
+            raw_path = ctx.root_path_bytes + raw_path
+
+        if not keep_alive:
+            self._last_request = True
+        state = ctx.state
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": version,
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": ctx.root_path,
+            "headers": self._headers,
+            "client": self._client,
+            "server": self._server,
+            "state": state.copy() if state else {},
+        }
+        if special is not None and self._trusted and any(n in _PROXY_HEADERS for n, _ in special):
+            apply_proxy_headers(scope, ctx.trusted)
+        cycle = ctx.cycle_class(self, scope, keep_alive, expect, body_expected)
+        ctx.stats.requests_total += 1
+        if body_expected:
+            self._parsing = cycle
+        self._queue.append(cycle)
+        if self._deadline_kind == _HEADER:
+            self._deadline = 0.0
+            self._deadline_kind = _NONE
+
+    def _check_head(self, method: str, keep_alive: bool) -> tuple[str, bool, bool, bool]:
+        """Checks a plain HTTP/1.1 request does not need: framing, Expect, Host, version, Upgrade.
+
+        Returns (http_version, keep_alive, body_expected, expect_continue).
+        """
+        ctx = self.ctx
+        parser = self._parser
+        version = parser.get_http_version()
         body_expected = False
         expect = False
         upgrade = False
+        self._ntrailers = 0
         special = self._special
         if special is not None:
             te = clen = expect_value = None
@@ -408,62 +482,8 @@ class HttpProtocol(asyncio.Protocol):
             # Served as plain HTTP (no protocol switch is supported); the
             # connection closes after the response.
             self._upgrade = True
-
-        url = self._url
-        if url[0] == 47 and 35 not in url:  # "/" first, no "#" (int membership is a memchr)
-            if 63 in url:  # "?"
-                raw_path, _, query = url.partition(b"?")
-            else:
-                raw_path, query = url, b""
-        elif url == b"*":
-            if method != "OPTIONS":
-                raise Reject(400, "Bad Request: request target '*' is only valid with OPTIONS")
-            raw_path, query = b"*", b""
-        else:
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                raise Reject(400, "Bad Request: invalid request target") from None
-            raw_path = parsed.path or b"/"
-            query = parsed.query or b""
-        if 37 in raw_path:  # "%"
-            path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
-        else:
-            path = raw_path.decode("ascii")
-        if ctx.root_path:
-            path = ctx.root_path + path
-            raw_path = ctx.root_path_bytes + raw_path
-
-        if self._upgrade:
             keep_alive = False
-        if not keep_alive:
-            self._last_request = True
-        state = ctx.state
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": version,
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": ctx.root_path,
-            "headers": self._headers,
-            "client": self._client,
-            "server": self._server,
-            "state": state.copy() if state else {},
-        }
-        if special is not None and self._trusted and any(n in _PROXY_HEADERS for n, _ in special):
-            apply_proxy_headers(scope, ctx.trusted)
-        cycle = ctx.cycle_class(self, scope, keep_alive, expect, body_expected)
-        ctx.stats.requests_total += 1
-        if body_expected:
-            self._parsing = cycle
-        self._queue.append(cycle)
-        if self._deadline_kind == _HEADER:
-            self._deadline = 0.0
-            self._deadline_kind = _NONE
+        return version, keep_alive, body_expected, expect
 
     def on_body(self, body: bytes) -> None:
         cycle = self._parsing
