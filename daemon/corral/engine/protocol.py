@@ -538,6 +538,17 @@ class HttpProtocol(asyncio.Protocol):
         stats.duration_sum += duration
         if ctx.access_log is not None:
             ctx.access_log(cycle)
+        if (cycle.keep_alive and not self._queue and self._parsing is None and not self._in_head
+                and not (self._closed or self._eof or self._read_paused)):
+            # The usual keep-alive case: idle until the next request (hot path).
+            self._deadline = self.loop.time() + ctx.keepalive_timeout
+            self._deadline_kind = _KEEPALIVE
+            return
+        self._next_or_idle(cycle)
+
+    def _next_or_idle(self, cycle: "Cycle") -> None:
+        """After a response, the cases response_done() does not handle inline."""
+        ctx = self.ctx
         if not cycle.keep_alive or self._closed:
             self._close()
             return
