@@ -43,9 +43,11 @@ run: $(STAMP)
 test: $(SYSSTAMP) $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
 
-## Benchmarks: ASGI (corral vs uvicorn, granian, a bare uvloop+httptools server), WSGI
+## Benchmarks: the in-process cost per request, ASGI (corral vs uvicorn, granian, a bare uvloop+httptools server), WSGI
 ## (vs granian, gunicorn) and the cost of metrics (on vs off).
 bench: $(SYSSTAMP) $(STAMP)
+	$(BIN)/python tests/bench/bench_inprocess.py --interface asgi
+	$(BIN)/python tests/bench/bench_inprocess.py --interface wsgi
 	$(BIN)/python tests/bench/bench.py
 	$(BIN)/python tests/bench/bench_wsgi.py
 	$(BIN)/python tests/bench/bench_metrics.py --rounds 5 --scrape-interval 5
