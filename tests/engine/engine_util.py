@@ -23,19 +23,26 @@ SERVE = HERE / "serve.py"
 
 
 class EngineProc:
-    """tests/engine/serve.py in a subprocess: one engine on one socket."""
+    """tests/engine/serve.py in a subprocess: one engine on one socket.
+
+    ``app_dir`` is put on the subprocess's PYTHONPATH, so that test apps next to
+    the calling test module import (this directory's ``apps`` by default).
+    """
 
     def __init__(self, app: str = "apps:app", settings: dict[str, Any] | None = None,
                  unix: str | None = None, bind: str = "127.0.0.1:0", shutdown_timeout: float = 10.0,
-                 stats: bool = False, expect_ready: bool = True, backlog: int = 1024) -> None:
+                 stats: bool = False, expect_ready: bool = True, backlog: int = 1024,
+                 interface: str = "asgi", env: dict[str, str] | None = None, app_dir: Path = HERE,
+                 log_prefix: str = "engine-") -> None:
         self.unix = unix
-        self._log = tempfile.NamedTemporaryFile(prefix="engine-", suffix=".log", delete=False)
+        self._log = tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log", delete=False)
         self.stats_path = self._log.name + ".stats.json" if stats else None
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "daemon"), env.get("PYTHONPATH", "")])
-        env.pop("JOURNAL_STREAM", None)
-        cmd = [sys.executable, str(SERVE), "--app", app, "--shutdown-timeout", str(shutdown_timeout),
-               "--backlog", str(backlog)]
+        penv = dict(os.environ)
+        penv["PYTHONPATH"] = os.pathsep.join([str(app_dir), str(REPO / "daemon"), penv.get("PYTHONPATH", "")])
+        penv.pop("JOURNAL_STREAM", None)
+        penv.update(env or {})
+        cmd = [sys.executable, str(SERVE), "--app", app, "--interface", interface,
+               "--shutdown-timeout", str(shutdown_timeout), "--backlog", str(backlog)]
         if settings:
             cmd += ["--settings", json.dumps(settings)]
         if unix:
@@ -44,13 +51,14 @@ class EngineProc:
             cmd += ["--bind", bind]
         if self.stats_path:
             cmd += ["--stats-file", self.stats_path]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=penv, text=True)
         self.port = 0
         if expect_ready:
-            line = self._read_line(30.0)
+            line = self._read_line(60.0)
             if not line.startswith("READY"):
-                self.stop()
-                raise AssertionError(f"engine did not start: {line!r}\n{self.log_text()}")
+                message = f"engine did not start: {line!r}\n{self.log_text()}"
+                self.cleanup()
+                raise AssertionError(message)
             where = line.split()[1]
             if not unix:
                 self.port = int(where)
@@ -70,7 +78,7 @@ class EngineProc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def connect(self, timeout: float = 10.0) -> socket.socket:
+    def connect(self, timeout: float = 30.0) -> socket.socket:
         if self.unix:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
@@ -94,6 +102,7 @@ class EngineProc:
 
     def cleanup(self) -> None:
         self.stop()
+        self._log.close()
         for p in (self._log.name, self.stats_path):
             if p:
                 try:

@@ -8,92 +8,33 @@ The server is the engine tests' ``tests/engine/serve.py`` run with
 from __future__ import annotations
 
 import json
-import os
-import select
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 import weakref
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from util import REPO, stop_process, wait_until
+from engine.engine_util import EngineProc  # tests/ is on sys.path; tests/engine is a namespace package
+from util import wait_until
 
 HERE = Path(__file__).resolve().parent
-SERVE = REPO / "tests" / "engine" / "serve.py"
 
 MODES = [0, 4]  # threads: 0 = inline on the loop, 4 = a pool of four threads
 MODE_IDS = ["inline", "threads4"]
 
 
-class WSGIProc:
-    """One engine serving one WSGI app, on TCP (default) or a unix socket."""
+class WSGIProc(EngineProc):
+    """One engine serving one WSGI app, on TCP (default) or a unix socket; stats on."""
 
     def __init__(self, app: str, threads: int = 0, settings: dict[str, Any] | None = None,
                  unix: str | None = None, env: dict[str, str] | None = None) -> None:
-        self.unix = unix
-        self._log = tempfile.NamedTemporaryFile(prefix="wsgi-", suffix=".log", delete=False)
-        self.stats_path = self._log.name + ".stats.json"
-        full_settings = {"threads": threads, **(settings or {})}
-        penv = dict(os.environ)
-        penv["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "daemon"), penv.get("PYTHONPATH", "")])
-        penv.pop("JOURNAL_STREAM", None)
-        penv.update(env or {})
-        cmd = [sys.executable, str(SERVE), "--app", app, "--interface", "wsgi",
-               "--settings", json.dumps(full_settings), "--stats-file", self.stats_path,
-               "--shutdown-timeout", "5"]
-        cmd += ["--unix", unix] if unix else ["--bind", "127.0.0.1:0"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=penv, text=True)
-        line = self._read_line(60.0)
-        if not line.startswith("READY"):
-            self.cleanup()
-            raise AssertionError(f"WSGI engine did not start: {line!r}\n{self.log_text()}")
-        self.port = 0 if unix else int(line.split()[1])
-
-    def _read_line(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready or self.proc.poll() is not None:
-                return self.proc.stdout.readline().strip()
-        return ""
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def connect(self, timeout: float = 30.0) -> socket.socket:
-        if self.unix:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.connect(self.unix)
-            return sock
-        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-
-    def log_text(self) -> str:
-        return Path(self._log.name).read_text(errors="replace")
-
-    def stats(self) -> dict[str, Any]:
-        return json.loads(Path(self.stats_path).read_text())
+        super().__init__(app, settings={"threads": threads, **(settings or {})}, unix=unix,
+                         shutdown_timeout=5.0, stats=True, interface="wsgi", env=env, app_dir=HERE,
+                         log_prefix="wsgi-")
 
     def rss(self) -> int:
         return psutil.Process(self.proc.pid).memory_info().rss
-
-    def cleanup(self) -> None:
-        stop_process(self.proc)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-        for path in (self._log.name, self.stats_path):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
 
 
 class Response:
