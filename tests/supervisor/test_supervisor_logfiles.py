@@ -28,5 +28,13 @@ def test_usr1_reopens_the_apps_log_files_after_rotation(tmp_path):
             return len({line.split()[-1] for line in logfile.read_text().splitlines()
                         if "served /after" in line}) == 2
         wait_until(both_workers_write_the_new_file, timeout=60, what="both workers logging to the new file")
-        assert "served /after" not in rotated.read_text()
+        # A request a worker served before its USR1 arrived rightly went to the
+        # rotated file. Once both have reopened, nothing more may go there, and
+        # no line may be lost.
+        rotated_before = rotated.read_text()
+        for _ in range(20):
+            assert corral.get("/later")[0] == 200
+        wait_until(lambda: logfile.read_text().count("served /later") == 20, timeout=30,
+                   what="all 20 later requests in the new file")
+        assert rotated.read_text() == rotated_before
         assert "USR1: log files reopened" in corral.log()
