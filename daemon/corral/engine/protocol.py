@@ -100,6 +100,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("corral.engine")
 
 # Request header names the protocol inspects while parsing (hot path: a set lookup).
+# Any of them but Host sends the request head through _check_head().
 _H_HOST = b"host"
 _H_EXPECT = b"expect"
 _H_CL = b"content-length"
