@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
-from engine_util import EngineProc
+from engine_util import EngineProc, started_engines
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +22,5 @@ def server() -> Iterator[EngineProc]:
 @pytest.fixture
 def make_server() -> Iterator[Callable[..., EngineProc]]:
     """Start engines with custom settings; all are stopped at the end of the test."""
-    procs: list[EngineProc] = []
-
-    def start(**kwargs: Any) -> EngineProc:
-        proc = EngineProc(**kwargs)
-        procs.append(proc)
-        return proc
-
-    try:
+    with started_engines(EngineProc) as start:
         yield start
-    finally:
-        for proc in procs:
-            proc.cleanup()

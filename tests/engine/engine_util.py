@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -12,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 import httptools
 
@@ -109,6 +110,26 @@ class EngineProc:
                     os.unlink(p)
                 except FileNotFoundError:
                     pass
+
+
+P = TypeVar("P", bound=EngineProc)
+
+
+@contextlib.contextmanager
+def started_engines(factory: Callable[..., P]) -> Iterator[Callable[..., P]]:
+    """A function that starts engines with ``factory``; every one it started is cleaned up on exit."""
+    procs: list[P] = []
+
+    def start(*args: Any, **kwargs: Any) -> P:
+        proc = factory(*args, **kwargs)
+        procs.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.cleanup()
 
 
 @dataclass

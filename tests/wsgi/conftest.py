@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from engine.engine_util import started_engines
 from wsgi_util import MODE_IDS, MODES, WSGIProc
 
 
@@ -28,15 +29,8 @@ def server(mode: int) -> Iterator[WSGIProc]:
 @pytest.fixture
 def make_server() -> Iterator[Callable[..., WSGIProc]]:
     """Start engines with custom settings; all are stopped at the end of the test."""
-    procs: list[WSGIProc] = []
+    def wsgi_proc(app: str = "wsgi_apps:app", **kwargs: Any) -> WSGIProc:
+        return WSGIProc(app, **kwargs)
 
-    def start(app: str = "wsgi_apps:app", **kwargs: Any) -> WSGIProc:
-        proc = WSGIProc(app, **kwargs)
-        procs.append(proc)
-        return proc
-
-    try:
+    with started_engines(wsgi_proc) as start:
         yield start
-    finally:
-        for proc in procs:
-            proc.cleanup()
