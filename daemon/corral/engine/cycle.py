@@ -359,7 +359,7 @@ class Cycle:
                 self.response_started = False
                 self._raise_framing(f"response body {'longer' if n > length else 'shorter'} than its "
                                     f"Content-Length {length} ({n} bytes)")
-            self._remaining = length - n
+            self._remaining = length - n  # read only under _LENGTH framing, so set only here
         elif not more:
             # The whole body is here: a Content-Length beats chunked framing for every client.
             framing = _LENGTH

@@ -347,9 +347,10 @@ class HttpProtocol(asyncio.Protocol):
     def _on_trailer(self, name: bytes, value: bytes) -> None:
         # A trailer (after on_headers_complete) never reaches scope["headers"],
         # but counts against the same limits as the header fields before it.
+        ctx = self.ctx
         self._ntrailers += 1
         self._hsize += len(name) + len(value)
-        if self._hsize > self.ctx.max_header_size or len(self._headers) + self._ntrailers > self.ctx.max_header_count:
+        if self._hsize > ctx.max_header_size or len(self._headers) + self._ntrailers > ctx.max_header_count:
             self._headers_too_large()
 
     def _headers_too_large(self) -> None:
