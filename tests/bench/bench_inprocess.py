@@ -23,11 +23,9 @@ from benchlib import REPO
 sys.path.insert(0, str(REPO / "daemon"))
 
 from corral.demo import hello  # noqa: E402
-from corral.engine.asgi import ASGICycle  # noqa: E402
-from corral.engine.context import EngineContext  # noqa: E402
 from corral.engine.protocol import HttpProtocol  # noqa: E402
+from corral.engine.server import Server  # noqa: E402
 from corral.engine.settings import EngineSettings  # noqa: E402
-from corral.engine.wsgi.interface import WSGIInterface  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
 
@@ -61,14 +59,9 @@ class CountingTransport:
 
 
 def measure(loop: Any, interface: str, requests: int, result: list[float]) -> None:
-    settings = EngineSettings()
-    if interface == "asgi":
-        app: Any = hello.asgi
-        cycle_class: Any = ASGICycle
-    else:
-        app = hello.wsgi
-        cycle_class = WSGIInterface(app, settings).cycle_class
-    ctx = EngineContext(loop, app, settings, cycle_class, {})
+    app = hello.asgi if interface == "asgi" else hello.wsgi
+    # The connection context exactly as the Server sets it up (shortcuts included).
+    ctx = Server(app, EngineSettings(), interface=interface)._context()
     protocol = HttpProtocol(ctx)
     transport = CountingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]

@@ -37,6 +37,9 @@ class EngineContext:
         # Set by the Server: an interface calls set_saturated(True) when it cannot
         # run more requests (WSGI pool busy) and False when it can again.
         self.set_saturated: Callable[[bool], None] = lambda busy: None
+        # Set by the Server when the interface answers simple requests itself
+        # (HttpProtocol.on_headers_complete says which; WSGI inline mode does).
+        self.serve_simple: Callable[..., None] | None = None
 
         s = settings
         self.max_request_line = s.max_request_line

@@ -75,6 +75,26 @@ head that fails validation can still become a 500.
 The interface adapter (``Server(app, settings, interface=...)``) is an object with
 ``cycle_class``, ``state`` (dict: lifespan state, copied into each scope),
 ``async startup()`` and ``async shutdown()``; see ``corral.engine.server``.
+
+Simple requests (an optional shortcut)
+======================================
+
+An adapter may also offer ``serve_simple(conn, method, raw_path, query, headers)``
+(WSGI inline mode does). The protocol then calls it, from on_headers_complete, for
+a *simple* request: HTTP/1.1, keep-alive, one Host header and none that needs a
+check (no body, Expect, Upgrade, Connection or proxy headers), an origin-form
+target, on a connection with nothing else in progress, while not draining (and
+only with no access log and no root_path, which the Server checks). No scope or
+cycle exists for it. ``serve_simple`` must, before returning, either
+
+* answer it with ``conn.finish_simple(head, body, add_length, status, start)``:
+  one whole keep-alive response, accounted like any other; or
+* turn it into an ordinary cycle with ``conn.adopt(cycle, method, raw_path,
+  query)``, which builds the scope and makes the cycle current, and carry on
+  through the cycle interface above.
+
+It is the per-request hot path of hello-world style apps: a scope dict, a queued
+cycle and its framing state cost about as much as the app itself.
 """
 
 from __future__ import annotations
@@ -152,7 +172,7 @@ class _ErrorCycle:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
-        "ctx", "loop", "transport", "_parser", "_closed", "_client", "_server", "_trusted",
+        "ctx", "loop", "transport", "_parser", "_closed", "client", "server", "_trusted", "interface_state",
         # current request head
         "_url", "_headers", "_ntrailers", "_hsize", "_hosts", "_special",
         "_in_head", "_head_extra",
@@ -169,8 +189,9 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._closed = False
-        self._client: tuple[str, int] | None = None
-        self._server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None  # the peer (host, port); None for a unix socket
+        self.server: tuple[str, int | None] | None = None  # our end: (host, port), or (path, None)
+        self.interface_state: Any = None  # whatever the interface keeps per connection
         self._trusted = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -209,15 +230,15 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         sockname = transport.get_extra_info("sockname")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self._client = (peer[0], peer[1])
+            self.client = (peer[0], peer[1])
             self._trusted = ctx.trusted.trusts(peer[0])
         else:  # unix socket
-            self._client = None
+            self.client = None
             self._trusted = ctx.trusted.trusts(None)
         if isinstance(sockname, tuple) and len(sockname) >= 2:
-            self._server = (sockname[0], sockname[1])
+            self.server = (sockname[0], sockname[1])
         elif sockname:
-            self._server = (sockname if isinstance(sockname, str) else sockname.decode("utf-8", "replace"), None)
+            self.server = (sockname if isinstance(sockname, str) else sockname.decode("utf-8", "replace"), None)
         transport.set_write_buffer_limits(high=ctx.write_buffer_size)  # type: ignore[attr-defined]
         self._deadline = self.loop.time() + ctx.header_timeout
         self._deadline_kind = _HEADER
@@ -367,7 +388,8 @@ class HttpProtocol(asyncio.Protocol):
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         keep_alive = parser.should_keep_alive()
         special = self._special
-        if keep_alive and special is None and self._hosts == 1 and method != "CONNECT":
+        plain = keep_alive and special is None and self._hosts == 1 and method != "CONNECT"
+        if plain:
             # The common case: one Host, none of the headers that need checks.
             # llhttp keeps a connection alive by default only for HTTP/1.1 (the
             # only x.y with y > 0 it accepts) and no Connection header was sent:
@@ -383,6 +405,14 @@ class HttpProtocol(asyncio.Protocol):
                 raw_path, _, query = url.partition(b"?")
             else:
                 raw_path, query = url, b""
+            serve_simple = ctx.serve_simple
+            if (plain and serve_simple is not None and self._cur is None and not self._queue
+                    and not self._stop and not self._read_paused and not ctx.draining):
+                # A simple request on an idle connection: the interface answers it
+                # right here, without a scope or a queued cycle (see serve_simple).
+                ctx.stats.requests_total += 1
+                serve_simple(self, method, raw_path, query, self._headers)
+                return
         elif url == b"*":
             if method != "OPTIONS":
                 raise Reject(400, "Bad Request: request target '*' is only valid with OPTIONS")
@@ -394,32 +424,10 @@ class HttpProtocol(asyncio.Protocol):
                 raise Reject(400, "Bad Request: invalid request target") from None
             raw_path = parsed.path or b"/"
             query = parsed.query or b""
-        if 37 in raw_path:  # "%"
-            path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
-        else:
-            path = raw_path.decode("ascii")
-        if ctx.root_path:
-            path = ctx.root_path + path
-            raw_path = ctx.root_path_bytes + raw_path
 
         if not keep_alive:
             self._last_request = True
-        state = ctx.state
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": version,
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": ctx.root_path,
-            "headers": self._headers,
-            "client": self._client,
-            "server": self._server,
-            "state": state.copy() if state else {},
-        }
+        scope = self._scope(method, version, raw_path, query)
         if special is not None and self._trusted and any(n in _PROXY_HEADERS for n, _ in special):
             apply_proxy_headers(scope, ctx.trusted)
         cycle = ctx.cycle_class(self, scope, keep_alive, expect, body_expected)
@@ -430,6 +438,34 @@ class HttpProtocol(asyncio.Protocol):
         if self._deadline_kind == _HEADER:
             self._deadline = 0.0
             self._deadline_kind = _NONE
+
+    def _scope(self, method: str, version: str, raw_path: bytes, query: bytes) -> dict[str, Any]:
+        """The ASGI scope of the request just parsed (hot path), before any proxy-header correction."""
+        ctx = self.ctx
+        if 37 in raw_path:  # "%"
+            path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+        else:
+            path = raw_path.decode("ascii")  # llhttp refuses non-ASCII bytes in a target
+        root_path = ctx.root_path
+        if root_path:
+            path = root_path + path
+            raw_path = ctx.root_path_bytes + raw_path
+        state = ctx.state
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": version,
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": root_path,
+            "headers": self._headers,
+            "client": self.client,
+            "server": self.server,
+            "state": state.copy() if state else {},
+        }
 
     def _check_head(self, method: str, keep_alive: bool) -> tuple[str, bool, bool, bool]:
         """Checks a plain HTTP/1.1 request does not need: framing, Expect, Host, version, Upgrade.
@@ -548,6 +584,40 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._next_or_idle(cycle)
 
+    def finish_simple(self, head: bytes, body: bytes, add_length: bool, status: int, start: float) -> None:
+        """Answer the simple request being served with one whole response, then idle (hot path).
+
+        For ``serve_simple``: ``head`` is the status line and the app's header
+        lines, each ending in CRLF, with no Connection, Date or Server line;
+        ``add_length`` adds a Content-Length for ``body`` (else ``head`` has one
+        that matches it). The response keeps the connection alive; it is
+        accounted as response_done() accounts a cycle's.
+        """
+        ctx = self.ctx
+        if add_length:
+            head += b"content-length: %d\r\n" % len(body)
+        self.transport.write(b"".join((head, ctx.default_headers, b"\r\n", body)))  # type: ignore[union-attr]
+        stats = ctx.stats
+        duration = ctx.monotonic() - start
+        stats.responses[status // 100] += 1
+        stats.duration_counts[_bisect(_BUCKETS, duration)] += 1
+        stats.duration_sum += duration
+        self._deadline = self.loop.time() + ctx.keepalive_timeout
+        self._deadline_kind = _KEEPALIVE
+
+    def adopt(self, cycle: "Cycle", method: str, raw_path: bytes, query: bytes) -> None:
+        """Make a cycle that began in ``serve_simple`` this connection's current request.
+
+        ``cycle`` is initialised in place as on_headers_complete would have
+        created it for this plain request (its scope: HTTP/1.1, keep-alive, no
+        body); from here on it is an ordinary cycle.
+        """
+        cycle.__init__(self, self._scope(method, "1.1", raw_path, query), True, False, False)  # type: ignore[misc]
+        self._cur = cycle
+        if self._deadline_kind == _HEADER:
+            self._deadline = 0.0
+            self._deadline_kind = _NONE
+
     def _next_or_idle(self, cycle: "Cycle") -> None:
         """After a response, the cases response_done() does not handle inline."""
         ctx = self.ctx
@@ -636,9 +706,9 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
 
     def _peer_text(self) -> str:
-        if self._client is None:
+        if self.client is None:
             return "unix socket"
-        return f"{self._client[0]}:{self._client[1]}"
+        return f"{self.client[0]}:{self.client[1]}"
 
     # ------------------------------------------------------------------ output and flow control
 

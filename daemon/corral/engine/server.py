@@ -108,6 +108,10 @@ class Server:
                                       self._adapter.state)
             self._ctx.on_connection_closed = self._on_connection_closed
             self._ctx.set_saturated = self._set_saturated
+            settings = self.settings
+            if not settings.access_log and not settings.root_path:
+                # The access log and root_path need the request's scope: no shortcut then.
+                self._ctx.serve_simple = getattr(self._adapter, "serve_simple", None)
         return self._ctx
 
     async def serve(self, socks: list[socket.socket]) -> None:

@@ -31,11 +31,12 @@ import sys
 import threading
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import unquote_to_bytes
 
 from corral.engine.cycle import ClientDisconnected, Cycle
-from corral.engine.wire import InvalidResponse
+from corral.engine.wire import STATUS_LINES, InvalidResponse
 from corral.engine.wsgi.body import EMPTY_INPUT, SpooledBody, StreamingInput
-from corral.engine.wsgi.environ import build_environ
+from corral.engine.wsgi.environ import ConnectionEnviron, build_environ
 from corral.engine.wsgi.filewrapper import FileWrapper
 from corral.engine.wsgi.head import encode_head
 from corral.engine.wsgi.sendfile import SendfileJob
@@ -49,6 +50,7 @@ BytesIO = io.BytesIO
 # Response bytes an inline app may produce in one go before the loop serves others.
 _PUMP_BUDGET = 4 << 20
 _get_ident = threading.get_ident
+_new = object.__new__
 
 
 def close_iterable(result: Any, cycle: "WSGICycle") -> None:
@@ -81,10 +83,17 @@ class WSGICycle(Cycle):
     _ident: int | None = None  # the thread running the app (for stack dumps)
     _timed_out = False  # request_timeout passed
     _body: SpooledBody | None = None  # the spooled request body (inline mode)
+    # (method, raw_path, query) while serve_simple() runs the request without
+    # a scope or the base cycle's state (inline mode); None once it is a full cycle.
+    _simple: tuple[str, bytes, bytes] | None = None
 
     iface: "WSGIInterface"  # set on the per-interface subclass
 
     def request_line(self) -> str:
+        simple = self._simple
+        if simple is not None:  # no scope yet: serve_simple() has not needed one
+            method, raw_path, _query = simple
+            return f"{method} {unquote_to_bytes(raw_path).decode('utf-8', 'replace')}"
         scope = self.scope
         return f"{scope['method']} {scope['path']}"
 
@@ -93,11 +102,7 @@ class WSGICycle(Cycle):
     def make_environ(self, wsgi_input: Any) -> dict[str, Any]:
         """The environ for this request (hot path; safe to call from the app thread)."""
         scope = self.scope
-        iface = self.iface
-        key = (scope["client"], scope["server"], scope["scheme"])
-        base = iface.bases.get(key)
-        if base is None:
-            base = iface.make_base(key)
+        base = self.iface.base_for(scope["client"], scope["server"], scope["scheme"])
         return build_environ(base, scope["method"], scope["raw_path"], scope["query_string"],
                              scope["http_version"], scope["headers"], wsgi_input)
 
@@ -221,6 +226,58 @@ class InlineCycle(WSGICycle):
     _iter: Any = None  # the response iterator being pumped
     _scheduled = False  # the body is complete and the app call is queued
 
+    @classmethod
+    def serve_simple(cls, conn: Any, method: str, raw_path: bytes, query: bytes,
+                     headers: list[tuple[bytes, bytes]]) -> None:
+        """Serve a simple request (see ``corral.engine.protocol``) on the loop, now (hot path).
+
+        The cycle object starts bare: no scope, no base-cycle state, only what
+        the app call needs. When the app returns a one-item list with a plain
+        head, the response goes out through ``conn.finish_simple``; anything
+        else (an error, an iterable, write(), Connection: close, HEAD,
+        204/304, a Date or Server of its own) makes it a full cycle first
+        (``_leave_simple``), which carries on as if it had been one all along.
+        """
+        cycle = _new(cls)
+        cycle.conn = conn
+        cycle.ctx = ctx = conn.ctx
+        cycle._simple = (method, raw_path, query)
+        iface = cls.iface
+        state = conn.interface_state
+        if state is None:
+            state = conn.interface_state = ConnectionEnviron(iface.base_for(conn.client, conn.server, "http"))
+        environ = state.environ(method, raw_path, query, headers, EMPTY_INPUT)
+        cycle.start = start = ctx.monotonic()
+        iface.inline_current = cycle
+        try:
+            result = iface.app(environ, cycle.wsgi_start_response)
+        except Exception as exc:
+            iface.inline_current = None
+            cycle._leave_simple()
+            cycle.app_failed(exc)
+            return
+        head = cycle._head
+        if type(result) is list and len(result) == 1 and head is not None and cycle._simple is not None:
+            code, block, length, close, flags = head
+            body = result[0]
+            if (not close and not flags and type(body) is bytes and (length is None or length == len(body))
+                    and code != 204 and code != 304 and method != "HEAD"):
+                iface.inline_current = None
+                conn.finish_simple(STATUS_LINES[code] + block + b"\r\n" if block else STATUS_LINES[code],
+                                   body, length is None, code, start)
+                return
+        cycle._leave_simple()
+        cycle.after_call(result)
+
+    def _leave_simple(self) -> None:
+        """Become the connection's ordinary current cycle, if serve_simple() began this request."""
+        simple = self._simple
+        if simple is not None:
+            self._simple = None
+            start = self.start
+            self.conn.adopt(self, *simple)
+            self.start = start
+
     def run(self) -> None:
         # Hot path.
         self.start = self.ctx.monotonic()
@@ -263,7 +320,7 @@ class InlineCycle(WSGICycle):
         self.call_app(body.finish())
 
     def call_app(self, wsgi_input: Any) -> None:
-        """Run the app and send what it returns (hot path)."""
+        """Run the app and send what it returns."""
         iface = self.iface
         environ = self.make_environ(wsgi_input)
         iface.inline_current = self
@@ -274,6 +331,11 @@ class InlineCycle(WSGICycle):
             self.app_failed(exc)
             self._done()
             return
+        self.after_call(result)
+
+    def after_call(self, result: Any) -> None:
+        """Send what the app returned (``iface.inline_current`` is still this cycle)."""
+        iface = self.iface
         if type(result) is list and len(result) == 1 and not self._sent:
             # Hot path: the whole body in one piece, one write with the head.
             iface.inline_current = None
@@ -317,6 +379,7 @@ class InlineCycle(WSGICycle):
         """The ``write()`` callable. On the loop it cannot wait for a slow client: the transport buffers."""
         if type(data) is not bytes:
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        self._leave_simple()
         self._write(data, True)
 
     def _pump(self) -> None:

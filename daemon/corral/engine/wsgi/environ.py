@@ -206,18 +206,35 @@ def build_environ(
 
     ``raw_path`` is the request target's path as sent (still percent-encoded)
     and ``headers`` the request's header fields in order, trailers excluded.
+    """
+    environ = request_environ(base, method, raw_path, query, http_version, wsgi_input)
+    add_headers(environ, headers)
+    return environ
+
+
+def request_environ(
+    base: dict[str, Any],
+    method: str,
+    raw_path: bytes,
+    query: bytes,
+    http_version: str,
+    wsgi_input: Any,
+) -> dict[str, Any]:
+    """A copy of ``base`` with the request line's keys and ``wsgi.input`` set (hot path).
+
     The base already holds the common values (HTTP/1.1, an empty query), so
     the usual request costs only the keys that differ.
     """
     environ = base.copy()
     raw_uri = raw_path.decode("latin-1")
     environ["REQUEST_METHOD"] = method
-    if b"%" in raw_path:
+    if 37 in raw_path:  # "%"
         path = unquote_to_bytes(raw_path).decode("latin-1")
     else:
         path = raw_uri
-    if environ["SCRIPT_NAME"]:
-        path = split_script_name(path, environ["SCRIPT_NAME"])
+    script_name = environ["SCRIPT_NAME"]
+    if script_name:
+        path = split_script_name(path, script_name)
     environ["PATH_INFO"] = path
     if query:
         qs = query.decode("latin-1")
@@ -227,6 +244,14 @@ def build_environ(
     if http_version != "1.1":
         environ["SERVER_PROTOCOL"] = "HTTP/" + http_version
     environ["wsgi.input"] = wsgi_input
+    return environ
+
+
+def add_headers(environ: dict[str, Any], headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """Add the request's header fields to ``environ`` (hot path).
+
+    Also sets SERVER_NAME/SERVER_PORT from the Host header, as PEP 3333 asks.
+    """
     cache = _KEY_CACHE
     for name, value in headers:
         key = cache.get(name)
@@ -247,17 +272,45 @@ def build_environ(
             name_port = _HOST_CACHE.get(text) or _host_parts(text)
             environ["SERVER_NAME"] = name_port[0]
             environ["SERVER_PORT"] = name_port[1] or ("443" if environ["wsgi.url_scheme"] == "https" else "80")
-    return environ
+
+
+class ConnectionEnviron:
+    """The environ keys shared by the requests of one connection, for its simple requests.
+
+    Clients send the same header fields on every request of a keep-alive
+    connection, as a rule. ``template`` is ``base`` plus the keys of the last
+    header list seen; a request with the same list only copies it.
+    """
+
+    __slots__ = ("base", "headers", "template")
+
+    def __init__(self, base: dict[str, Any]) -> None:
+        self.base = base
+        self.headers: list[tuple[bytes, bytes]] | None = None
+        self.template = base
+
+    def environ(self, method: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]],
+                wsgi_input: Any) -> dict[str, Any]:
+        """The environ of an HTTP/1.1 request on this connection (hot path)."""
+        if headers != self.headers:
+            template = self.base.copy()
+            add_headers(template, headers)
+            self.template = template
+            self.headers = list(headers)  # a copy: the protocol's list is not ours to keep
+        return request_environ(self.template, method, raw_path, query, "1.1", wsgi_input)
 
 
 __all__ = [
+    "ConnectionEnviron",
     "ERRORS",
     "ErrorStream",
+    "add_headers",
     "build_environ",
     "environ_base",
     "set_client",
     "decode_path",
     "header_key",
+    "request_environ",
     "script_name_for",
     "split_host",
     "split_script_name",

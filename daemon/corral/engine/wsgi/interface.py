@@ -52,6 +52,8 @@ class WSGIInterface:
         base_class: type[WSGICycle] = ThreadedCycle if self.threads else InlineCycle
         # A subclass per interface: the cycle finds its interface as a class attribute.
         self.cycle_class = type(base_class.__name__, (base_class,), {"__slots__": (), "iface": self})
+        # Inline mode answers simple requests without a full cycle (the engine's shortcut).
+        self.serve_simple = None if self.threads else self.cycle_class.serve_simple
         self.bases: dict[tuple[Any, Any, str], dict[str, Any]] = {}
         self.pool: ThreadPool | None = None
         self.watch: DeadlineWatch | None = None
@@ -92,16 +94,18 @@ class WSGIInterface:
 
     # ------------------------------------------------------------------ environ bases
 
-    def make_base(self, key: tuple[Any, Any, str]) -> dict[str, Any]:
+    def base_for(self, client: Any, server: Any, scheme: str) -> dict[str, Any]:
         """The per-(client, server, scheme) part of the environ, built once and reused."""
-        client, server, scheme = key
-        if server is not None and server[1] is None:
-            server = None  # a unix socket: SERVER_NAME/PORT come from the Host header
-        base = environ_base(client, server, scheme, self.script_name, bool(self.threads), True, FileWrapper)
-        bases = self.bases
-        if len(bases) >= _BASES_LIMIT:
-            bases.clear()
-        bases[key] = base
+        key = (client, server, scheme)
+        base = self.bases.get(key)
+        if base is None:
+            if server is not None and server[1] is None:
+                server = None  # a unix socket: SERVER_NAME/PORT come from the Host header
+            base = environ_base(client, server, scheme, self.script_name, bool(self.threads), True, FileWrapper)
+            bases = self.bases
+            if len(bases) >= _BASES_LIMIT:
+                bases.clear()
+            bases[key] = base
         return base
 
     # ------------------------------------------------------------------ threads mode
