@@ -73,9 +73,13 @@ def test_memoised_result_is_revalidated_for_different_lists():
 def test_encode_head_memoised_and_204_without_length():
     from corral.engine.wsgi.head import encode_head
     h = [("Content-Type", "text/plain"), ("Content-Length", "2")]
-    assert encode_head("200 OK", h) == (200, b"Content-Type: text/plain\r\nContent-Length: 2", 2, False, 0)
+    assert encode_head("200 OK", h) == (200, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n",
+                                        2, False, 0)
     assert encode_head("200 OK", list(h)) is encode_head("200 OK", h)
-    assert encode_head("204 No Content", [("Content-Length", "0")]) == (204, b"", None, False, 0)
+    assert encode_head("204 No Content", [("Content-Length", "0")]) == (204, b"HTTP/1.1 204 No Content\r\n",
+                                                                        None, False, 0)
+    # The app's own reason phrase is what the client gets (PEP 3333: the status as given).
+    assert encode_head("200 Fine, Thanks", [])[1] == b"HTTP/1.1 200 Fine, Thanks\r\n"
     with pytest.raises(InvalidResponse):
         encode_head("200 OK", [("X", "a\nb")])
     with pytest.raises(InvalidResponse):

@@ -273,15 +273,16 @@ class Cycle:
             self.keep_alive = False
         self.response_started = True
 
-    def set_encoded_head(self, status: int, block: bytes, length: int | None, flags: int,
+    def set_encoded_head(self, status: int, head: bytes, length: int | None, flags: int,
                          close: bool) -> None:
         """Record a head an interface validated and encoded itself (WSGI does).
 
-        ``block`` is the header lines separated by CRLF (no final CRLF), ``length``
-        the declared Content-Length or None, ``flags`` the ``_F_*`` bits for the
-        headers the engine looks at, ``close`` whether the app asked to close.
+        ``head`` is the status line and the header lines, each ending in CRLF
+        (no blank line), ``length`` the declared Content-Length or None, ``flags``
+        the ``_F_*`` bits for the headers the engine looks at, ``close`` whether
+        the app asked to close.
         """
-        self._head = STATUS_LINES[status] + block + b"\r\n" if block else STATUS_LINES[status]
+        self._head = head
         self._length = length
         self._flags = flags
         self.status = status

@@ -60,9 +60,9 @@ head that fails validation can still become a 500.
                                   ``ClientDisconnected`` (an OSError) when the client is
                                   gone, ``InvalidResponse`` when the body breaks the
                                   declared Content-Length (the connection is closed)
-    ``set_encoded_head(status, block, length, flags, close)``  for interfaces that
-                                  validate and encode headers themselves (WSGI): ``block``
-                                  is CRLF-separated header lines, ``flags`` the cycle
+    ``set_encoded_head(status, head, length, flags, close)``  for interfaces that
+                                  validate and encode headers themselves (WSGI): ``head``
+                                  is the status and header lines, each ending in CRLF, ``flags`` the cycle
                                   module's ``_F_*`` bits (Date/Server/Connection given)
     ``is_head``                   the request method is HEAD (no body will be written)
     ``drain() -> Future | None``  await it (if not None) before writing more: the
@@ -240,7 +240,7 @@ class HttpProtocol(asyncio.Protocol):
         elif sockname:
             self.server = (sockname if isinstance(sockname, str) else sockname.decode("utf-8", "replace"), None)
         transport.set_write_buffer_limits(high=ctx.write_buffer_size)  # type: ignore[attr-defined]
-        self._deadline = self.loop.time() + ctx.header_timeout
+        self._deadline = self.ctx.monotonic() + ctx.header_timeout
         self._deadline_kind = _HEADER
         if ctx.draining:
             self.transport.close()  # type: ignore[union-attr]
@@ -337,9 +337,8 @@ class HttpProtocol(asyncio.Protocol):
             self._hsize = 0
             self._hosts = 0
             self._special = None
-            if self._deadline_kind == _KEEPALIVE:
-                self._deadline = self.loop.time() + self.ctx.header_timeout
-                self._deadline_kind = _HEADER
+            # A keep-alive deadline running now becomes the head's header_timeout
+            # at the next sweep (check_deadlines), not here: one step less per request.
         if len(url) > self.ctx.max_request_line:
             raise Reject(414, f"URI Too Long (limit {self.ctx.max_request_line} bytes)")
         self._url = url
@@ -435,9 +434,8 @@ class HttpProtocol(asyncio.Protocol):
         if body_expected:
             self._parsing = cycle
         self._queue.append(cycle)
-        if self._deadline_kind == _HEADER:
-            self._deadline = 0.0
-            self._deadline_kind = _NONE
+        self._deadline = 0.0  # no read deadline while the app runs (a body's is set when awaited)
+        self._deadline_kind = _NONE
 
     def _scope(self, method: str, version: str, raw_path: bytes, query: bytes) -> dict[str, Any]:
         """The ASGI scope of the request just parsed (hot path), before any proxy-header correction."""
@@ -531,7 +529,7 @@ class HttpProtocol(asyncio.Protocol):
             raise Reject(413, f"Content Too Large (limit {limit} bytes)")
         cycle.feed_body(body)
         if self._deadline_kind == _BODY:
-            self._deadline = self.loop.time() + self.ctx.body_timeout
+            self._deadline = self.ctx.monotonic() + self.ctx.body_timeout
 
     def on_message_complete(self) -> None:
         cycle = self._parsing
@@ -570,7 +568,8 @@ class HttpProtocol(asyncio.Protocol):
         ctx = self.ctx
         # EngineStats.observe(), inlined (hot path).
         stats = ctx.stats
-        duration = ctx.monotonic() - cycle.start
+        now = ctx.monotonic()
+        duration = now - cycle.start
         stats.responses[cycle.status // 100] += 1
         stats.duration_counts[_bisect(_BUCKETS, duration)] += 1
         stats.duration_sum += duration
@@ -579,7 +578,7 @@ class HttpProtocol(asyncio.Protocol):
         if (cycle.keep_alive and not self._queue and self._parsing is None and not self._in_head
                 and not (self._closed or self._eof or self._read_paused)):
             # The usual keep-alive case: idle until the next request (hot path).
-            self._deadline = self.loop.time() + ctx.keepalive_timeout
+            self._deadline = now + ctx.keepalive_timeout
             self._deadline_kind = _KEEPALIVE
             return
         self._next_or_idle(cycle)
@@ -598,11 +597,12 @@ class HttpProtocol(asyncio.Protocol):
             head += b"content-length: %d\r\n" % len(body)
         self.transport.write(b"".join((head, ctx.default_headers, b"\r\n", body)))  # type: ignore[union-attr]
         stats = ctx.stats
-        duration = ctx.monotonic() - start
+        now = ctx.monotonic()
+        duration = now - start
         stats.responses[status // 100] += 1
         stats.duration_counts[_bisect(_BUCKETS, duration)] += 1
         stats.duration_sum += duration
-        self._deadline = self.loop.time() + ctx.keepalive_timeout
+        self._deadline = now + ctx.keepalive_timeout
         self._deadline_kind = _KEEPALIVE
 
     def adopt(self, cycle: "Cycle", method: str, raw_path: bytes, query: bytes) -> None:
@@ -614,9 +614,8 @@ class HttpProtocol(asyncio.Protocol):
         """
         cycle.__init__(self, self._scope(method, "1.1", raw_path, query), True, False, False)  # type: ignore[misc]
         self._cur = cycle
-        if self._deadline_kind == _HEADER:
-            self._deadline = 0.0
-            self._deadline_kind = _NONE
+        self._deadline = 0.0
+        self._deadline_kind = _NONE
 
     def _next_or_idle(self, cycle: "Cycle") -> None:
         """After a response, the cases response_done() does not handle inline."""
@@ -641,10 +640,10 @@ class HttpProtocol(asyncio.Protocol):
             self._read_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
         if not self._in_head:
-            self._deadline = self.loop.time() + ctx.keepalive_timeout
+            self._deadline = self.ctx.monotonic() + ctx.keepalive_timeout
             self._deadline_kind = _KEEPALIVE
         elif self._deadline_kind != _HEADER:
-            self._deadline = self.loop.time() + ctx.header_timeout
+            self._deadline = self.ctx.monotonic() + ctx.header_timeout
             self._deadline_kind = _HEADER
 
     # ------------------------------------------------------------------ refusing requests
@@ -691,7 +690,7 @@ class HttpProtocol(asyncio.Protocol):
         # Lingering close: a client still sending (say, a large upload) would get
         # a TCP reset that can destroy our response before it reads it.
         self._stop = True
-        self._deadline = self.loop.time() + _LINGER_SECONDS
+        self._deadline = self.ctx.monotonic() + _LINGER_SECONDS
         self._deadline_kind = _LINGER
         self._linger_budget = _LINGER_BYTES
         if self._read_paused:
@@ -718,7 +717,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        self._write_deadline = self.loop.time() + self.ctx.write_timeout
+        self._write_deadline = self.ctx.monotonic() + self.ctx.write_timeout
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -768,7 +767,7 @@ class HttpProtocol(asyncio.Protocol):
         """Arm (or disarm) the body-read idle timeout while the app waits for body bytes."""
         if waiting:
             if not cycle.body_complete:
-                self._deadline = self.loop.time() + self.ctx.body_timeout
+                self._deadline = self.ctx.monotonic() + self.ctx.body_timeout
                 self._deadline_kind = _BODY
                 if self._read_paused and not self._queue and not self._stop and not self._closed:
                     self._read_paused = False
@@ -781,7 +780,7 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ timeouts and shutdown
 
     def check_deadlines(self, now: float) -> None:
-        """Called by the server about twice a second with ``loop.time()``."""
+        """Called by the server about twice a second with ``time.monotonic()``."""
         if self._closed:
             return
         if self._write_deadline and self._write_deadline <= now:
@@ -789,9 +788,16 @@ class HttpProtocol(asyncio.Protocol):
                      "(write_timeout)", self._peer_text(), self.ctx.write_timeout)
             self._abort()
             return
+        kind = self._deadline_kind
+        if kind == _KEEPALIVE and self._in_head:
+            # A request head began while the keep-alive deadline ran (on_url leaves
+            # the switch to us): header_timeout counts from this sweep, at most a
+            # tick late, and an idle deadline never cuts a request short.
+            self._deadline = now + self.ctx.header_timeout
+            self._deadline_kind = _HEADER
+            return
         if not self._deadline or self._deadline > now:
             return
-        kind = self._deadline_kind
         self._deadline = 0.0
         self._deadline_kind = _NONE
         if kind == _KEEPALIVE:

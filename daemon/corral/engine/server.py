@@ -14,7 +14,6 @@ import asyncio
 import errno
 import logging
 import socket
-import time
 from typing import Any, Callable
 
 from corral.engine.context import EngineContext
@@ -314,11 +313,10 @@ class Server:
         assert ctx is not None
         self._ticker = ctx.loop.call_later(_TICK, self._tick)
         ctx.refresh_headers()
-        now = ctx.loop.time()
+        now = ctx.monotonic()  # the clock of every connection deadline
         for conn in list(ctx.connections):
             conn.check_deadlines(now)
         limit = ctx.request_timeout
         if limit is not None:
-            mono = time.monotonic()
             for conn in list(ctx.connections):
-                conn.check_request_timeout(mono, limit)
+                conn.check_request_timeout(now, limit)

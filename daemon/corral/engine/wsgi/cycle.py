@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote_to_bytes
 
 from corral.engine.cycle import ClientDisconnected, Cycle
-from corral.engine.wire import STATUS_LINES, InvalidResponse
+from corral.engine.wire import InvalidResponse
 from corral.engine.wsgi.body import EMPTY_INPUT, SpooledBody, StreamingInput
 from corral.engine.wsgi.environ import ConnectionEnviron, build_environ
 from corral.engine.wsgi.filewrapper import FileWrapper
@@ -132,9 +132,9 @@ class WSGICycle(Cycle):
         if head is None:
             raise InvalidResponse(f"the WSGI app produced a body without calling start_response() "
                                   f"({self.request_line()})")
-        code, block, length, close, flags = head
-        # WSGI headers were validated and encoded by encode_headers.
-        self.set_encoded_head(code, block, length, flags, close)
+        code, encoded, length, close, flags = head
+        # WSGI headers were validated and encoded by encode_head.
+        self.set_encoded_head(code, encoded, length, flags, close)
 
     # ------------------------------------------------------------------ outcomes (loop thread)
 
@@ -174,12 +174,12 @@ class WSGICycle(Cycle):
         if transport is None or transport.get_write_buffer_size():
             return False
         fd, offset, size = span
-        code, block, length, close, flags = head
+        code, encoded, length, close, flags = head
         if length is None and code not in (204, 304):
             length = size
-            block = block + (b"\r\n" if block else b"") + b"Content-Length: %d" % size
+            encoded += b"Content-Length: %d\r\n" % size
         count = size if length is None else min(length, size)
-        self.commit_head((code, block, length, close, flags))
+        self.commit_head((code, encoded, length, close, flags))
         self._sent = True
         if self.is_head or code in (204, 304) or count == 0:
             self.write_body(b"", False)  # head only (or an empty file); raises if short of Content-Length
@@ -258,13 +258,12 @@ class InlineCycle(WSGICycle):
             return
         head = cycle._head
         if type(result) is list and len(result) == 1 and head is not None and cycle._simple is not None:
-            code, block, length, close, flags = head
+            code, encoded, length, close, flags = head
             body = result[0]
-            if (not close and not flags and type(body) is bytes and (length is None or length == len(body))
+            if (not flags and not close and type(body) is bytes and (length is None or length == len(body))
                     and code != 204 and code != 304 and method != "HEAD"):
                 iface.inline_current = None
-                conn.finish_simple(STATUS_LINES[code] + block + b"\r\n" if block else STATUS_LINES[code],
-                                   body, length is None, code, start)
+                conn.finish_simple(encoded, body, length is None, code, start)
                 return
         cycle._leave_simple()
         cycle.after_call(result)

@@ -202,47 +202,35 @@ def build_environ(
     headers: Iterable[tuple[bytes, bytes]],
     wsgi_input: Any,
 ) -> dict[str, Any]:
-    """The environ for one request: ``base`` (from :func:`environ_base`) plus the request. Hot path.
+    """The environ for one request: ``base`` (from :func:`environ_base`) plus the request.
 
     ``raw_path`` is the request target's path as sent (still percent-encoded)
     and ``headers`` the request's header fields in order, trailers excluded.
+    The base already holds the common values (HTTP/1.1, an empty query), so
+    the usual request costs only the keys that differ.
     """
-    environ = request_environ(base, method, raw_path, query, http_version, wsgi_input)
+    environ = request_environ(base, method, raw_path, query, wsgi_input)
+    script_name = environ["SCRIPT_NAME"]
+    if script_name:
+        environ["PATH_INFO"] = split_script_name(environ["PATH_INFO"], script_name)
+    if http_version != "1.1":
+        environ["SERVER_PROTOCOL"] = "HTTP/" + http_version
     add_headers(environ, headers)
     return environ
 
 
-def request_environ(
-    base: dict[str, Any],
-    method: str,
-    raw_path: bytes,
-    query: bytes,
-    http_version: str,
-    wsgi_input: Any,
-) -> dict[str, Any]:
-    """A copy of ``base`` with the request line's keys and ``wsgi.input`` set (hot path).
-
-    The base already holds the common values (HTTP/1.1, an empty query), so
-    the usual request costs only the keys that differ.
-    """
+def request_environ(base: dict[str, Any], method: str, raw_path: bytes, query: bytes,
+                    wsgi_input: Any) -> dict[str, Any]:
+    """A copy of ``base`` with the request line's keys and ``wsgi.input`` set (hot path)."""
     environ = base.copy()
     raw_uri = raw_path.decode("latin-1")
     environ["REQUEST_METHOD"] = method
-    if 37 in raw_path:  # "%"
-        path = unquote_to_bytes(raw_path).decode("latin-1")
-    else:
-        path = raw_uri
-    script_name = environ["SCRIPT_NAME"]
-    if script_name:
-        path = split_script_name(path, script_name)
-    environ["PATH_INFO"] = path
+    environ["PATH_INFO"] = unquote_to_bytes(raw_path).decode("latin-1") if 37 in raw_path else raw_uri  # "%"
     if query:
         qs = query.decode("latin-1")
         environ["QUERY_STRING"] = qs
         raw_uri = raw_uri + "?" + qs
     environ["RAW_URI"] = raw_uri
-    if http_version != "1.1":
-        environ["SERVER_PROTOCOL"] = "HTTP/" + http_version
     environ["wsgi.input"] = wsgi_input
     return environ
 
@@ -285,19 +273,21 @@ class ConnectionEnviron:
     __slots__ = ("base", "headers", "template")
 
     def __init__(self, base: dict[str, Any]) -> None:
+        if base["SCRIPT_NAME"]:
+            raise ValueError("ConnectionEnviron serves apps mounted at / only (no root_path)")
         self.base = base
         self.headers: list[tuple[bytes, bytes]] | None = None
         self.template = base
 
     def environ(self, method: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]],
                 wsgi_input: Any) -> dict[str, Any]:
-        """The environ of an HTTP/1.1 request on this connection (hot path)."""
+        """The environ of an HTTP/1.1 request on this connection, with no SCRIPT_NAME (hot path)."""
         if headers != self.headers:
             template = self.base.copy()
             add_headers(template, headers)
             self.template = template
             self.headers = list(headers)  # a copy: the protocol's list is not ours to keep
-        return request_environ(self.template, method, raw_path, query, "1.1", wsgi_input)
+        return request_environ(self.template, method, raw_path, query, wsgi_input)
 
 
 __all__ = [

@@ -169,9 +169,12 @@ _HEADS: dict[tuple, tuple[int, bytes, "int | None", bool, int]] = {}
 
 
 def encode_head(status: object, headers: object) -> tuple[int, bytes, int | None, bool, int]:
-    """``start_response``'s arguments as (code, block, Content-Length or None, close, flags). Hot path.
+    """``start_response``'s arguments as (code, head, Content-Length or None, close, flags). Hot path.
 
-    Memoised on the pair, so a response head seen before costs one lookup.
+    ``head`` is the status line (with the app's reason phrase) and the header
+    lines, each ending in CRLF: the response head but for the framing and
+    default headers the engine adds. Memoised on the pair, so a response head
+    seen before costs one lookup.
     """
     try:
         key: tuple | None = (status, tuple(headers)) if type(headers) is list else None  # type: ignore[arg-type]
@@ -180,13 +183,13 @@ def encode_head(status: object, headers: object) -> tuple[int, bytes, int | None
         key = known = None
     if known is not None:
         return known
-    code, _line = encode_status(status)
+    code, line = encode_status(status)
     block, length, close, flags = encode_headers(headers)
     if code == 204 and length is not None:
         # RFC 9110 8.6: never a Content-Length on a 204.
         block, length, close, flags = encode_headers(
             [h for h in headers if str(h[0]).lower() != "content-length"])  # type: ignore[union-attr]
-    result = (code, block, length, close, flags)
+    result = (code, line + block + b"\r\n" if block else line, length, close, flags)
     if key is not None:
         if len(_HEADS) >= _HEADERS_LIMIT:
             _HEADS.clear()
