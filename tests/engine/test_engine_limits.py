@@ -101,6 +101,35 @@ def test_keepalive_timeout_does_not_cut_a_slow_request(make_server):
         assert resp.status == 200 and resp.body.startswith(b"slept")
 
 
+def test_header_timeout_applies_to_a_later_request_on_a_keep_alive_connection(make_server):
+    # The idle keep-alive deadline is long; the head begun after it must still
+    # get header_timeout (the sweep switches deadlines once the head starts).
+    proc = make_server(settings={"header_timeout": 1.0, "keepalive_timeout": 300.0})
+    with proc.connect() as sock:
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+        (resp,) = read_responses(sock, 1)
+        assert resp.status == 200
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Stalled: ")
+        data = recv_all(sock, timeout=30)
+    assert parse_responses(data)[0].status == 408
+
+
+def test_keepalive_timeout_does_not_cut_a_request_head_in_progress(make_server):
+    proc = make_server(settings={"keepalive_timeout": 1.0, "header_timeout": 300.0})
+    with proc.connect() as sock, proc.connect() as control:
+        for s in (sock, control):
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+            (resp,) = read_responses(s, 1)
+            assert resp.status == 200
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n")  # a head begun, not finished
+        # Once the idle control connection is closed, its keep-alive deadline has
+        # passed: the same one that was running on ``sock`` when its head began.
+        assert peer_closed(control, timeout=30)
+        sock.sendall(b"\r\n")
+        (resp,) = read_responses(sock, 1)
+        assert resp.status == 200
+
+
 def test_body_timeout_closes_a_stalled_upload(make_server):
     proc = make_server(settings={"body_timeout": 1.0})
     with proc.connect() as sock:
