@@ -74,10 +74,14 @@ def test_encode_head_memoised_and_204_without_length():
     from corral.engine.wsgi.head import encode_head
     h = [("Content-Type", "text/plain"), ("Content-Length", "2")]
     assert encode_head("200 OK", h) == (200, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n",
-                                        2, False, 0)
+                                        2, False, 0, True)
     assert encode_head("200 OK", list(h)) is encode_head("200 OK", h)
     assert encode_head("204 No Content", [("Content-Length", "0")]) == (204, b"HTTP/1.1 204 No Content\r\n",
-                                                                        None, False, 0)
+                                                                        None, False, 0, False)
+    # "plain": what the simple-request shortcut may send as it is.
+    assert encode_head("200 OK", [("Connection", "close")])[3:] == (True, 0, False)
+    assert encode_head("200 OK", [("Date", "x")])[5] is False
+    assert encode_head("304 Not Modified", [])[5] is False
     # The app's own reason phrase is what the client gets (PEP 3333: the status as given).
     assert encode_head("200 Fine, Thanks", [])[1] == b"HTTP/1.1 200 Fine, Thanks\r\n"
     with pytest.raises(InvalidResponse):

@@ -38,7 +38,7 @@ from corral.engine.wire import InvalidResponse
 from corral.engine.wsgi.body import EMPTY_INPUT, SpooledBody, StreamingInput
 from corral.engine.wsgi.environ import ConnectionEnviron, build_environ
 from corral.engine.wsgi.filewrapper import FileWrapper
-from corral.engine.wsgi.head import encode_head
+from corral.engine.wsgi.head import WSGIHead, encode_head
 from corral.engine.wsgi.sendfile import SendfileJob
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class WSGICycle(Cycle):
 
     # No __slots__ here: the per-request fields below are class-level defaults
     # until a request sets them, so a cycle needs no __init__ of its own (hot path).
-    _head: tuple[int, bytes, int | None, bool, int] | None = None  # from start_response
+    _head: WSGIHead | None = None  # from start_response
     _sent = False  # the head was handed over for writing (exc_info may no longer replace it)
     _result: Any = None  # the app's response iterable, until closed
     _sendfile: SendfileJob | None = None  # the running sendfile, if any
@@ -127,12 +127,12 @@ class WSGICycle(Cycle):
     def _write_legacy(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def commit_head(self, head: tuple[int, bytes, int | None, bool, int] | None) -> None:
+    def commit_head(self, head: WSGIHead | None) -> None:
         """Hand the head recorded by start_response to the base cycle (loop thread; hot path)."""
         if head is None:
             raise InvalidResponse(f"the WSGI app produced a body without calling start_response() "
                                   f"({self.request_line()})")
-        code, encoded, length, close, flags = head
+        code, encoded, length, close, flags, _plain = head
         # WSGI headers were validated and encoded by encode_head.
         self.set_encoded_head(code, encoded, length, flags, close)
 
@@ -174,12 +174,12 @@ class WSGICycle(Cycle):
         if transport is None or transport.get_write_buffer_size():
             return False
         fd, offset, size = span
-        code, encoded, length, close, flags = head
+        code, encoded, length, close, flags, plain = head
         if length is None and code not in (204, 304):
             length = size
             encoded += b"Content-Length: %d\r\n" % size
         count = size if length is None else min(length, size)
-        self.commit_head((code, encoded, length, close, flags))
+        self.commit_head((code, encoded, length, close, flags, plain))
         self._sent = True
         if self.is_head or code in (204, 304) or count == 0:
             self.write_body(b"", False)  # head only (or an empty file); raises if short of Content-Length
@@ -257,11 +257,10 @@ class InlineCycle(WSGICycle):
             cycle.app_failed(exc)
             return
         head = cycle._head
-        if type(result) is list and len(result) == 1 and head is not None and cycle._simple is not None:
-            code, encoded, length, close, flags = head
+        if head is not None and type(result) is list and len(result) == 1 and cycle._simple is not None:
+            code, encoded, length, _close, _flags, plain = head
             body = result[0]
-            if (not flags and not close and type(body) is bytes and (length is None or length == len(body))
-                    and code != 204 and code != 304 and method != "HEAD"):
+            if plain and type(body) is bytes and (length is None or length == len(body)) and method != "HEAD":
                 iface.inline_current = None
                 conn.finish_simple(encoded, body, length is None, code, start)
                 return

@@ -164,17 +164,23 @@ def _encode_headers(headers: list) -> Head:
         raise _explain_bad_value(headers) from None
 
 
+# What encode_head() gives: (code, head, Content-Length or None, close, flags, plain).
+WSGIHead = tuple[int, bytes, "int | None", bool, int, bool]
+
 # (status, tuple(response_headers)) -> encode_head() result.
-_HEADS: dict[tuple, tuple[int, bytes, "int | None", bool, int]] = {}
+_HEADS: dict[tuple, WSGIHead] = {}
 
 
-def encode_head(status: object, headers: object) -> tuple[int, bytes, int | None, bool, int]:
-    """``start_response``'s arguments as (code, head, Content-Length or None, close, flags). Hot path.
+def encode_head(status: object, headers: object) -> WSGIHead:
+    """``start_response``'s arguments as (code, head, Content-Length or None, close, flags, plain). Hot path.
 
     ``head`` is the status line (with the app's reason phrase) and the header
     lines, each ending in CRLF: the response head but for the framing and
-    default headers the engine adds. Memoised on the pair, so a response head
-    seen before costs one lookup.
+    default headers the engine adds. ``close``: the app asked to close the
+    connection; ``flags``: the base cycle's bits for a Date/Server of the app's
+    own; ``plain``: none of those and a status that has a body, so the engine's
+    simple-request shortcut may send it. Memoised on the pair, so a response
+    head seen before costs one lookup.
     """
     try:
         key: tuple | None = (status, tuple(headers)) if type(headers) is list else None  # type: ignore[arg-type]
@@ -189,7 +195,8 @@ def encode_head(status: object, headers: object) -> tuple[int, bytes, int | None
         # RFC 9110 8.6: never a Content-Length on a 204.
         block, length, close, flags = encode_headers(
             [h for h in headers if str(h[0]).lower() != "content-length"])  # type: ignore[union-attr]
-    result = (code, line + block + b"\r\n" if block else line, length, close, flags)
+    plain = not close and not flags and code != 204 and code != 304
+    result = (code, line + block + b"\r\n" if block else line, length, close, flags, plain)
     if key is not None:
         if len(_HEADS) >= _HEADERS_LIMIT:
             _HEADS.clear()
