@@ -2,7 +2,10 @@
 # Both set everything up on a clean Debian machine (as root: apt-get is used for
 # the system tools the tests drive, such as wrk, curl, lintian and rpmbuild).
 
-PYTHON ?= python3
+# The interpreter .venv is made with: the distribution's own python3 where there
+# is one (the one the Debian and RPM packages run corral on, so the tests and the
+# benchmarks see what production sees), else the python3 on PATH.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -49,7 +52,7 @@ bench: $(SYSSTAMP) $(STAMP)
 	$(BIN)/python tests/bench/bench_inprocess.py --interface asgi
 	$(BIN)/python tests/bench/bench_inprocess.py --interface wsgi
 	$(BIN)/python tests/bench/bench.py
-	$(BIN)/python tests/bench/bench_wsgi.py
+	$(BIN)/python tests/bench/bench_wsgi.py --rounds 3
 	$(BIN)/python tests/bench/bench_metrics.py --rounds 5 --scrape-interval 5
 
 ## Build the Debian package into packaging/out/deb/ and lint it (fetches pinned wheels once).
