@@ -52,7 +52,7 @@ bench: $(SYSSTAMP) $(STAMP)
 	$(BIN)/python tests/bench/bench_inprocess.py --interface asgi
 	$(BIN)/python tests/bench/bench_inprocess.py --interface wsgi
 	$(BIN)/python tests/bench/bench.py
-	$(BIN)/python tests/bench/bench_wsgi.py --rounds 3
+	$(BIN)/python tests/bench/bench_wsgi.py --rounds 5
 	$(BIN)/python tests/bench/bench_metrics.py --rounds 5 --scrape-interval 5
 
 ## Build the Debian package into packaging/out/deb/ and lint it (fetches pinned wheels once).

@@ -16,8 +16,10 @@ Prints requests/s, CPU microseconds per request (the server's whole process
 tree), and the two target ratios: corral-inline / granian (>= 1.1) and
 corral-threads / gunicorn (>= 3.0). Not a test: run it by hand or with
 ``make bench``. On a busy machine the req/s ratios are noisy (the load average
-is printed): ``--rounds 3`` alternates the servers and uses medians, and the
-CPU-per-request ratio is the steadier measure of the two.
+is printed): ``--rounds N`` alternates the servers and uses medians, and the
+CPU-per-request ratio is the steadier measure of the two. With rounds, each
+ratio is the median of the per-round ratios (a round runs the servers back to
+back, so they share the machine's slow spells), printed with its range.
 """
 
 from __future__ import annotations
@@ -92,12 +94,18 @@ def main() -> int:
                for name, rs in runs.items()}
     ratios = {}
     for ours, theirs, target in TARGETS:
-        if ours in results and theirs in results:
-            ratio = results[ours]["requests_per_second"] / results[theirs]["requests_per_second"]  # type: ignore[operator]
-            cpu_ratio = results[theirs]["cpu_us_per_request"] / results[ours]["cpu_us_per_request"]  # type: ignore[operator]
+        if ours in runs and theirs in runs:
+            # Paired by round: the two ran seconds apart, so a slow spell of the
+            # machine weighs on both; the median of the per-round ratios counts.
+            paired = sorted(a["requests_per_second"] / b["requests_per_second"]  # type: ignore[operator]
+                            for a, b in zip(runs[ours], runs[theirs]))
+            cpu_paired = sorted(b["cpu_us_per_request"] / a["cpu_us_per_request"]  # type: ignore[operator]
+                                for a, b in zip(runs[ours], runs[theirs]))
+            ratio, cpu_ratio = paired[len(paired) // 2], cpu_paired[len(cpu_paired) // 2]
             ratios[f"{ours}/{theirs}"] = round(ratio, 2)
             verdict = "meets" if ratio >= target else "MISSES"
-            print(f"  {ours} / {theirs} = {ratio:.2f}x req/s ({verdict} the >= {target:g}x target); "
+            spread = f" (rounds {paired[0]:.2f}..{paired[-1]:.2f})" if len(paired) > 1 else ""
+            print(f"  {ours} / {theirs} = {ratio:.2f}x req/s{spread}, {verdict} the >= {target:g}x target; "
                   f"{cpu_ratio:.2f}x by CPU per request")
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": runs, "results": results, "ratios": ratios}, indent=2))

@@ -596,6 +596,7 @@ class HttpProtocol(asyncio.Protocol):
         if add_length:
             head += b"content-length: %d\r\n" % len(body)
         self.transport.write(b"".join((head, ctx.default_headers, b"\r\n", body)))  # type: ignore[union-attr]
+        # As in response_done(): EngineStats.observe(), inlined (a call costs ~2% here).
         stats = ctx.stats
         now = ctx.monotonic()
         duration = now - start
