@@ -33,7 +33,8 @@ from pathlib import Path
 from benchlib import BIN, check_tools, free_port, run_server
 
 APP = "corral.demo.hello:wsgi"
-ORDER = ["corral-inline", "corral-threads", "granian", "gunicorn"]
+# Each pair compared by a target runs back to back within a round.
+ORDER = ["corral-inline", "granian", "corral-threads", "gunicorn"]
 TARGETS = [("corral-inline", "granian", 1.1), ("corral-threads", "gunicorn", 3.0)]
 
 

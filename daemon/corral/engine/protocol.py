@@ -304,7 +304,7 @@ class HttpProtocol(asyncio.Protocol):
                         self._reject(414, "URI Too Long")
                     else:
                         self._reject(431, "Request Header Fields Too Large")
-        if self._cur is None and self._queue and not self._driving:
+        if self._queue and self._cur is None and not self._driving:
             self._drive()
 
     def _reject_parse_error(self, exc: HttpParserError) -> None:
