@@ -168,6 +168,15 @@ def test_simple_responses_stay_on_the_shortcut_and_match_the_full_path(app: Call
     assert fast["responses"] == full["responses"] and fast["finished"] == 1
 
 
+def test_the_apps_reason_phrase_is_sent_as_given() -> None:
+    def custom(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        start_response("200 Fine, Thanks", [])
+        return [b"ok"]
+
+    fast, _full = both(custom)
+    assert fast["adopted"] == 0 and fast["wire"].startswith(b"HTTP/1.1 200 Fine, Thanks\r\n")
+
+
 def test_the_environ_is_complete_and_decoded() -> None:
     fast, _full = both(hello)
     env = fast["environs"][0]
