@@ -30,6 +30,7 @@ import logging
 import sys
 import threading
 import traceback
+from asyncio import _set_running_loop
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote_to_bytes
 
@@ -51,6 +52,26 @@ BytesIO = io.BytesIO
 _PUMP_BUDGET = 4 << 20
 _get_ident = threading.get_ident
 _new = object.__new__
+
+# Inline mode runs the app on the event loop's thread, but the app must see a
+# thread with no running loop, as under gunicorn's sync worker: Django's ORM
+# refuses to run "from an async context", and asyncio.run() and asgiref's
+# async_to_sync (Flask's async views) refuse to start inside a running loop.
+# So every stretch of app code (the call, iterating the body, close()) runs
+# with the thread's running loop unset, and the loop is set back before the
+# engine carries on. ``asyncio._set_running_loop`` is the hook asyncio exports
+# for event loop implementations (uvloop uses it); it is a C call, cheap enough
+# for the hot path. The engine's loop is blocked meanwhile either way.
+_no_loop = _set_running_loop
+
+
+def close_iterable_inline(result: Any, cycle: "WSGICycle") -> None:
+    """``close_iterable`` on the loop's thread, with no running loop (see ``_no_loop``)."""
+    _no_loop(None)
+    try:
+        close_iterable(result, cycle)
+    finally:
+        _no_loop(cycle.ctx.loop)
 
 
 def close_iterable(result: Any, cycle: "WSGICycle") -> None:
@@ -249,13 +270,19 @@ class InlineCycle(WSGICycle):
         environ = state.environ(method, raw_path, query, headers, EMPTY_INPUT)
         cycle.start = start = ctx.monotonic()
         iface.inline_current = cycle
+        _no_loop(None)
         try:
             result = iface.app(environ, cycle.wsgi_start_response)
         except Exception as exc:
+            _no_loop(ctx.loop)
             iface.inline_current = None
             cycle._leave_simple()
             cycle.app_failed(exc)
             return
+        except BaseException:
+            _no_loop(ctx.loop)  # SystemExit, KeyboardInterrupt: the engine still needs its loop
+            raise
+        _no_loop(ctx.loop)
         head = cycle._head
         if head is not None and type(result) is list and len(result) == 1 and cycle._simple is not None:
             code, encoded, length, _close, _flags, plain = head
@@ -322,13 +349,20 @@ class InlineCycle(WSGICycle):
         iface = self.iface
         environ = self.make_environ(wsgi_input)
         iface.inline_current = self
+        loop = self.ctx.loop
+        _no_loop(None)
         try:
             result = iface.app(environ, self.wsgi_start_response)
         except Exception as exc:
+            _no_loop(loop)
             iface.inline_current = None
             self.app_failed(exc)
             self._done()
             return
+        except BaseException:
+            _no_loop(loop)  # SystemExit, KeyboardInterrupt: the engine still needs its loop
+            raise
+        _no_loop(loop)
         self.after_call(result)
 
     def after_call(self, result: Any) -> None:
@@ -356,7 +390,11 @@ class InlineCycle(WSGICycle):
                 if span is not None and self.serve_file(self._head, span, self._file_done):
                     iface.inline_current = None
                     return
-            self._iter = iter(result)
+            _no_loop(None)
+            try:
+                self._iter = iter(result)  # the app's own __iter__ may run here
+            finally:
+                _no_loop(self.ctx.loop)
         except Exception as exc:
             iface.inline_current = None
             self.app_failed(exc)
@@ -393,6 +431,8 @@ class InlineCycle(WSGICycle):
         transport = self.conn.transport
         budget = _PUMP_BUDGET
         iface.inline_current = self
+        loop = self.ctx.loop
+        _no_loop(None)  # the app's generator runs in this loop (see _no_loop)
         try:
             for chunk in it:
                 if not chunk and not self._sent:
@@ -415,13 +455,14 @@ class InlineCycle(WSGICycle):
                 budget -= len(chunk)
                 if budget <= 0:
                     # A fast client and a long body: let other connections run too.
-                    self.ctx.loop.call_soon(self._pump)
+                    loop.call_soon(self._pump)
                     return
             else:
                 self._write(b"", False)
         except Exception as exc:
             self.app_failed(exc)
         finally:
+            _no_loop(loop)
             iface.inline_current = None
         self._done()
 
@@ -438,7 +479,7 @@ class InlineCycle(WSGICycle):
         result = self._result
         if result is not None:
             self._result = None
-            close_iterable(result, self)
+            close_iterable_inline(result, self)
         body = self._body
         if body is not None:
             self._body = None
