@@ -14,7 +14,7 @@ SYSSTAMP := .venv/.sysdeps
 # System packages the test-suite and benchmark drive for real.
 APT_PACKAGES := curl wrk util-linux iproute2 systemd lintian rpm debhelper dh-python \
 	pybuild-plugin-pyproject python3-all python3-setuptools python3-build \
-	python3-installer python3-wheel python3-venv fakeroot prometheus
+	python3-installer python3-wheel python3-venv fakeroot prometheus chromium
 
 .PHONY: run test bench sysdeps venv clean deb rpm
 
