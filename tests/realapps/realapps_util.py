@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,72 @@ class Diff:
                         f"{self.theirs.kind}: {b.status} {b.headers}\n         {b.body[:2000]!r}")
         return ours, theirs
 
+    def compare(self, label: str, ours: "Answer", theirs: "Answer", *, ignore: Iterable[str] = (),
+                body: Callable[[bytes], bytes] | None = None) -> None:
+        """As :meth:`same`, for answers another client got (curl, a requests session); counted alike."""
+        a = ours.exchange(self.ours.port, ignore, body)
+        b = theirs.exchange(self.theirs.port, ignore, body)
+        self.compared += 1
+        self.log.append(f"{label} -> {ours.status}")
+        assert a == b, (f"{label}: corral and {self.theirs.kind} differ\n"
+                        f"corral:  {a.status} {a.headers}\n         {a.body[:2000]!r}\n"
+                        f"{self.theirs.kind}: {b.status} {b.headers}\n         {b.body[:2000]!r}")
+
+
+# --------------------------------------------------------------------------- other clients: curl, requests
+
+
+@dataclass
+class Answer:
+    """A response as a client other than httpx saw it: the status, header pairs in order, the body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (any case), or None."""
+        return next((value for key, value in self.headers if key.lower() == name.lower()), None)
+
+    def exchange(self, port: int, ignore: Iterable[str] = (), body: Callable[[bytes], bytes] | None = None
+                 ) -> Exchange:
+        """Normalised as :meth:`Exchange.of` normalises an httpx response."""
+        here = f"127.0.0.1:{port}"
+        drop = FRAMING_HEADERS | {name.lower() for name in ignore}
+        headers = [(name.lower(), value.replace(here, "127.0.0.1:PORT"))
+                   for name, value in self.headers if name.lower() not in drop]
+        content = self.body.replace(here.encode(), b"127.0.0.1:PORT")
+        return Exchange(self.status, headers, body(content) if body is not None else content)
+
+
+def curl(url: str, *args: str, timeout: float = 60) -> Answer:
+    """Run ``curl`` (silent, errors shown, no retries) on ``url`` with ``args``; parse what came back.
+
+    curl writes the response head with ``-i`` (or ``-I``) before the body;
+    interim ``1xx`` heads (``100 Continue`` to an upload) are skipped. With
+    ``--raw`` the body is the bytes on the wire, chunk framing included.
+    """
+    cmd = ["curl", "-sS", "--max-time", str(timeout), *args]
+    if "-I" not in args and "--head" not in args:
+        cmd.append("-i")
+    out = subprocess.run([*cmd, url], capture_output=True, timeout=timeout + 30)
+    assert out.returncode == 0, \
+        f"{' '.join(cmd)} {url}: exit {out.returncode}: {out.stderr.decode(errors='replace')}"
+    rest = out.stdout
+    while True:
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        if not 100 <= status < 200:
+            break
+    headers = [(name, value.strip()) for name, _, value in (line.partition(":") for line in lines[1:])]
+    return Answer(status, headers, rest)
+
+
+def from_requests(response: Any) -> Answer:
+    """A ``requests.Response`` as an :class:`Answer` (its body as requests decoded it)."""
+    return Answer(response.status_code, list(response.raw.headers.items()), response.content)
+
 
 # --------------------------------------------------------------------------- load during a reload
 
@@ -271,3 +338,32 @@ def wait_port_free(port: int, timeout: float = 30.0) -> None:
         return False
 
     wait_until(free, timeout, 0.1, f"port {port} closed")
+
+
+# --------------------------------------------------------------------------- clients that leave
+
+
+def leave_mid_response(server: Served, path: str, *, after: int = 64 * 1024) -> int:
+    """A client that asks for ``path``, reads ``after`` bytes of the answer and hangs up (a cancelled download).
+
+    Closing with the rest of the answer unread resets the connection, as a
+    browser closing its tab does. Returns the bytes read (head included).
+    """
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+        got = 0
+        while got < after:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += len(chunk)
+    return got
+
+
+def wait_requests_done(server: CorralServer, total: int, timeout: float = 60.0) -> None:
+    """Until corral has finished ``total`` requests and has none in flight (as its workers' heartbeats report)."""
+    def done() -> bool:
+        status = server.status()
+        return status["requests_total"] >= total and status["in_flight"] == 0
+
+    wait_until(done, timeout, 0.2, f"{total} requests finished and none in flight")
