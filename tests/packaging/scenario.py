@@ -5,8 +5,43 @@ system python3)."""
 from __future__ import annotations
 
 DEMO_APP = '''\
-"""The demo app: a plain ASGI app with lifespan, in its own virtualenv."""
-import os
+"""The demo app: a plain ASGI app with lifespan, in its own virtualenv, that uses what the
+README's walk-through gives an app: its state directory (a SQLite database, as Django's
+would be), a directory made writable by ReadWritePaths= (uploads) and a secret handed over
+with LoadCredential=."""
+import hashlib, os, sqlite3
+from pathlib import Path
+
+MEDIA_ROOT = Path("/srv/demo/media")
+
+
+def database():
+    return sqlite3.connect(Path(os.environ["STATE_DIRECTORY"], "db.sqlite3"))
+
+
+def add_note(text):
+    with database() as db:
+        db.execute("INSERT INTO notes (text) VALUES (?)", (text,))
+        return db.execute("SELECT count(*) FROM notes").fetchone()[0]
+
+
+def secret_digest():
+    secret = Path(os.environ["CREDENTIALS_DIRECTORY"], "secret-key").read_bytes()
+    return hashlib.sha256(secret).hexdigest()
+
+
+def upload(body):
+    (MEDIA_ROOT / "upload.txt").write_bytes(body)
+    return len(body)
+
+
+async def read_body(receive):
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
 
 
 async def app(scope, receive, send):
@@ -18,17 +53,43 @@ async def app(scope, receive, send):
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    body = f"demo {os.getpid()}".encode()
-    await send({"type": "http.response.start", "status": 200,
+    route = (scope["method"], scope["path"])
+    status, body = 200, f"demo {os.getpid()}"
+    try:
+        if route == ("POST", "/notes"):
+            status, body = 201, str(add_note((await read_body(receive)).decode()))
+        elif route == ("POST", "/upload"):
+            status, body = 201, str(upload(await read_body(receive)))
+        elif route == ("GET", "/secret"):
+            body = secret_digest()
+    except OSError as exc:  # shown to the test, which asserts on the status
+        status, body = 500, repr(exc)
+    data = body.encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
 '''
+
+# What the README's `systemd-run ... manage.py migrate` runs for the demo app: it creates the
+# database in the state directory, with the secret from the credential (as Django would).
+DEMO_MANAGE = """\
+import os, sys
+from pathlib import Path
+
+from demoapp import database, secret_digest
+
+assert sys.argv[1:] == ["migrate"], sys.argv
+secret_digest()
+with database() as db:
+    db.execute("CREATE TABLE IF NOT EXISTS notes (text TEXT NOT NULL)")
+print("migrated", Path(os.environ["STATE_DIRECTORY"], "db.sqlite3"))
+"""
 
 DEMO_CONFIG = """\
 # /etc/corral/demo.yaml: the demo app lives in its own virtualenv.
 app: demoapp:app
-app_dir: /srv/demo/app
+app_dir: /srv/demo/src
 virtualenv: /srv/demo/venv
 workers: 2
 """

@@ -92,5 +92,7 @@ def test_maintainer_scripts_never_start_or_restart_units(extracted: Path) -> Non
 def test_control_depends_on_the_interpreter_the_venv_is_bound_to(deb) -> None:
     depends = run("dpkg-deb", "-f", str(deb.path), "Depends")
     assert re.search(r"\bpython3\.11\b", depends), depends
+    # The walk-through makes the app's virtualenv with `python3.11 -m venv`.
+    assert re.search(r"\bpython3\.11-venv\b", depends), depends
     assert "systemd" in depends  # via dh_installsysusers
     assert not re.search(r"python3-(uvloop|httptools)", depends)

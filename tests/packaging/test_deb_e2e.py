@@ -1,7 +1,9 @@
 """End to end under a real systemd (overlay namespace, so dpkg never touches the host):
-install the .deb, serve a demo app from its own virtualenv through corral@demo.socket,
-reload, upgrade under load with 0 failed requests, stop and purge without leftovers; and run
-a probe inside the packaged unit's sandbox."""
+install the .deb, deploy a demo app from its own virtualenv as the README's walk-through
+does (state directory, ReadWritePaths=, LoadCredential=, the socket drop-in for nginx's
+group), serve it through corral@demo.socket, reload, upgrade under load with 0 failed
+requests, stop and purge: the package leaves nothing behind but the app's data, which purge
+must never delete. And run a probe inside the packaged unit's sandbox."""
 
 from __future__ import annotations
 
@@ -12,16 +14,19 @@ from pathlib import Path
 import pytest
 
 from harness.systemd import SystemdNamespace
-from scenario import DEMO_APP, DEMO_CONFIG, LOAD, PROBE, PROBE_DROPIN
-from util import wait_until
+from pkgns import (APP, DPKG_ENV, SERVICE, SOCKET, Load, boot,
+                   check_demo_app_writes_and_reads_its_secret, deploy_demo_app,
+                   enablement_links, exists, notes_in_state_dir, processes, request,
+                   start_demo_app, write)
+from scenario import PROBE, PROBE_DROPIN
 
-SOCK = "/run/corral-demo.sock"
-DPKG_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+# Two package builds (~1 min on a loaded machine) and the whole scenario.
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture
 def ns(systemd_ns) -> SystemdNamespace:
-    ns = systemd_ns({}, overlay=True, journald=True)
+    ns = boot(systemd_ns)
     # man-db's trigger rebuilds its index on every install; nothing here reads man pages.
     # A container image's policy-rc.d (exit 101) forbids maintainer scripts to act on
     # services; a real host has none, and the upgrade must reload the running app.
@@ -37,41 +42,6 @@ def install(ns: SystemdNamespace, deb: Path) -> str:
     return proc.stdout + proc.stderr
 
 
-def get(ns: SystemdNamespace, sock: str = SOCK) -> tuple[int, str]:
-    proc = ns.run(["curl", "-sS", "--max-time", "60", "-w", "\n%{http_code}", "--unix-socket",
-                   sock, "http://localhost/"], check=False, timeout=90)
-    body, _, code = proc.stdout.rpartition("\n")
-    return int(code or 0), body + proc.stderr
-
-
-def write(ns: SystemdNamespace, path: str, text: str) -> None:
-    ns.run(["sh", "-c", f'mkdir -p "$(dirname {path})" && cat > {path}'], input=text)
-
-
-# Processes inside the namespace as JSON [pid, ppid, uid, cmdline] (no procps needed).
-PS = """
-import json, os
-out = []
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        status = open(f"/proc/{pid}/status").read()
-        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
-    except OSError:
-        continue
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    out.append([int(pid), int(fields["PPid"]), int(fields["Uid"].split()[0]), cmdline.strip()])
-print(json.dumps(out))
-"""
-
-
-def processes(ns: SystemdNamespace) -> list[list]:
-    return json.loads(ns.run(["/usr/bin/python3", "-c", PS]).stdout)
-
-
-def load_stats(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {"ok": 0, "failed": 0}
-
-
 def test_install_serve_reload_upgrade_under_load_and_purge(ns: SystemdNamespace, deb,
                                                            deb_newer) -> None:
     # 1. Install: the user exists, the templates are known, nothing was started or enabled.
@@ -82,69 +52,62 @@ def test_install_serve_reload_upgrade_under_load_and_purge(ns: SystemdNamespace,
     assert "corral@" not in ns.systemctl("list-units", "--all", "--plain", "corral@*").stdout
     package_files = ns.run(["dpkg", "-L", "corral"]).stdout.split()
 
-    # The demo app in its own virtualenv, and its config.
-    ns.run(["/usr/bin/python3.11", "-m", "venv", "--without-pip", "/srv/demo/venv"])
-    write(ns, "/srv/demo/app/demoapp.py", DEMO_APP)
-    write(ns, "/etc/corral/demo.yaml", DEMO_CONFIG)
-
-    # 2. Start the socket; the first request activates the service and gets 200.
-    ns.systemctl("start", "corral@demo.socket")
-    assert get(ns)[0] == 200
-    wait_until(lambda: ns.show("corral@demo.service", "ActiveState") == "active",
-               timeout=90, what="corral@demo.service active")
-    main_pid = ns.show("corral@demo.service", "MainPID")
-    workers = [cmd for _, ppid, _, cmd in processes(ns) if ppid == int(main_pid)]
-    assert len(workers) == 2 and all(w.startswith("/srv/demo/venv/bin/python ") for w in workers), \
-        f"workers not running in the app's venv: {workers}"
+    # 2. The walk-through: the app's venv, config, secret, drop-ins and migrate; then start
+    # the socket: the first request activates the service and gets 200.
+    digest = deploy_demo_app(ns)
+    main_pid = start_demo_app(ns)
+    check_demo_app_writes_and_reads_its_secret(ns, digest)
 
     # Load from here on, through the reload and the upgrade.
-    script, stop, result = ns.workdir / "load.py", ns.workdir / "load.stop", ns.workdir / "load.json"
-    script.write_text(LOAD)
-    progress = Path(str(result) + ".progress")
-    load = ns.popen(["/usr/bin/python3", str(script), SOCK, str(stop), str(result)])
-    wait_until(lambda: load_stats(progress)["ok"] >= 50, timeout=60, what="load running")
+    load = Load(ns)
 
     # 3. Reload: synchronous, succeeds, still 200, same main process.
-    proc = ns.systemctl("reload", "corral@demo.service", timeout=180, check=False)
+    proc = ns.systemctl("reload", SERVICE, timeout=180, check=False)
     assert proc.returncode == 0, f"systemctl reload failed:\n{proc.stderr}"
-    assert get(ns)[0] == 200
-    assert ns.show("corral@demo.service", "MainPID") == main_pid
+    assert request(ns)[0] == 200
+    assert ns.show(SERVICE, "MainPID") == main_pid
 
     # 4. Install a newer build over it while the load runs.
-    before = load_stats(progress)["ok"]
     install(ns, deb_newer.path)
     assert ns.run(["dpkg-query", "-W", "-f", "${Version}", "corral"]).stdout == \
         deb_newer.path.name.split("_")[1]
-    wait_until(lambda: load_stats(progress)["ok"] >= before + 50, timeout=60,
-               what="load progressing after the upgrade")
-    stop.touch()
-    load.wait(120)
-    stats = load_stats(result)
+    load.wait_for_more(50)
+    stats = load.stop()
     print(f"load across reload + upgrade: {stats}")
     assert stats["failed"] == 0, f"failed requests: {stats}"
     assert stats["ok"] > 100
     # The upgrade reloaded the running instance (not a restart: same PID, no restarts).
-    reloads = ns.journal("corral@demo.service").count("Reloaded corral@demo.service")
+    reloads = ns.journal(SERVICE).count(f"Reloaded {SERVICE}")
     assert reloads >= 2, f"expected the manual and the upgrade's reload, saw {reloads}"
-    assert ns.show("corral@demo.service", "ActiveState") == "active"
-    assert ns.show("corral@demo.service", "MainPID") == main_pid
-    assert ns.show("corral@demo.service", "NRestarts") == "0"
-    assert get(ns)[0] == 200
+    assert ns.show(SERVICE, "ActiveState") == "active"
+    assert ns.show(SERVICE, "MainPID") == main_pid
+    assert ns.show(SERVICE, "NRestarts") == "0"
+    # The new code still has the app's data and secret.
+    assert request(ns, "/notes", method="POST", data="third") == (201, "3")
+    assert request(ns, "/secret") == (200, digest)
 
-    # 5. Stop, purge: nothing left running, no file of the package left behind.
-    ns.systemctl("stop", "corral@demo.socket", "corral@demo.service", timeout=120)
+    # 5. Stop, purge: nothing left running, no file of the package left behind, and the
+    # app's data untouched: its state directory is the only place the unit lets it write.
+    ns.systemctl("stop", SOCKET, SERVICE, timeout=120)
     proc = ns.run(["dpkg", "--purge", "corral"], env=DPKG_ENV, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert notes_in_state_dir(ns) == ["first", "second", "third"]
+    assert exists(ns, f"/srv/{APP}/media/upload.txt")
+    assert f"kept /var/lib/corral/{APP}:" in proc.stderr, \
+        f"purge must name the data it kept:\n{proc.stderr}"
     units = ns.systemctl("list-units", "--all", "--plain", "--no-legend", "corral@*").stdout
     assert " active " not in units, units
+    assert enablement_links(ns) == []
     uid = int(ns.run(["id", "-u", "corral"]).stdout)
     left = [p for p in processes(ns) if p[2] == uid or "/usr/lib/corral/" in p[3]]
     assert left == [], f"processes left running: {left}"
     leftovers = ns.run(["sh", "-c", 'for f; do [ -e "$f" ] && [ ! -d "$f" ] && echo "$f"; done; '
                         "true", "sh", *package_files]).stdout.split()
     assert leftovers == [], f"package files left after purge: {leftovers}"
-    for gone in ("/usr/lib/corral", "/var/lib/corral", "/lib/systemd/system/corral@.service"):
-        assert ns.run(["test", "-e", gone], check=False).returncode != 0, f"{gone} left"
+    for gone in ("/usr/lib/corral", "/lib/systemd/system/corral@.service",
+                 # The app's cache and logs directories were empty: those go.
+                 "/var/cache/corral", "/var/log/corral"):
+        assert not exists(ns, gone), f"{gone} left"
 
 
 def test_packaged_sandbox_keeps_the_runtime_working(ns: SystemdNamespace, deb) -> None:
