@@ -47,6 +47,38 @@ class JournalFormatter(logging.Formatter):
 ACCESS_LOGGER = "corral.access"
 
 
+def _writes_stdio(handler: logging.Handler) -> bool:
+    """Whether ``handler`` writes to this process's stdout or stderr (and so to corral's output)."""
+    if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
+        return False
+    try:
+        return handler.stream.fileno() in (1, 2)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class NotWrittenByTheApp(logging.Filter):
+    """Drops a record that a handler of the app's own already wrote to stdout or stderr.
+
+    An app logger with a stderr handler of its own (the usual Django ``LOGGING``)
+    still propagates to the root logger, where corral's handler would write the
+    same record a second time. A record that the app's handlers send elsewhere
+    (a file, mail, nowhere: a NullHandler) is still corral's to write.
+    Not a hot path: the access log has a logger of its own that does not propagate.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and logger.parent is not None:  # up to, not including, the root
+            for handler in logger.handlers:
+                if record.levelno >= handler.level and _writes_stdio(handler) and handler.filter(record):
+                    return False
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        return True
+
+
 def print_error(message: str) -> None:
     """Write a last word (corral exits right after) to stderr, bypassing logging, which may
     not be set up yet; under journald at priority err, like a logged error."""
@@ -73,6 +105,7 @@ def setup_logging(level: str = "info", *, role: str = "corral") -> None:
                 datefmt="%Y-%m-%d %H:%M:%S",
             )
         )
+    handler.addFilter(NotWrittenByTheApp())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
