@@ -47,13 +47,14 @@ test: $(SYSSTAMP) $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
 
 ## Benchmarks: the in-process cost per request, ASGI (corral vs uvicorn, granian, a bare uvloop+httptools server), WSGI
-## (vs granian, gunicorn) and the cost of metrics (on vs off).
+## (vs granian, gunicorn), the cost of metrics (on vs off) and WebSocket echo (vs uvicorn, granian, a bare server).
 bench: $(SYSSTAMP) $(STAMP)
 	$(BIN)/python tests/bench/bench_inprocess.py --interface asgi
 	$(BIN)/python tests/bench/bench_inprocess.py --interface wsgi
 	$(BIN)/python tests/bench/bench.py
 	$(BIN)/python tests/bench/bench_wsgi.py --rounds 5
 	$(BIN)/python tests/bench/bench_metrics.py --rounds 5 --scrape-interval 5
+	$(BIN)/python tests/bench/bench_ws.py --rounds 3
 
 ## Build the Debian package into packaging/out/deb/ and lint it (fetches pinned wheels once).
 deb: $(SYSSTAMP)

@@ -21,7 +21,7 @@ if [ ! -e "$dir/.complete" ]; then
     # A venv of the target interpreter, so pip picks the wheels that interpreter can load.
     "$python" -m venv "$env"
     "$env/bin/pip" wheel --quiet --require-hashes --no-deps --use-pep517 \
-        --only-binary uvloop,httptools,psutil,pyyaml --wheel-dir "$dir" -r "$lock" >&2
+        --only-binary uvloop,httptools,psutil,pyyaml,websockets --wheel-dir "$dir" -r "$lock" >&2
     rm -rf "$env"
     touch "$dir/.complete"
 fi

@@ -26,6 +26,7 @@ from corral.demo import hello  # noqa: E402
 from corral.engine.protocol import HttpProtocol  # noqa: E402
 from corral.engine.server import Server  # noqa: E402
 from corral.engine.settings import EngineSettings  # noqa: E402
+from corral.worker import inflight  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
 
@@ -60,8 +61,10 @@ class CountingTransport:
 
 def measure(loop: Any, interface: str, requests: int, result: list[float]) -> None:
     app = hello.asgi if interface == "asgi" else hello.wsgi
-    # The connection context exactly as the Server sets it up (shortcuts included).
-    ctx = Server(app, EngineSettings(), interface=interface)._context()
+    # The connection context exactly as a worker sets it up (shortcuts and in-flight table included).
+    server = Server(app, EngineSettings(), interface=interface)
+    server.record_in_flight(inflight.InFlightTable(inflight.create(1024), 1024))
+    ctx = server._context()
     protocol = HttpProtocol(ctx)
     transport = CountingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]

@@ -56,6 +56,8 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    restart = []  # SIGHUP: shut down as a reload or recycle would (WebSockets close with 1012)
+    loop.add_signal_handler(signal.SIGHUP, lambda: (restart.append(True), stop.set()))
     # Accept balancing, as the worker drives it: USR1 pauses, USR2 resumes.
     loop.add_signal_handler(signal.SIGUSR1, server.pause_accepting)
     loop.add_signal_handler(signal.SIGUSR2, server.resume_accepting)
@@ -65,7 +67,7 @@ async def _main(args: argparse.Namespace) -> int:
     where = args.unix or sock.getsockname()[1]
     print(f"READY {where}", flush=True)
     await stop.wait()
-    await server.shutdown(args.shutdown_timeout)
+    await server.shutdown(args.shutdown_timeout, restart=bool(restart))
     print("STOPPED", flush=True)
     sock.close()
     # A test app may ignore cancellation on purpose; don't let asyncio's exit

@@ -51,19 +51,46 @@ def test_x_forwarded_for_from_a_trusted_peer(server, xff, client):
     assert scope["client"][0] == client
 
 
-def test_x_forwarded_proto_and_host(server):
-    scope = _scope(server, b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"
-                           b"X-Forwarded-Host: example.org\r\n")
+ALL_PROXY_HEADERS = {"forwarded_headers": ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                                            "forwarded"]}
+
+
+def test_x_forwarded_proto_and_host(make_server):
+    proc = make_server(settings=ALL_PROXY_HEADERS)
+    scope = _scope(proc, b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"
+                         b"X-Forwarded-Host: example.org\r\n")
     assert scope["scheme"] == "https"
     assert ["host", "example.org"] in scope["headers"]
 
 
-def test_rfc7239_forwarded(server):
-    scope = _scope(server, b'Forwarded: for=198.51.100.1;proto=http, for="[2001:db8::7]:80";proto=https;'
-                           b'host=shop.example\r\n')
+def test_rfc7239_forwarded(make_server):
+    proc = make_server(settings=ALL_PROXY_HEADERS)
+    scope = _scope(proc, b'Forwarded: for=198.51.100.1;proto=http, for="[2001:db8::7]:80";proto=https;'
+                         b'host=shop.example\r\n')
     assert scope["client"][0] == "2001:db8::7"
     assert scope["scheme"] == "https"
     assert ["host", "shop.example"] in scope["headers"]
+
+
+def test_host_and_forwarded_are_not_believed_by_default(server):
+    """A proxy passes a client's own X-Forwarded-Host and Forwarded through (nginx does): by default
+    neither is believed, as by gunicorn and uvicorn; X-Forwarded-For/-Proto, which proxies set, are."""
+    scope = _scope(server, b"X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: http\r\n"
+                           b"X-Forwarded-Host: evil.example\r\n"
+                           b"Forwarded: for=1.2.3.4;proto=https;host=evil.example\r\n")
+    assert scope["client"][0] == "203.0.113.9"
+    assert scope["scheme"] == "http"
+    assert ["host", "t"] in scope["headers"]
+    assert ["x-forwarded-host", "evil.example"] in scope["headers"]  # still there, as a plain header
+
+
+def test_forwarded_headers_setting_is_validated(make_server):
+    from corral.engine.settings import EngineSettings
+
+    with pytest.raises(ValueError, match="forwarded_headers: 'x-real-ip' is not one of"):
+        EngineSettings(forwarded_headers=("x-real-ip",))
+    with pytest.raises(ValueError, match="not a string"):
+        EngineSettings(forwarded_headers="forwarded")
 
 
 def test_proxy_headers_from_an_untrusted_peer_are_ignored(make_server):

@@ -79,10 +79,11 @@ def test_pipelined_requests_after_connection_close_are_not_answered(server):
 
 
 def test_upgrade_request_is_served_as_plain_http_then_closed(server):
-    # No protocol switch is supported: the app answers as for any request, and
-    # whatever the client sends next (another protocol) is never parsed as HTTP.
-    data = exchange(server, b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-                            b"Sec-WebSocket-Version: 13\r\n\r\n" + GET)
+    # An upgrade other than WebSocket (tests/engine/test_ws_*.py) is not supported: the
+    # app answers as for any request, and whatever the client sends next (another
+    # protocol) is never parsed as HTTP.
+    data = exchange(server, b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+                            b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n" + GET)
     responses = parse_responses(data)
     assert [r.status for r in responses] == [200]
     assert responses[0].header("connection") == "close"

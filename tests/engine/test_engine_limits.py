@@ -161,9 +161,10 @@ def test_max_connections_stops_accepting_instead_of_refusing(make_server):
     proc = make_server(settings={"max_connections": 2}, stats=True)
     first, second = proc.connect(), proc.connect()
     try:
+        # Both busy (an idle one would be closed to make room: test_engine_hardening_idle.py).
         for sock in (first, second):
-            sock.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
-            assert read_responses(sock, 1)[0].status == 200
+            sock.sendall(b"GET /sleep?s=4 HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_until(lambda: proc.stats()["in_flight"] == 2, 30, what="two requests in flight")
         # The third connection completes in the kernel backlog but is not accepted:
         # no 503, no response at all, while the two others stay open.
         third = proc.connect()
@@ -176,6 +177,7 @@ def test_max_connections_stops_accepting_instead_of_refusing(make_server):
         assert early == b""
         assert proc.stats()["connections_open"] == 2
         first.close()  # below the limit again: the third is accepted and served
+        assert read_responses(second, 1, timeout=15)[0].status == 200
         (resp,) = read_responses(third, 1, timeout=15)
         assert resp.status == 200
         third.close()

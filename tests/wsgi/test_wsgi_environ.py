@@ -70,7 +70,11 @@ def test_trusted_proxy_headers_set_scheme_and_remote_addr(server):
     assert env["wsgi.url_scheme"] == "https"
     assert env["REMOTE_ADDR"] == "203.0.113.7"
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("shop.example", "443")
-    env = request(server, "GET", "/environ", headers={"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}).json()
+
+
+def test_rfc7239_forwarded_when_configured(make_server):
+    srv = make_server(settings={"forwarded_headers": ["forwarded"]})
+    env = request(srv, "GET", "/environ", headers={"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}).json()
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"], env["wsgi.url_scheme"]) == ("2001:db8::1", "4711", "https")
 
 

@@ -15,6 +15,7 @@ sockets. The worker process (``corral.worker``) drives it through this API:
     server.on_accept = callback     # called after each accepted connection (accept balancing)
     await server.begin_drain()      # stop accepting; later responses say Connection: close
     await server.shutdown(timeout)  # graceful drain, then lifespan shutdown
+                                    # (restart=True: WebSockets close with 1012, not 1001)
 
 Contract details:
 

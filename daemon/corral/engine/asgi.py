@@ -13,9 +13,19 @@ the app later suspends.
   step run by us instead of scheduled, and registered in ``all_tasks()`` only
   if it suspends. Same semantics; a little slower per step once suspended.
 
-The task runs the app's coroutine itself (no wrapper): the outcome reaches the
-cycle directly when the app finishes in its first step, else through a done
-callback (``task_done``).
+The task runs the app's coroutine itself (no wrapper on 3.11): the outcome
+reaches the cycle directly when the app finishes in its first step, else
+through a done callback (``task_done``).
+
+Whatever an app raises is an application error: 500 if the response has not
+started, else the connection is closed; the worker serves on. That includes a
+plain (not async) ``__call__`` that raises before any coroutine exists, and
+``SystemExit`` or ``KeyboardInterrupt`` (``sys.exit()`` in a handler): a task
+would re-raise those two into the event loop and stop the worker with every
+other request on it. corral's workers stop on signals, which the loop handles,
+so an exit that reaches the engine comes from the app. On 3.11 ``_EagerTask``
+catches them in its step; on 3.12+ (a C task) the app's coroutine runs inside
+``_guarded``.
 """
 
 from __future__ import annotations
@@ -39,10 +49,39 @@ _enter_task = _tasks._enter_task
 _leave_task = _tasks._leave_task
 
 
+_NOT_A_COROUTINE = ("the ASGI app returned {!r} instead of a coroutine: an ASGI 3 app is an "
+                    "`async def app(scope, receive, send)`, or an object whose __call__ is async "
+                    "(a WSGI app needs `--interface wsgi`)")
+
+
+_UNCALLED = object()  # ASGICycle.run() on 3.11: the app was not called (its __call__ raised)
+
+
+class _AppExit(Exception):
+    """(Python >= 3.12) The app raised SystemExit or KeyboardInterrupt, carried as ``__cause__``."""
+
+
+async def _guarded(coro: Any) -> Any:
+    """(Python >= 3.12) Run the app's coroutine; its SystemExit or KeyboardInterrupt become an app error.
+
+    A C task re-raises those two into the event loop, which stops it; this
+    frame turns them into an ordinary exception the task keeps.
+    """
+    try:
+        return await coro
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _AppExit(type(exc).__name__) from exc
+    except TypeError:
+        if not hasattr(coro, "__await__"):
+            raise TypeError(_NOT_A_COROUTINE.format(coro)) from None
+        raise
+
+
 class _EagerTask(_tasks._PyTask):  # type: ignore[misc,name-defined]
     """A stdlib Python Task whose first step runs immediately (Python 3.11's missing eager_start)."""
 
     _name = "corral-request"
+    _coro = None
     _num_cancels_requested = 0
     _must_cancel = False
     _fut_waiter = None
@@ -57,6 +96,15 @@ class _EagerTask(_tasks._PyTask):  # type: ignore[misc,name-defined]
         # Hot path: a finished request task has nothing to report.
         if self._state == _PENDING:
             _tasks._PyTask.__del__(self)
+
+    def _Task__step(self, exc: BaseException | None = None) -> None:
+        # A step of the app that raised SystemExit or KeyboardInterrupt: the
+        # stdlib step has stored it in the task, whose done callback answers
+        # 500, and re-raises it, which would stop the worker's loop.
+        try:
+            _PyTask_step(self, exc)
+        except (SystemExit, KeyboardInterrupt):
+            pass
 
     def suspended(self, result: Any) -> None:
         """The first step yielded ``result``: carry on exactly as ``Task.__step`` would."""
@@ -77,6 +125,7 @@ class _EagerTask(_tasks._PyTask):  # type: ignore[misc,name-defined]
 
 
 _new_task = object.__new__
+_PyTask_step = _tasks._PyTask._Task__step  # type: ignore[attr-defined]
 
 
 class ASGICycle(Cycle):
@@ -90,28 +139,25 @@ class ASGICycle(Cycle):
         self._timed_out = False
 
     def run(self) -> None:
-        # Hot path.
+        # Hot path. On 3.11 nothing but the set-up may come before the first
+        # step: every request's StopIteration gets a traceback entry for this
+        # frame, whose line number 3.11 finds by scanning the code up to it.
         ctx = self.ctx
         self.start = ctx.monotonic()
-        coro = ctx.app(self.scope, self.receive, self.send)
         loop = ctx.loop
         context = copy_context()
-        if _EAGER_C_TASK:
-            task = asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg]
-            if task.done():
-                self.task_done(task)
-                return
-            task.add_done_callback(self.task_done)
-        else:
+        if not _EAGER_C_TASK:
             # Task.__step for a first step, inline (see _EagerTask); the app's
-            # outcome goes straight to the cycle when it finishes here.
+            # outcome goes straight to the cycle when it finishes here. The app
+            # is called inside the try: a plain __call__ that raises is an app error.
             task = _new_task(_EagerTask)
             task._loop = loop
             task._callbacks = []
-            task._coro = coro
             task._context = context
+            coro = _UNCALLED
             _enter_task(loop, task)
             try:
+                coro = task._coro = ctx.app(self.scope, self.receive, self.send)
                 result = context.run(coro.send, None)
             except StopIteration:
                 _leave_task(loop, task)
@@ -124,6 +170,8 @@ class ASGICycle(Cycle):
             except Exception as exc:
                 _leave_task(loop, task)
                 task._state = _FINISHED
+                if coro is not _UNCALLED and not hasattr(coro, "send"):  # the app returned no coroutine
+                    exc = TypeError(_NOT_A_COROUTINE.format(coro))
                 self.app_failed(exc)
                 return
             except asyncio.CancelledError:
@@ -131,14 +179,26 @@ class ASGICycle(Cycle):
                 task._state = _FINISHED
                 self.app_cancelled()
                 return
-            except BaseException as exc:  # KeyboardInterrupt, SystemExit
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt: an app error too (see above)
                 _leave_task(loop, task)
                 task._state = _FINISHED
-                task._exception = exc
-                raise
+                self.app_failed(exc)
+                return
             _leave_task(loop, task)
             task._callbacks.append((self.task_done, context))
             task.suspended(result)
+        else:
+            try:
+                coro = ctx.app(self.scope, self.receive, self.send)
+            except BaseException as exc:  # a plain __call__ (middleware) raised: no coroutine exists
+                self.app_failed(exc)
+                return
+            task = asyncio.Task(_guarded(coro), loop=loop, context=context,  # type: ignore[call-arg]
+                                eager_start=True)
+            if task.done():
+                self.task_done(task)
+                return
+            task.add_done_callback(self.task_done)
         # The app is waiting on something; its task carries on from there.
         self.task = task
         ctx.tasks.add(task)
@@ -173,11 +233,17 @@ class ASGICycle(Cycle):
             self.abort_response()
 
     def app_failed(self, exc: BaseException) -> None:
-        if isinstance(exc, ClientDisconnected) and self.disconnected:
-            log.debug("client went away during %s %s", self.scope["method"], self.scope["path"])
+        scope = self.scope
+        if isinstance(exc, _AppExit) and exc.__cause__ is not None:
+            exc = exc.__cause__
+        if self.disconnected and self.log_disconnect(exc):
+            pass  # the client left, and the app stopped because of it: not an error
+        elif isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            log.error("ASGI app raised %s during %s %s; answering 500 and serving on (stop a worker "
+                      "with a signal, not from its app)", type(exc).__name__, scope["method"],
+                      scope["path"], exc_info=exc)
         elif not getattr(exc, "logged", False):
-            log.error("Exception in ASGI application (%s %s)", self.scope["method"], self.scope["path"],
-                      exc_info=exc)
+            log.error("Exception in ASGI application (%s %s)", scope["method"], scope["path"], exc_info=exc)
         self.abort_response(500, "Internal Server Error")
 
     def app_cancelled(self) -> None:
@@ -265,6 +331,12 @@ class ASGIInterface:
         self.app = app
         self.state: dict[str, Any] = {}
         self.lifespan = Lifespan(app, settings.lifespan, self.state)
+
+    @property
+    def websocket_class(self) -> type[Cycle]:
+        """The cycle of WebSocket handshakes (imported on first use: it loads ``websockets``)."""
+        from corral.engine.websocket import WebSocketCycle
+        return WebSocketCycle
 
     async def startup(self) -> None:
         await self.lifespan.startup()

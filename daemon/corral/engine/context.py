@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from corral.engine.proxy import TrustedPeers
 from corral.engine.settings import EngineSettings
@@ -20,6 +21,24 @@ if TYPE_CHECKING:
     from corral.engine.protocol import HttpProtocol
 
 
+class InFlightRecorder(Protocol):
+    """Where the engine notes the request each connection is serving, so that someone else
+    can tell what a worker was doing when it died (``corral.worker.inflight`` implements it).
+
+    ``take(client)`` gives a connection a byte offset in ``buf`` (-1: none free) and
+    ``give_back(offset)`` returns it. Per request the engine calls
+    ``pack_into(buf, offset, 1, method, target)`` before the app runs and sets
+    ``buf[offset] = 0`` once the response is complete.
+    """
+
+    buf: Any
+    pack_into: Callable[[Any, int, int, bytes, bytes], None]
+
+    def take(self, client: tuple[str, int] | None) -> int: ...
+
+    def give_back(self, offset: int) -> None: ...
+
+
 class EngineContext:
     def __init__(self, loop: asyncio.AbstractEventLoop, app: Any, settings: EngineSettings,
                  cycle_class: type["Cycle"], state: dict[str, Any]) -> None:
@@ -29,6 +48,12 @@ class EngineContext:
         self.cycle_class = cycle_class
         self.state = state  # lifespan state; each request gets a shallow copy
         self.connections: set[HttpProtocol] = set()
+        # Every HTTP connection, in the order it last went idle (connected, or
+        # finished a response): at max_connections the server closes the first
+        # one that is idle now, to make room. One move_to_end() per response
+        # (hot path) is a third of what a dict's pop and insert cost.
+        self.idle: OrderedDict[HttpProtocol, None] = OrderedDict()
+        self.closing = 0  # connections closed to make room that are not gone yet
         self.tasks: set[asyncio.Task[Any]] = set()  # app tasks of requests that suspended
         self.draining = False
         self.monotonic = time.monotonic
@@ -40,6 +65,16 @@ class EngineContext:
         # Set by the Server when the interface answers simple requests itself
         # (HttpProtocol.on_headers_complete says which; WSGI inline mode does).
         self.serve_simple: Callable[..., None] | None = None
+        # Set by the Server: the cycle class of WebSocket handshakes (corral.engine.websocket),
+        # or None to serve an Upgrade: websocket request as a plain HTTP request.
+        self.websocket_class: type[Cycle] | None = None
+        # The close code of WebSockets open at shutdown: 1001 (Going Away), or 1012
+        # (Service Restart) when Server.shutdown(restart=True).
+        self.ws_close_code = 1001
+        # Set by Server.record_in_flight(); read per request by the protocol (hot path).
+        self.in_flight: InFlightRecorder | None = None
+        self.in_flight_buf: Any = None
+        self.in_flight_pack: Callable[[Any, int, int, bytes, bytes], None] | None = None
 
         s = settings
         self.max_request_line = s.max_request_line
@@ -57,7 +92,7 @@ class EngineContext:
         self.write_buffer_size = s.write_buffer_size
         self.root_path = s.root_path
         self.root_path_bytes = s.root_path.encode("utf-8")
-        self.trusted = TrustedPeers(s.forwarded_allow_ips)
+        self.trusted = TrustedPeers(s.forwarded_allow_ips, s.forwarded_headers)
         self.access_log: Callable[[Cycle], None] | None = None
         if s.access_log:
             from corral.engine.accesslog import make_access_logger
@@ -80,6 +115,11 @@ class EngineContext:
         self.date_line = default_headers(None, s.date_header, now)
         self.server_line = default_headers(s.server_header, False)
         self.default_headers = self.date_line + self.server_line
+
+    def set_in_flight(self, recorder: InFlightRecorder | None) -> None:
+        self.in_flight = recorder
+        self.in_flight_buf = recorder.buf if recorder is not None else None
+        self.in_flight_pack = recorder.pack_into if recorder is not None else None
 
     def connection_closed(self) -> None:
         if self.on_connection_closed is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Iterable
 
 from corral.engine.wire import (
@@ -54,6 +55,48 @@ _NO_BODY = 4
 
 class ClientDisconnected(OSError):
     """The client closed the connection; raised by ``send()`` (ASGI spec 2.4: an OSError)."""
+
+
+# Exceptions that mean "the client left", by class name: ours, and Starlette's
+# (FastAPI's) ClientDisconnect, which it raises from our OSError or when
+# receive() says http.disconnect. Names, so the engine imports no framework.
+_DISCONNECT_NAMES = frozenset(("ClientDisconnected", "ClientDisconnect"))
+
+
+class DisconnectCause(IntEnum):
+    """How an app's exception relates to its client leaving."""
+
+    NONE = 0  # unrelated: an application error
+    IS = 1  # the exception is the client leaving
+    AFTER = 2  # raised while handling the client leaving (it is in the exception's chain)
+
+
+def disconnect_cause(exc: BaseException) -> DisconnectCause:
+    """Whether an app's exception comes from the client leaving."""
+    if isinstance(exc, BaseExceptionGroup):
+        # A task group's: caused by the disconnect only if every member is.
+        causes = [disconnect_cause(e) for e in exc.exceptions]
+        return DisconnectCause.NONE if DisconnectCause.NONE in causes else max(causes)
+    cause = DisconnectCause.IS
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen and len(seen) < 16:
+        if isinstance(node, ClientDisconnected) or type(node).__name__ in _DISCONNECT_NAMES:
+            return cause
+        seen.add(id(node))
+        node = node.__cause__ or node.__context__
+        cause = DisconnectCause.AFTER
+    return DisconnectCause.NONE
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``file:line`` where ``exc`` was raised, for a log line without its traceback."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
 
 
 def _as_bytes(data: Any) -> bytes:
@@ -305,7 +348,11 @@ class Cycle:
             body = _as_bytes(body)
         if self.response_complete:
             raise InvalidResponse("response body sent after the response was complete")
-        if self.disconnected:
+        if self.disconnected and not (self._framing == _NO_BODY and self._length is not None):
+            # The app learns that the client left (a stream must stop), except
+            # for a response without a body (HEAD, 204, 304) whose head is out
+            # and that declared a length: its finite body is dropped as it
+            # would have been anyway.
             raise ClientDisconnected("the client closed the connection")
         if not self.response_started:
             raise InvalidResponse("response body sent before the response was started")
@@ -417,6 +464,26 @@ class Cycle:
         self.response_complete = True
         self.conn.response_done(self)
         self._raise_framing(message)
+
+    def log_disconnect(self, exc: BaseException) -> bool:
+        """Log an app's exception that the client's leaving caused; False if it is not one.
+
+        A client that leaves (a closed tab, ``curl -I``) is normal: the
+        ``ClientDisconnected`` that send() raised, or the framework's own
+        exception for it, is logged at debug; an exception raised while
+        handling one gets one info line, with no traceback. Call it only once
+        ``self.disconnected`` is true.
+        """
+        cause = disconnect_cause(exc)
+        if cause == DisconnectCause.NONE:
+            return False
+        scope = self.scope
+        if cause == DisconnectCause.IS:
+            log.debug("client went away during %s %s (%s)", scope["method"], scope["path"], type(exc).__name__)
+        else:
+            log.info("client went away during %s %s; the app then raised %s: %s (at %s)", scope["method"],
+                     scope["path"], type(exc).__name__, exc, _raised_at(exc))
+        return True
 
     def abort_response(self, status: int = 500, message: str = "Internal Server Error") -> None:
         """End this exchange after an error: answer ``status`` if nothing was written, else close."""

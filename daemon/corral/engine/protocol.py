@@ -76,6 +76,16 @@ The interface adapter (``Server(app, settings, interface=...)``) is an object wi
 ``cycle_class``, ``state`` (dict: lifespan state, copied into each scope),
 ``async startup()`` and ``async shutdown()``; see ``corral.engine.server``.
 
+WebSocket handshakes
+====================
+
+With ``ctx.websocket_class`` set (ASGI, ``ws: true``), a request whose Upgrade
+header offers ``websocket`` gets that cycle class instead (it answers 400/426
+itself for a malformed handshake); bytes that came behind its head go to its
+``on_upgrade_data(data)``. Once it has written a 101 it calls
+``switch_protocols(cycle, protocol)``: the transport and the connection's place
+in ``ctx.connections`` pass to ``protocol`` (``corral.engine.websocket``).
+
 Simple requests (an optional shortcut)
 ======================================
 
@@ -140,6 +150,11 @@ _KEEPALIVE = 2  # idle between requests
 _BODY = 3  # the app waits for body bytes
 _LINGER = 4  # an error response went out; draining the client's input before closing
 
+# _head_extra while data_received runs: the head began in this read (after a
+# request with a body), its bytes in the read not counted yet.
+_HEAD_BEGAN = -1
+_HEAD_AFTER_BODY = -2
+
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1 << 20
 
@@ -175,12 +190,14 @@ class HttpProtocol(asyncio.Protocol):
         "ctx", "loop", "transport", "_parser", "_closed", "client", "server", "_trusted", "interface_state",
         # current request head
         "_url", "_headers", "_ntrailers", "_hsize", "_hosts", "_special",
-        "_in_head", "_head_extra",
+        "_in_head", "_head_extra", "_after_body",
         # requests
-        "_cur", "_parsing", "_queue", "_driving", "_stop", "_last_request", "_upgrade",
+        "_cur", "_parsing", "_queue", "_driving", "_stop", "_last_request", "_upgrade", "_ws_handshake",
         # flow control and deadlines
         "_read_paused", "_body_reader_paused", "_write_paused", "_drain_waiters",
-        "_deadline", "_deadline_kind", "_write_deadline", "_linger_budget", "_eof",
+        "_deadline", "_deadline_kind", "_write_deadline", "_linger_budget", "_eof", "_evicted",
+        # this connection's slot in the in-flight table (ctx.in_flight); -1: not recorded
+        "_rec",
     )
 
     def __init__(self, ctx: "EngineContext") -> None:
@@ -200,7 +217,8 @@ class HttpProtocol(asyncio.Protocol):
         self._hosts = 0
         self._special: list[tuple[bytes, bytes]] | None = None
         self._in_head = False
-        self._head_extra = 0
+        self._head_extra = 0  # bytes of the current head read so far; < 0: it began in this read
+        self._after_body = False  # the last request had a body (until the next one begins)
         self._cur: Cycle | None = None
         self._parsing: Cycle | None = None
         self._queue: deque[Any] = deque()
@@ -208,6 +226,7 @@ class HttpProtocol(asyncio.Protocol):
         self._stop = False
         self._last_request = False
         self._upgrade = False
+        self._ws_handshake = False  # the request is a WebSocket handshake, for ctx.websocket_class
         self._read_paused = False
         self._body_reader_paused = False
         self._write_paused = False
@@ -217,6 +236,8 @@ class HttpProtocol(asyncio.Protocol):
         self._write_deadline = 0.0
         self._linger_budget = 0
         self._eof = False
+        self._evicted = False  # closed to make room for a new connection
+        self._rec = -1
 
     # ------------------------------------------------------------------ connection events
 
@@ -240,8 +261,11 @@ class HttpProtocol(asyncio.Protocol):
         elif sockname:
             self.server = (sockname if isinstance(sockname, str) else sockname.decode("utf-8", "replace"), None)
         transport.set_write_buffer_limits(high=ctx.write_buffer_size)  # type: ignore[attr-defined]
+        if ctx.in_flight is not None:
+            self._rec = ctx.in_flight.take(self.client)
         self._deadline = self.ctx.monotonic() + ctx.header_timeout
         self._deadline_kind = _HEADER
+        ctx.idle[self] = None  # silent so far: the newest idle connection
         if ctx.draining:
             self.transport.close()  # type: ignore[union-attr]
 
@@ -251,7 +275,13 @@ class HttpProtocol(asyncio.Protocol):
         self._closed = True
         ctx = self.ctx
         ctx.connections.discard(self)
+        ctx.idle.pop(self, None)
+        if self._evicted:
+            ctx.closing -= 1
         ctx.stats.connections_open -= 1
+        if self._rec >= 0:
+            ctx.in_flight.give_back(self._rec)  # type: ignore[union-attr]
+            self._rec = -1
         seen = set()
         for cycle in (self._cur, self._parsing, *self._queue):
             if cycle is not None and not isinstance(cycle, _ErrorCycle) and id(cycle) not in seen:
@@ -279,11 +309,10 @@ class HttpProtocol(asyncio.Protocol):
                 if self._linger_budget < 0:
                     self._close()
             return
-        was_in_head = self._in_head
         try:
             self._parser.feed_data(data)
-        except HttpParserUpgrade:
-            self._on_upgrade()
+        except HttpParserUpgrade as exc:
+            self._on_upgrade(data, exc)
         except HttpParserCallbackError as exc:
             reason = exc.__context__
             if isinstance(reason, Reject):
@@ -296,16 +325,44 @@ class HttpProtocol(asyncio.Protocol):
                 self._reject_parse_error(exc)
         if self._in_head:
             # httptools buffers a header line until it is complete, without a
-            # callback: bound what a client can make it hold.
-            if was_in_head:
-                self._head_extra += len(data)
-                if self._head_extra > self.ctx.max_head_bytes and not self._stop:
-                    if not self._headers and len(self._url) >= self.ctx.max_request_line:
-                        self._reject(414, "URI Too Long")
-                    else:
-                        self._reject(431, "Request Header Fields Too Large")
+            # callback: bound what a client can make it hold, by counting the
+            # bytes of this request head read so far.
+            count = self._head_extra
+            if count >= 0:  # the whole read belongs to the head that was in progress before it
+                count += len(data)
+            else:  # the head began in this read (after other requests, maybe)
+                count = self._head_bytes_in(data, count == _HEAD_AFTER_BODY)
+            self._head_extra = count
+            if count > self.ctx.max_head_bytes and not self._stop:
+                if not self._headers and len(self._url) >= self.ctx.max_request_line:
+                    self._reject(414, "URI Too Long")
+                else:
+                    self._reject(431, "Request Header Fields Too Large")
         if self._queue and self._cur is None and not self._driving:
             self._drive()
+
+    def _head_bytes_in(self, data: bytes, after_body: bool) -> int:
+        """How many bytes at the end of ``data`` belong to the request head that began in it.
+
+        The read ends inside that head, which holds no empty line (CRLF CRLF
+        would have ended it). Before it came the end of an earlier head, the
+        CRLF CRLF that ends a chunked body, or empty lines llhttp skips: so the
+        head starts right after the last CRLF CRLF, or (none in this read) after
+        the leading CR and LF bytes; the start of its method may have come in
+        earlier reads, which counted no head then. A Content-Length body ends
+        in any bytes, so after a body this returns what the parser reported of
+        the head (its target and header fields): a lower bound that is exact up
+        to the field in progress, which the next read counts whole.
+        """
+        if after_body:
+            return len(self._url) + self._hsize
+        end = data.rfind(b"\r\n\r\n")
+        start = end + 4 if end >= 0 else len(data) - len(data.lstrip(b"\r\n"))
+        method = self._parser.get_method() + b" "
+        earlier = 0  # bytes of "METHOD " in earlier reads
+        while not data.startswith(method[earlier:], start):
+            earlier += 1
+        return len(data) - start + earlier
 
     def _reject_parse_error(self, exc: HttpParserError) -> None:
         text = str(exc)
@@ -314,12 +371,17 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self._reject(400, f"Bad Request: {text}")
 
-    def _on_upgrade(self) -> None:
+    def _on_upgrade(self, data: bytes, exc: HttpParserUpgrade) -> None:
         # The request was fully parsed (llhttp stops at the end of its head);
         # bytes after it belong to another protocol: never parse them as HTTP.
         self._stop = True
         self.transport.pause_reading()  # type: ignore[union-attr]
         self._read_paused = True
+        if self._ws_handshake and self._queue:
+            # A WebSocket client may send its first frames right behind the handshake.
+            offset = exc.args[0] if exc.args else len(data)
+            if offset < len(data):
+                self._queue[-1].on_upgrade_data(data[offset:])
 
     # ------------------------------------------------------------------ parser callbacks (hot path)
 
@@ -332,7 +394,11 @@ class HttpProtocol(asyncio.Protocol):
             url = self._url + url
         else:  # a new request begins
             self._in_head = True
-            self._head_extra = 0
+            if self._after_body:
+                self._head_extra = _HEAD_AFTER_BODY
+                self._after_body = False
+            else:
+                self._head_extra = _HEAD_BEGAN
             self._headers = []
             self._hsize = 0
             self._hosts = 0
@@ -399,6 +465,12 @@ class HttpProtocol(asyncio.Protocol):
             version, keep_alive, body_expected, expect = self._check_head(method, keep_alive)
 
         url = self._url
+        rec = self._rec
+        if rec >= 0 and self._cur is None and not self._queue:
+            # Noted before the app runs: a worker that dies in it leaves the request behind for
+            # the supervisor to log (corral.worker.inflight). A pipelined request is noted when
+            # its turn comes (_next_or_idle).
+            ctx.in_flight_pack(ctx.in_flight_buf, rec, 1, raw_method, url)  # type: ignore[misc]
         if url[0] == 47 and 35 not in url:  # "/" first, no "#" (int membership is a memchr)
             if 63 in url:  # "?"
                 raw_path, _, query = url.partition(b"?")
@@ -429,7 +501,8 @@ class HttpProtocol(asyncio.Protocol):
         scope = self._scope(method, version, raw_path, query)
         if special is not None and self._trusted and any(n in _PROXY_HEADERS for n, _ in special):
             apply_proxy_headers(scope, ctx.trusted)
-        cycle = ctx.cycle_class(self, scope, keep_alive, expect, body_expected)
+        cycle = (ctx.websocket_class if self._ws_handshake else ctx.cycle_class)(  # type: ignore[misc]
+            self, scope, keep_alive, expect, body_expected)
         ctx.stats.requests_total += 1
         if body_expected:
             self._parsing = cycle
@@ -510,6 +583,13 @@ class HttpProtocol(asyncio.Protocol):
         elif self._hosts != 1:
             raise Reject(400, "Bad Request: missing Host header" if not self._hosts
                          else "Bad Request: more than one Host header")
+        if upgrade and method != "CONNECT" and ctx.websocket_class is not None \
+                and ctx.websocket_class.wants(special):  # type: ignore[attr-defined]
+            # A WebSocket handshake: checked (400/426) and answered by the WebSocket cycle.
+            if body_expected:
+                raise Reject(400, "Bad Request: a WebSocket handshake must not have a body")
+            self._ws_handshake = True
+            return version, False, False, False  # closes after any answer but a 101
         if (upgrade or method == "CONNECT") and parser.should_upgrade():
             if method == "CONNECT":
                 raise Reject(501, "Not Implemented: CONNECT")
@@ -534,6 +614,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         cycle = self._parsing
         if cycle is not None:
+            self._after_body = True  # for the head-size count of the next request
             self._parsing = None
             cycle.end_body()
             if self._deadline_kind == _BODY:
@@ -566,6 +647,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._cur = None
         ctx = self.ctx
+        if self._rec >= 0:
+            ctx.in_flight_buf[self._rec] = 0  # no longer in flight
         # EngineStats.observe(), inlined (hot path).
         stats = ctx.stats
         now = ctx.monotonic()
@@ -580,8 +663,38 @@ class HttpProtocol(asyncio.Protocol):
             # The usual keep-alive case: idle until the next request (hot path).
             self._deadline = now + ctx.keepalive_timeout
             self._deadline_kind = _KEEPALIVE
+            ctx.idle.move_to_end(self)
             return
         self._next_or_idle(cycle)
+
+    def switch_protocols(self, cycle: "Cycle", protocol: asyncio.Protocol) -> None:
+        """Hand the connection to ``protocol`` once ``cycle`` wrote a 101 (a WebSocket accepted).
+
+        The 101 is accounted as the request's response (stats, access log). The
+        connection then leaves the HTTP bookkeeping: ``protocol`` takes this
+        object's place in ``ctx.connections`` and the transport calls it from now
+        on. It answers the server's per-connection calls (``check_deadlines``,
+        ``check_request_timeout``, ``drain_for_shutdown``, ``force_close``,
+        ``evict``, ``_cur``) and, when the connection ends, takes it out of
+        ``ctx.connections``, decrements ``stats.connections_open`` and calls
+        ``ctx.connection_closed()``.
+        """
+        ctx = self.ctx
+        self._cur = None
+        self._closed = self._stop = True  # nothing here touches the transport again
+        self._queue.clear()
+        self._deadline = 0.0
+        self._deadline_kind = _NONE
+        ctx.idle.pop(self, None)
+        if self._rec >= 0:
+            ctx.in_flight.give_back(self._rec)  # type: ignore[union-attr]
+            self._rec = -1
+        ctx.stats.observe(cycle.status, ctx.monotonic() - cycle.start)
+        if ctx.access_log is not None:
+            ctx.access_log(cycle)
+        ctx.connections.discard(self)
+        ctx.connections.add(protocol)  # type: ignore[arg-type]
+        self.transport.set_protocol(protocol)  # type: ignore[union-attr]
 
     def finish_simple(self, head: bytes, body: bytes, add_length: bool, status: int, start: float) -> None:
         """Answer the simple request being served with one whole response, then idle (hot path).
@@ -596,6 +709,8 @@ class HttpProtocol(asyncio.Protocol):
         if add_length:
             head += b"content-length: %d\r\n" % len(body)
         self.transport.write(b"".join((head, ctx.default_headers, b"\r\n", body)))  # type: ignore[union-attr]
+        if self._rec >= 0:
+            ctx.in_flight_buf[self._rec] = 0  # no longer in flight
         # As in response_done(): EngineStats.observe(), inlined (a call costs ~2% here).
         stats = ctx.stats
         now = ctx.monotonic()
@@ -605,6 +720,7 @@ class HttpProtocol(asyncio.Protocol):
         stats.duration_sum += duration
         self._deadline = now + ctx.keepalive_timeout
         self._deadline_kind = _KEEPALIVE
+        ctx.idle.move_to_end(self)
 
     def adopt(self, cycle: "Cycle", method: str, raw_path: bytes, query: bytes) -> None:
         """Make a cycle that began in ``serve_simple`` this connection's current request.
@@ -632,6 +748,8 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
             return
         if self._queue:
+            if self._rec >= 0:
+                self._note_next()
             if not self._driving:
                 # We may be inside the previous request's task (its last send()):
                 # start the next request from a plain loop callback instead.
@@ -643,9 +761,22 @@ class HttpProtocol(asyncio.Protocol):
         if not self._in_head:
             self._deadline = self.ctx.monotonic() + ctx.keepalive_timeout
             self._deadline_kind = _KEEPALIVE
+            ctx.idle.move_to_end(self)
         elif self._deadline_kind != _HEADER:
             self._deadline = self.ctx.monotonic() + ctx.header_timeout
             self._deadline_kind = _HEADER
+
+    def _note_next(self) -> None:
+        """A pipelined request is about to run: note it in the in-flight table."""
+        scope = getattr(self._queue[0], "scope", None)
+        if scope is None:  # a queued refusal: no app runs for it
+            return
+        target = scope["raw_path"]
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        ctx = self.ctx
+        ctx.in_flight_pack(ctx.in_flight_buf, self._rec, 1,  # type: ignore[misc]
+                           scope["method"].encode("latin-1"), target)
 
     # ------------------------------------------------------------------ refusing requests
 
@@ -687,6 +818,8 @@ class HttpProtocol(asyncio.Protocol):
         if self._closed or transport is None or transport.is_closing():
             return
         transport.write(error_response(status, message, ctx.default_headers))
+        if self._rec >= 0:
+            ctx.in_flight_buf[self._rec] = 0  # refused: no app runs for it any more
         ctx.stats.observe(status, 0.0)
         # Lingering close: a client still sending (say, a large upload) would get
         # a TCP reset that can destroy our response before it reads it.
@@ -832,6 +965,23 @@ class HttpProtocol(asyncio.Protocol):
 
     def is_idle(self) -> bool:
         return (self._cur is None and not self._queue and self._parsing is None and not self._in_head)
+
+    def evict(self) -> bool:
+        """Close this connection to make room for a new one, if it is idle; False if it is not.
+
+        Idle: between requests (kept alive) or silent since it connected, with
+        nothing left to send. A connection still sending its last response is
+        not closed: the client is reading it (write_timeout deals with one that
+        is not).
+        """
+        transport = self.transport
+        if (self._evicted or self._closed or not self.is_idle() or transport is None
+                or transport.get_write_buffer_size()):
+            return False
+        self._evicted = True
+        self.ctx.closing += 1
+        self._close()
+        return True
 
     def drain_for_shutdown(self) -> None:
         """Graceful shutdown: close now if idle, else close after the current response."""

@@ -1,9 +1,15 @@
 """Proxy headers: who the client really is when a trusted proxy forwards the request.
 
-``X-Forwarded-For/-Proto/-Host`` and RFC 7239 ``Forwarded`` are believed only when
-the direct peer is trusted (``forwarded_allow_ips``). Within the forwarded chain
-the right-most *untrusted* hop is the client: every hop to its right was added by
-a proxy we trust, every hop to its left was written by the client and may be a lie.
+The headers named in ``forwarded_headers`` are believed only when the direct
+peer is trusted (``forwarded_allow_ips``). Within the forwarded chain the
+right-most *untrusted* hop is the client: every hop to its right was added by a
+proxy we trust, every hop to its left was written by the client and may be a lie.
+
+Only ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed by default, as
+by gunicorn and uvicorn. A proxy appends to or overwrites those two, but most
+pass a client's own ``X-Forwarded-Host`` and ``Forwarded`` through untouched
+(nginx does, unless told otherwise): believing them by default would let any
+client choose the Host the app builds absolute URLs with, and its address.
 """
 
 from __future__ import annotations
@@ -13,11 +19,21 @@ from typing import Any, Iterable
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# The proxy headers corral understands, and those it believes unless told otherwise.
+PROXY_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded")
+DEFAULT_FORWARDED_HEADERS = ("x-forwarded-for", "x-forwarded-proto")
+
 
 class TrustedPeers:
-    """The set of peers allowed to set proxy headers, with a memoised lookup."""
+    """The peers allowed to set proxy headers (with a memoised lookup), and which headers they may set."""
 
-    def __init__(self, entries: Iterable[str]) -> None:
+    def __init__(self, entries: Iterable[str], headers: Iterable[str] = DEFAULT_FORWARDED_HEADERS) -> None:
+        names = []
+        for name in headers:
+            if not isinstance(name, str) or name.strip().lower() not in PROXY_HEADERS:
+                raise ValueError(f"forwarded_headers: {name!r} is not one of {', '.join(PROXY_HEADERS)}")
+            names.append(name.strip().lower().encode("latin-1"))
+        self.headers: frozenset[bytes] = frozenset(names)
         self.any = False
         self.unix = False
         self._networks: list[_Network] = []
@@ -118,7 +134,10 @@ def apply_proxy_headers(scope: dict[str, Any], trusted: TrustedPeers) -> None:
     xff: list[bytes] = []
     xfp: list[bytes] = []
     xfh: list[bytes] = []
+    believed = trusted.headers
     for name, value in scope["headers"]:
+        if name not in believed:
+            continue
         if name == b"forwarded":
             forwarded.append(value)
         elif name == b"x-forwarded-for":

@@ -6,6 +6,12 @@ policies) and never closes them: whoever created them owns them. Accepting is
 done with our own ``add_reader`` + ``accept()`` loop, which makes pausing and
 resuming (accept balancing, the ``max_connections`` cap) a matter of adding or
 removing a reader.
+
+At ``max_connections`` a new connection takes the place of the one idle
+longest (kept alive between requests, or silent since it connected), as nginx
+does: idle connections from one client must not lock out the others. Only when
+every connection is busy does the worker stop accepting, until one closes or
+goes idle.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import logging
 import socket
 from typing import Any, Callable
 
-from corral.engine.context import EngineContext
+from corral.engine.context import EngineContext, InFlightRecorder
 from corral.engine.lifespan import LifespanError
 from corral.engine.protocol import HttpProtocol
 from corral.engine.settings import EngineSettings
@@ -27,6 +33,8 @@ log = logging.getLogger("corral.engine")
 _TICK = 0.5  # seconds between deadline sweeps (and Date refreshes)
 _ACCEPT_BATCH = 16  # connections accepted per readiness event, so one worker does not hog a burst
 _ACCEPT_ERRORS_BACKOFF = 0.5  # pause after EMFILE/ENFILE/ENOBUFS/ENOMEM instead of spinning
+_ROOM_TRIES = 32  # connections looked at (the longest idle first) to make room for one new one
+_ROOM_LOG_INTERVAL = 60.0  # seconds between log lines about connections closed to make room
 
 __all__ = ["Server", "LifespanError"]
 
@@ -70,9 +78,12 @@ class Server:
         self._closed_event: asyncio.Event | None = None
         self._serving = False
         self._shut_down = False
+        self._room_made = 0  # idle connections closed for new ones since the last log line
+        self._room_log_at = 0.0  # monotonic time of the next such log line
         self._stats_placeholder = EngineStats()
         # Called after each accepted connection; may call pause_accepting() (accept balancing).
         self.on_accept: Callable[[], None] | None = None
+        self._in_flight: InFlightRecorder | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -96,6 +107,13 @@ class Server:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def record_in_flight(self, recorder: InFlightRecorder | None) -> None:
+        """Note each request in ``recorder`` while it is served (before serve(): connections
+        opened earlier are not recorded)."""
+        self._in_flight = recorder
+        if self._ctx is not None:
+            self._ctx.set_in_flight(recorder)
+
     async def startup(self) -> None:
         """Run the interface's startup (ASGI lifespan). Raises LifespanError with the app's message."""
         await self._adapter.startup()
@@ -106,11 +124,14 @@ class Server:
             self._ctx = EngineContext(loop, self.app, self.settings, self._adapter.cycle_class,
                                       self._adapter.state)
             self._ctx.on_connection_closed = self._on_connection_closed
+            self._ctx.set_in_flight(self._in_flight)
             self._ctx.set_saturated = self._set_saturated
             settings = self.settings
             if not settings.access_log and not settings.root_path:
                 # The access log and root_path need the request's scope: no shortcut then.
                 self._ctx.serve_simple = getattr(self._adapter, "serve_simple", None)
+            if settings.ws:
+                self._ctx.websocket_class = getattr(self._adapter, "websocket_class", None)
         return self._ctx
 
     async def serve(self, socks: list[socket.socket]) -> None:
@@ -151,16 +172,21 @@ class Server:
         self._paused_by_caller = False
         self._update_accepting()
 
-    async def shutdown(self, timeout: float | None = 30.0) -> None:
+    async def shutdown(self, timeout: float | None = 30.0, restart: bool = False) -> None:
         """Graceful drain, then the interface's shutdown (ASGI lifespan). Returns when done.
 
         Stops accepting; closes idle connections at once; busy ones finish their
         current response (sent with ``Connection: close``); after ``timeout``
-        seconds what is left is closed and its app tasks cancelled.
+        seconds what is left is closed and its app tasks cancelled. Open
+        WebSockets run for up to ``ws_drain_timeout``, then are closed with 1012
+        (Service Restart) if ``restart`` (a reload or recycle: the service goes
+        on), else 1001 (Going Away).
         """
         if self._shut_down:
             return
         self._shut_down = True
+        if self._ctx is not None and restart:
+            self._ctx.ws_close_code = 1012
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout if timeout is not None else 1e9)
         self._serving = False
@@ -244,11 +270,18 @@ class Server:
         ctx = self._ctx
         assert ctx is not None
         limit = self.settings.max_connections
-        for _ in range(_ACCEPT_BATCH):
-            if len(ctx.connections) + self._pending >= limit:
-                self._paused_by_capacity = True
-                self._update_accepting()
-                return
+        for i in range(_ACCEPT_BATCH):
+            if len(ctx.connections) - ctx.closing + self._pending >= limit:
+                # At the limit. A readiness event means a connection waits (unless
+                # another worker took it): make room for it. Later in the batch
+                # maybe nobody waits; the reader is level-triggered, so the next
+                # event tells.
+                if i:
+                    return
+                if not self._make_room(ctx):  # every connection is busy
+                    self._paused_by_capacity = True
+                    self._update_accepting()
+                    return
             try:
                 conn, _addr = lsock.accept()
             except (BlockingIOError, InterruptedError):
@@ -280,6 +313,35 @@ class Server:
                 if self._paused_by_caller:
                     return
 
+    def _make_room(self, ctx: EngineContext) -> bool:
+        """At max_connections: close the connection idle longest; False if none is idle.
+
+        ``ctx.idle`` holds every connection, in the order it last went idle; a
+        busy one (or one still sending its last response) goes to the back, to
+        be looked at again after the others.
+        """
+        idle = ctx.idle
+        for _ in range(min(len(idle), _ROOM_TRIES)):
+            conn, _ = idle.popitem(last=False)
+            if conn.evict():
+                self._room_made += 1
+                now = ctx.monotonic()
+                if now >= self._room_log_at:
+                    self._log_room_made(now)
+                return True
+            idle[conn] = None
+        return False
+
+    def _log_room_made(self, now: float) -> None:
+        """One warning at most every _ROOM_LOG_INTERVAL: an attack closes thousands."""
+        since = "" if not self._room_log_at else \
+            f" in the last {now - self._room_log_at + _ROOM_LOG_INTERVAL:.0f}s"
+        log.warning("max_connections (%d) reached: closed %d idle connection(s), the longest idle first, "
+                    "to accept new ones%s; raise max_connections if clients need more connections open",
+                    self.settings.max_connections, self._room_made, since)
+        self._room_made = 0
+        self._room_log_at = now + _ROOM_LOG_INTERVAL
+
     async def _connect(self, ctx: EngineContext, conn: socket.socket) -> None:
         try:
             await ctx.loop.connect_accepted_socket(lambda: HttpProtocol(ctx), conn)
@@ -300,7 +362,7 @@ class Server:
 
     def _on_connection_closed(self) -> None:
         if self._paused_by_capacity and self._ctx is not None \
-                and len(self._ctx.connections) + self._pending < self.settings.max_connections:
+                and len(self._ctx.connections) - self._ctx.closing + self._pending < self.settings.max_connections:
             self._paused_by_capacity = False
             self._update_accepting()
         if self._closed_event is not None and self._ctx is not None and not self._ctx.connections:
@@ -313,6 +375,10 @@ class Server:
         assert ctx is not None
         self._ticker = ctx.loop.call_later(_TICK, self._tick)
         ctx.refresh_headers()
+        if self._paused_by_capacity:
+            # Every connection was busy: see again whether one is idle and can make room.
+            self._paused_by_capacity = False
+            self._update_accepting()
         now = ctx.monotonic()  # the clock of every connection deadline
         for conn in list(ctx.connections):
             conn.check_deadlines(now)

@@ -39,6 +39,21 @@ class EngineSettings:
     root_path: str = ""  # ASGI root_path: the URL prefix the app is mounted under behind a proxy
     threads: int = 0  # WSGI: 0 = run the app inline on the event loop; N = a pool of N threads per worker
     wsgi_spool_threshold: int = 1048576  # WSGI inline mode: request bodies above this many bytes are spooled to a temp file
+    # WSGI inline mode: request-body bytes one worker holds for unfinished uploads
+    # (memory and temp files, all connections; 1 GiB); past it: 503. None = unlimited
+    wsgi_spool_max: int | None = 1073741824
+
+    # --- WebSockets (ASGI apps; corral.engine.websocket) ---------------------
+    ws: bool = True  # false: an Upgrade: websocket request reaches the app as a plain HTTP request
+    ws_max_message_size: int = 16777216  # bytes of one incoming message (16 MiB); over it: close 1009
+    ws_max_queue: int = 32  # incoming messages buffered for the app; at this many, reading pauses
+    ws_ping_interval: float | None = 20.0  # seconds between keepalive pings; None = no pings
+    ws_ping_timeout: float | None = 20.0  # a pong must come this soon after a ping, else close 1011; None = no limit
+    ws_close_timeout: float = 10.0  # the closing handshake must finish this soon, else the TCP connection is dropped
+    ws_per_message_deflate: bool = True  # negotiate permessage-deflate compression when the client offers it
+    # On shutdown (stop, reload, recycle) open WebSockets may run this long before they are
+    # closed with 1012 (restart) or 1001 (stop); keep it below graceful_timeout.
+    ws_drain_timeout: float = 0.0
 
     # --- response headers ---------------------------------------------------
     server_header: str | None = "corral"  # value of the Server response header; None = no header
@@ -48,6 +63,9 @@ class EngineSettings:
     # Peers whose X-Forwarded-For/-Proto/-Host and Forwarded headers are believed:
     # IPs, CIDR networks, "unix" (unix-socket peers) or "*" (anyone; spoofable).
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1", "unix")
+    # Which proxy headers those peers may set: x-forwarded-for, x-forwarded-proto,
+    # x-forwarded-host, forwarded. Name one only if the proxy overwrites it on every request.
+    forwarded_headers: tuple[str, ...] = ("x-forwarded-for", "x-forwarded-proto")
 
     # --- access log ---------------------------------------------------------
     access_log: bool = False  # one line per finished request on the "corral.access" logger (off: faster)
@@ -79,6 +97,13 @@ class EngineSettings:
         if isinstance(self.wsgi_spool_threshold, bool) or not isinstance(self.wsgi_spool_threshold, int) \
                 or self.wsgi_spool_threshold < 0:
             raise ValueError(f"wsgi_spool_threshold must be a number of bytes >= 0, got {self.wsgi_spool_threshold!r}")
+        if self.wsgi_spool_max is not None and (isinstance(self.wsgi_spool_max, bool)
+                                                or not isinstance(self.wsgi_spool_max, int)
+                                                or self.wsgi_spool_max < 1):
+            raise ValueError(f"wsgi_spool_max must be a number of bytes > 0 (what one worker may hold of "
+                             f"unfinished request bodies in inline mode) or null (no limit), "
+                             f"got {self.wsgi_spool_max!r}")
+        self._check_ws()
         if self.lifespan not in LIFESPAN_MODES:
             raise ValueError(f"lifespan must be one of {', '.join(LIFESPAN_MODES)}, got {self.lifespan!r}")
         if self.access_log_format not in ACCESS_LOG_FORMATS:
@@ -95,7 +120,29 @@ class EngineSettings:
         # Import here: proxy imports nothing from settings, and this keeps the
         # validation of addresses next to the code that uses them.
         from corral.engine.proxy import TrustedPeers
-        TrustedPeers(self.forwarded_allow_ips)  # raises ValueError naming the bad entry
+        if isinstance(self.forwarded_headers, str):
+            raise ValueError("forwarded_headers must be a list of header names, not a string; "
+                             "write e.g. ['x-forwarded-for', 'x-forwarded-proto']")
+        TrustedPeers(self.forwarded_allow_ips, self.forwarded_headers)  # raises ValueError naming the bad entry
+
+    def _check_ws(self) -> None:
+        for name in ("ws", "ws_per_message_deflate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("ws_max_message_size", "ws_max_queue"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.ws_drain_timeout, bool) or not isinstance(self.ws_drain_timeout, (int, float)) \
+                or self.ws_drain_timeout < 0:
+            raise ValueError(f"ws_drain_timeout must be a number of seconds >= 0, got {self.ws_drain_timeout!r}")
+        for name in ("ws_ping_interval", "ws_ping_timeout", "ws_close_timeout"):
+            value = getattr(self, name)
+            if value is None and name != "ws_close_timeout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                off = " or null (off)" if name != "ws_close_timeout" else ""
+                raise ValueError(f"{name} must be a number of seconds > 0{off}, got {value!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

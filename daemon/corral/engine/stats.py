@@ -22,6 +22,44 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 
 
+class WebSocketStats:
+    """WebSocket counters (``corral.engine.websocket`` updates them; a few additions per message).
+
+    Attributes (monotonically increasing unless noted):
+      open                  WebSockets open now, after their 101 (gauge)
+      accepted              handshakes answered 101
+      denied                handshakes the app refused (websocket.close before accept: 403,
+                            or a websocket.http.response)
+      failed                handshakes that got no 101 otherwise: malformed (400/426), an app
+                            error (500), a draining worker (503), a client gone before the answer
+      messages_in/out       whole messages received from clients / sent by apps
+      bytes_in/out          their payload bytes (before permessage-deflate)
+      closes                {close code: count} of ended WebSockets: the code the app was told
+                            (1006: the TCP connection was lost)
+    """
+
+    __slots__ = ("open", "accepted", "denied", "failed", "messages_in", "messages_out",
+                 "bytes_in", "bytes_out", "closes")
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.accepted = 0
+        self.denied = 0
+        self.failed = 0
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.closes: dict[int, int] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"open": self.open, "handshakes": {"accepted": self.accepted, "denied": self.denied,
+                                                  "failed": self.failed},
+                "messages_in": self.messages_in, "messages_out": self.messages_out,
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                "closes": {str(code): n for code, n in sorted(self.closes.items())}}
+
+
 class EngineStats:
     """Per-worker request and connection counters.
 
@@ -36,12 +74,13 @@ class EngineStats:
       duration_sum          total seconds of finished requests
       wants_recycle         None, or why this worker asks to be replaced gracefully (a WSGI
                             request stuck past request_timeout cannot be cancelled)
+      ws                    WebSocketStats
     Read-time properties: ``in_flight`` and ``oldest_in_flight`` (time.monotonic()
     start of the oldest request still being answered, or None).
     """
 
     __slots__ = ("requests_total", "responses", "connections_accepted", "connections_open",
-                 "duration_counts", "duration_sum", "wants_recycle", "_live")
+                 "duration_counts", "duration_sum", "wants_recycle", "ws", "_live")
 
     def __init__(self, live: Callable[[], Iterable["Cycle"]] | None = None) -> None:
         self.requests_total = 0
@@ -51,6 +90,7 @@ class EngineStats:
         self.duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
         self.wants_recycle: str | None = None
+        self.ws = WebSocketStats()
         self._live = live
 
     def observe(self, status: int, duration: float) -> None:
@@ -91,4 +131,5 @@ class EngineStats:
             "duration_counts": list(self.duration_counts),
             "duration_sum": self.duration_sum,
             "wants_recycle": self.wants_recycle,
+            "ws": self.ws.snapshot(),
         }

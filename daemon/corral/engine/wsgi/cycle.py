@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote_to_bytes
 
 from corral.engine.cycle import ClientDisconnected, Cycle
-from corral.engine.wire import InvalidResponse
-from corral.engine.wsgi.body import EMPTY_INPUT, SpooledBody, StreamingInput
+from corral.engine.wire import STATUS_LINES, InvalidResponse
+from corral.engine.wsgi.body import EMPTY_INPUT, SpooledBody, SpoolRefusal, StreamingInput
 from corral.engine.wsgi.environ import ConnectionEnviron, build_environ
 from corral.engine.wsgi.filewrapper import FileWrapper
 from corral.engine.wsgi.head import WSGIHead, encode_head
@@ -90,6 +90,14 @@ def thread_stack(ident: int | None) -> str:
     if frame is None:
         return "(the thread has finished)\n"
     return "".join(traceback.format_stack(frame))
+
+
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The request's Content-Length (the parser has checked it is digits), or None for a chunked body."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)
+    return None
 
 
 class WSGICycle(Cycle):
@@ -310,8 +318,20 @@ class InlineCycle(WSGICycle):
             self.call_app(BytesIO(self.take_body()) if self._chunks else EMPTY_INPUT)
             return
         # The app cannot wait for the client on the loop: receive the whole body
-        # first, in memory up to the spool threshold, then in a temporary file.
-        self._body = SpooledBody(self.iface.spool_threshold)
+        # first, in memory up to the spool threshold, then in a temporary file,
+        # within the worker's spool budget (wsgi_spool_max).
+        iface = self.iface
+        budget = iface.spool_budget
+        if budget.limit is not None:
+            length = declared_length(self.scope["headers"])
+            if length is not None:
+                try:
+                    budget.check_declared(length)
+                except SpoolRefusal as refusal:
+                    # Before any 100 Continue: the client need not send what cannot be kept.
+                    self._refuse_body(refusal)
+                    return
+        self._body = SpooledBody(iface.spool_threshold, budget=budget)
         self.want_body()
         self._collect()
 
@@ -321,16 +341,29 @@ class InlineCycle(WSGICycle):
 
     def _collect(self) -> None:
         body = self._body
-        if body is None or self.response_complete:
+        if body is None:
+            return
+        if self.disconnected or self.response_complete:
+            # The client left, or the exchange ended without the app (body_timeout,
+            # request_timeout): give the body's bytes back to the budget now.
+            self._body = None
+            body.close()
+            if not self.response_complete:
+                # Not at once: when the protocol refuses this request mid-body (a
+                # 413 past max_body_size, a bad chunk), it disconnects the cycle and
+                # then writes the refusal itself, which completing here would prevent.
+                self.ctx.loop.call_soon(self.abort_response)
             return
         data = self.take_body()
         if data:
-            body.feed(data)
-        if self.disconnected:
-            self._body = None
-            body.close()
-            self.abort_response()
-        elif self.body_complete:
+            try:
+                body.feed(data)
+            except SpoolRefusal as refusal:
+                self._body = None
+                body.close()
+                self._refuse_body(refusal)
+                return
+        if self.body_complete:
             self.body_wait_over()
             self._scheduled = True
             # Not from inside the parser's callback: the app may take a while.
@@ -342,7 +375,44 @@ class InlineCycle(WSGICycle):
             body.close()
             self.abort_response()
             return
-        self.call_app(body.finish())
+        try:
+            wsgi_input = body.finish()
+        except SpoolRefusal as refusal:  # the last bytes could not be written out
+            self._body = None
+            body.close()
+            self._refuse_body(refusal)
+            return
+        self.call_app(wsgi_input)
+
+    def _refuse_body(self, refusal: SpoolRefusal) -> None:
+        """Answer a request whose body inline mode cannot hold, without running the app.
+
+        The answer keeps the connection: the engine reads and drops the rest of
+        the body, so the client is not reset before it reads it (it closes
+        instead when the client still withholds the body for a 100 Continue).
+        """
+        status = refusal.status
+        if status == 413:
+            log.info("%s (%s)", refusal.cause, self.request_line())  # the client's body, not our state
+        elif status == 503:
+            count = self.iface.spool_budget.note_refusal(self.ctx.monotonic())
+            if count:
+                log.warning("%s (%s)%s", refusal.cause, self.request_line(),
+                            f"; {count} uploads refused since the last report" if count > 1 else "")
+        else:
+            log.error("%s (%s)", refusal.cause, self.request_line())
+        if self.disconnected:
+            self.abort_response()  # nobody to answer
+            return
+        self.body_wait_over()
+        text = (refusal.message + "\n").encode("utf-8")
+        head = STATUS_LINES[status] + b"content-type: text/plain; charset=utf-8\r\n"
+        if refusal.retry_after is not None:
+            head += b"retry-after: %d\r\n" % refusal.retry_after
+        head += b"content-length: %d\r\n" % len(text)
+        self.set_encoded_head(status, head, len(text), 0, False)
+        self._sent = True
+        self.write_body(text, False)
 
     def call_app(self, wsgi_input: Any) -> None:
         """Run the app and send what it returns."""

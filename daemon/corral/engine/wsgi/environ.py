@@ -15,7 +15,12 @@ from __future__ import annotations
 from typing import Any, BinaryIO, Iterable
 from urllib.parse import unquote_to_bytes
 
+from corral import __version__
+
 WSGI_VERSION = (1, 0)
+# Apps and middleware read it to tell servers apart (httpbin, for one, looks for
+# "gunicorn/" before it accepts chunked uploads); "name/version" as gunicorn's.
+SERVER_SOFTWARE = f"corral/{__version__}"
 
 # Header names that PEP 3333 (via CGI) maps without the HTTP_ prefix.
 _UNPREFIXED = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
@@ -149,7 +154,13 @@ def environ_base(
         server_name, server_port = server[0], str(server[1])
     else:  # unix socket: only a Host header can tell
         server_name, server_port = "localhost", "443" if scheme == "https" else "80"
+    # The CGI keys beyond PEP 3333's are those gunicorn sets (SERVER_SOFTWARE
+    # here; RAW_URI and REMOTE_PORT per request) plus GATEWAY_INTERFACE, which
+    # the wsgiref reference sets; tests/wsgi/test_wsgi_hardening_environ.py
+    # compares the key sets with both servers.
     base: dict[str, Any] = {
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "SERVER_SOFTWARE": SERVER_SOFTWARE,
         "SCRIPT_NAME": script_name,
         "QUERY_STRING": "",
         "SERVER_PROTOCOL": "HTTP/1.1",
@@ -291,6 +302,7 @@ class ConnectionEnviron:
 
 
 __all__ = [
+    "SERVER_SOFTWARE",
     "ConnectionEnviron",
     "ERRORS",
     "ErrorStream",

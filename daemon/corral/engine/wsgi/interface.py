@@ -2,7 +2,8 @@
 
 It owns what all requests of one worker share: the app, the execution mode
 (``threads: 0`` inline on the loop, ``threads: N`` a pool of N threads), the
-environ bases, the backpressure accounting, and the request-deadline watch.
+environ bases, the backpressure accounting, the request-deadline watch, and
+(inline mode) the spool budget that caps the request bodies held at once.
 
 Backpressure (threads mode): the number of requests handed to the pool and
 not yet finished is counted on the loop. When it reaches the pool size every
@@ -27,6 +28,7 @@ import threading
 from typing import Any, Callable
 
 from corral.engine.settings import EngineSettings
+from corral.engine.wsgi.body import SpoolBudget
 from corral.engine.wsgi.cycle import InlineCycle, ThreadedCycle, WSGICycle
 from corral.engine.wsgi.environ import environ_base, script_name_for
 from corral.engine.wsgi.filewrapper import FileWrapper
@@ -48,6 +50,8 @@ class WSGIInterface:
         self.state: dict[str, Any] = {}  # WSGI has no lifespan: nothing to share
         self.threads: int = settings.threads
         self.spool_threshold: int = settings.wsgi_spool_threshold
+        # Inline mode: what all unfinished request bodies of this worker may hold.
+        self.spool_budget = SpoolBudget(settings.wsgi_spool_max)
         self.script_name = script_name_for(settings.root_path)
         base_class: type[WSGICycle] = ThreadedCycle if self.threads else InlineCycle
         # A subclass per interface: the cycle finds its interface as a class attribute.
