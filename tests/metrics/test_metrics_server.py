@@ -180,26 +180,6 @@ def test_response_arrives_whole_even_with_unread_request_body():
     assert status == 200 and body.decode() == big
 
 
-def test_connection_limit_keeps_extra_clients_in_the_kernel_queue():
-    with served(max_connections=2, timeout=30) as (listener, _):
-        idle = [connect(listener) for _ in range(2)]     # hold both slots, send nothing
-        waiting = [connect(listener) for _ in range(3)]
-        try:
-            wait_until(lambda: accept_queue(listener).depth == 3,
-                       what="3 connections waiting in the accept queue")
-            idle[0].close()                               # a slot frees: one more is served
-            waiting[0].sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
-            data = b""
-            while chunk := waiting[0].recv(4096):
-                data += chunk
-            assert split(data)[0] == 200
-            wait_until(lambda: accept_queue(listener).depth == 2,
-                       what="2 connections left in the accept queue")
-        finally:
-            for c in idle + waiting:
-                c.close()
-
-
 def test_many_scrapes_in_parallel():
     with served() as (listener, _):
         results = []

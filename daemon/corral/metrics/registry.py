@@ -30,6 +30,7 @@ from corral.metrics import exposition as ex
 from corral.metrics.procself import self_process
 from corral.metrics.queue import QueueDepth, accept_queue
 from corral.metrics.status_line import format_status_line
+from corral.metrics.websocket import WsCounters, parse_ws, ws_families
 
 __all__ = ["Metrics", "WorkerCounters", "parse_heartbeat", "STATUS_CLASSES", "RESTART_REASONS",
            "RELOAD_OUTCOMES", "WORKER_STATES", "listener_address"]
@@ -59,7 +60,7 @@ class WorkerCounters:
 
     __slots__ = ("requests", "responses", "in_flight", "oldest_in_flight_start",
                  "connections_open", "connections_accepted", "duration_bounds",
-                 "duration_counts", "duration_sum")
+                 "duration_counts", "duration_sum", "ws")
 
     def __init__(self, requests: int = 0, in_flight: int = 0, connections_open: int = 0,
                  connections_accepted: int = 0) -> None:
@@ -73,6 +74,7 @@ class WorkerCounters:
         self.duration_bounds: tuple[float, ...] | None = None
         self.duration_counts: list[int] | None = None  # per bucket, plus one for +Inf
         self.duration_sum = 0.0
+        self.ws = WsCounters()  # corral.metrics.websocket
 
 
 def _count(stats: Mapping[str, Any], key: str) -> int:
@@ -97,7 +99,8 @@ def parse_heartbeat(stats: Mapping[str, Any]) -> WorkerCounters:
     - ``duration_buckets``: the histogram's upper bounds in seconds (+Inf implied);
       it may be sent once, the registry remembers it;
     - ``duration_counts``: request-duration counts per bucket (not cumulative), one
-      per bound plus one above the last; ``duration_sum``: total seconds.
+      per bound plus one above the last; ``duration_sum``: total seconds;
+    - ``ws``: the WebSocket figures (``corral.metrics.websocket.parse_ws``).
 
     Raises ValueError naming the field when a value has the wrong shape.
     """
@@ -107,6 +110,7 @@ def parse_heartbeat(stats: Mapping[str, Any]) -> WorkerCounters:
         connections_open=_count(stats, "connections_open"),
         connections_accepted=_count(stats, "connections_accepted"),
     )
+    c.ws = parse_ws(stats)
     responses = stats.get("responses")
     if isinstance(responses, Mapping):
         unknown = set(responses) - set(STATUS_CLASSES)
@@ -271,6 +275,7 @@ class Metrics:
         r.requests += c.requests
         r.responses = [a + b for a, b in zip(r.responses, c.responses)]
         r.connections_accepted += c.connections_accepted
+        r.ws.add(c.ws, gauge=False)  # its connections are closed: only the counters carry over
         if c.duration_counts is not None and c.duration_bounds is not None \
                 and self._histogram_matches(c):
             if r.duration_counts is None:
@@ -314,6 +319,7 @@ class Metrics:
         new.requests = max(new.requests, old.requests)
         new.responses = [max(a, b) for a, b in zip(new.responses, old.responses)]
         new.connections_accepted = max(new.connections_accepted, old.connections_accepted)
+        new.ws.clamp(old.ws)
         # The engine may send its bucket bounds once (or in every heartbeat): remember them.
         new.duration_bounds = new.duration_bounds or old.duration_bounds or self._bounds
         if new.duration_counts is None:
@@ -437,6 +443,7 @@ class Metrics:
             "requests": c.requests, "in_flight": c.in_flight,
             "oldest_request_age_seconds": oldest,
             "connections_open": c.connections_open,
+            "websockets_open": c.ws.open,
             "rss_bytes": w.rss_bytes, "uss_bytes": w.uss_bytes, "open_fds": w.open_fds,
             "age_seconds": round(now - w.started, 1),
             "heartbeat_age_seconds": (None if w.last_heartbeat is None
@@ -452,6 +459,7 @@ class Metrics:
         fams: list[ex.Family] = []
         fams += self._request_families()
         fams += self._worker_families()
+        fams += self._websocket_families()
         fams += self._lifecycle_families()
         fams += self._queue_families()
         fams += self._supervisor_families()
@@ -534,6 +542,11 @@ class Metrics:
             if w.last_heartbeat is not None:
                 f["hb"].add(round(now - w.last_heartbeat, 3), lb)
         return list(f.values())
+
+    def _websocket_families(self) -> list[ex.Family]:
+        live = sorted(self._workers.values(), key=lambda w: (w.slot, w.pid))
+        return ws_families(self._total().ws,
+                           [({"worker": str(w.slot), "pid": str(w.pid)}, w.counters.ws) for w in live])
 
     def _lifecycle_families(self) -> list[ex.Family]:
         workers = ex.gauge("corral_workers", "Worker processes by state.")
@@ -631,6 +644,7 @@ class Metrics:
         t = WorkerCounters(requests=r.requests, connections_accepted=r.connections_accepted)
         t.responses = list(r.responses)
         t.duration_sum = r.duration_sum
+        t.ws.add(r.ws)
         if self._bounds is not None:
             t.duration_counts = list(r.duration_counts or [0] * (len(self._bounds) + 1))
         for w in self._workers.values():
@@ -640,6 +654,7 @@ class Metrics:
             t.in_flight += c.in_flight
             t.connections_open += c.connections_open
             t.connections_accepted += c.connections_accepted
+            t.ws.add(c.ws)
             if c.duration_counts is not None and t.duration_counts is not None \
                     and c.duration_bounds is not None and self._histogram_matches(c):
                 t.duration_counts = [a + b for a, b in zip(t.duration_counts, c.duration_counts)]

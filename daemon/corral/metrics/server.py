@@ -9,17 +9,27 @@ server on the standard library.
   would, and so override the socket unit's ``Backlog=``.
 - One request per connection (``Connection: close``): Prometheus reconnects
   for each scrape at no measurable cost, and it keeps the server trivially bounded.
-- Bounded: request head size, time to send the request, time to read the
-  response, and the number of concurrent connections.
+- Bounded: request head size, time to send the request head
+  (``header_timeout``, a few seconds: Prometheus sends it at once), time to
+  read the response, and the number of concurrent connections.
+- A scrape always gets a slot. When every slot is taken and a new connection
+  arrives, the oldest connection that has not sent a whole request head (or
+  has had its response) is closed to make room, as nginx and uvicorn shed
+  idle connections; only connections being answered are never closed for
+  another. Silent or slow clients therefore cannot lock Prometheus out; new
+  connections wait in the kernel's queue only while every slot is sending a
+  response.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import logging
 import socket
-from typing import Callable
+import time
+from typing import Any, Callable
 
 from corral.metrics.exposition import CONTENT_TYPE
 
@@ -35,10 +45,31 @@ _REASONS = {
 # accept() errors that say "out of resources": back off instead of spinning.
 _ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _LINGER_BYTES = 64 * 1024
+# Seconds between two log reports of connections closed to make room.
+_REPORT_EVERY = 60.0
 
 
 class _HeadTooLarge(Exception):
     pass
+
+
+class _Phase(enum.Enum):
+    """Where a connection is; all but RESPONDING may be closed to make room for a new one."""
+
+    HEAD = "has not sent a whole request head"
+    RESPONDING = "is being answered"
+    CLOSING = "has had its response"
+
+
+class _Slot:
+    """One accepted connection: its peer, its phase and since when it is open."""
+
+    __slots__ = ("peer", "phase", "opened")
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.phase = _Phase.HEAD
+        self.opened = time.monotonic()
 
 
 class MetricsServer:
@@ -53,15 +84,28 @@ class MetricsServer:
     """
 
     def __init__(self, render: Callable[[], str], *, path: str = "/metrics",
-                 max_head_bytes: int = 8192, timeout: float = 10.0,
+                 max_head_bytes: int = 8192, timeout: float = 10.0, header_timeout: float = 5.0,
                  max_connections: int = 16) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections!r}")
+        if not header_timeout > 0 or not timeout > 0:
+            raise ValueError(f"timeouts must be > 0 seconds, got timeout={timeout!r}, "
+                             f"header_timeout={header_timeout!r}")
         self._render = render
         self._path = path
         self._max_head = max_head_bytes
-        self._timeout = timeout
-        self._slots = asyncio.Semaphore(max_connections)
+        self._timeout = timeout  # sending the response, and the lingering close after it
+        self._header_timeout = min(header_timeout, timeout)  # receiving the request head
+        self._max_connections = max_connections
         self._acceptors: list[asyncio.Task[None]] = []
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[None]] = set()  # every connection task, for close()
+        # The connections that hold a slot, in accept order (so the first one
+        # that may be closed is the oldest). A connection closed to make room
+        # leaves at once; its task ends a moment later.
+        self._slots: dict[asyncio.Task[None], _Slot] = {}
+        self._changed = asyncio.Event()  # a slot was freed, or a connection became closable
+        self._evicted = 0  # connections closed to make room since the last log report
+        self._reported_at = float("-inf")
 
     def serve(self, sock: socket.socket) -> None:
         """Start accepting on a listening stream socket."""
@@ -81,36 +125,86 @@ class MetricsServer:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._acceptors.clear()
 
+    # ------------------------------------------------------------------ slots
+
+    def _closable(self) -> asyncio.Task[None] | None:
+        """The oldest connection that may be closed to make room, if any."""
+        for task, slot in self._slots.items():
+            if slot.phase is not _Phase.RESPONDING:
+                return task
+        return None
+
+    def _has_room(self) -> bool:
+        return len(self._slots) < self._max_connections or self._closable() is not None
+
+    async def _wait_for_change(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    async def _make_room(self) -> None:
+        """Free a slot for a connection just accepted: close the oldest closable one, or wait."""
+        while len(self._slots) >= self._max_connections:
+            victim = self._closable()
+            if victim is not None:
+                self._evict(victim)
+                return
+            await self._wait_for_change()  # every slot is answering a request: soon over
+
+    def _evict(self, task: asyncio.Task[None]) -> None:
+        slot = self._slots.pop(task)
+        task.cancel()  # its finally closes the socket
+        self._evicted += 1
+        now = time.monotonic()
+        if now - self._reported_at >= _REPORT_EVERY:
+            log.warning("metrics listener: all %d connections were taken; closed %d idle or slow ones to make "
+                        "room for new ones (the last from %s, which %s after %.1fs). Something opens "
+                        "connections to the metrics socket without sending requests",
+                        self._max_connections, self._evicted, slot.peer, slot.phase.value, now - slot.opened)
+            self._evicted = 0
+            self._reported_at = now
+
+    def _set_phase(self, slot: _Slot, phase: _Phase) -> None:
+        slot.phase = phase
+        if phase is not _Phase.RESPONDING:
+            self._changed.set()  # an acceptor waiting for room may close this one now
+
+    # ------------------------------------------------------------------ accepting
+
     async def _accept_loop(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            # Take a slot before accepting: beyond the limit, clients wait in the kernel queue.
-            await self._slots.acquire()
+            # While every slot is answering a request, new clients wait in the kernel queue.
+            while not self._has_room():
+                await self._wait_for_change()
             try:
-                conn, _ = await loop.sock_accept(sock)
+                conn, address = await loop.sock_accept(sock)
             except OSError as exc:
-                self._slots.release()
                 if exc.errno in _ACCEPT_BACKOFF:
                     log.warning("metrics socket: accept failed (%s); retrying in 1s", exc)
                     await asyncio.sleep(1.0)
                 continue
+            try:
+                await self._make_room()
             except BaseException:
-                self._slots.release()
+                conn.close()
                 raise
-            task = loop.create_task(self._serve_connection(conn))
+            slot = _Slot(_peer_text(address))
+            task = loop.create_task(self._serve_connection(conn, slot))
             self._connections.add(task)
+            self._slots[task] = slot
             task.add_done_callback(self._connection_done)
 
     def _connection_done(self, task: asyncio.Task[None]) -> None:
         self._connections.discard(task)
-        self._slots.release()
+        self._slots.pop(task, None)
+        self._changed.set()
 
-    async def _serve_connection(self, conn: socket.socket) -> None:
+    async def _serve_connection(self, conn: socket.socket, slot: _Slot) -> None:
         loop = asyncio.get_running_loop()
         conn.setblocking(False)
         try:
             try:
-                head = await asyncio.wait_for(self._read_head(conn), self._timeout)
+                head = await asyncio.wait_for(self._read_head(conn), self._header_timeout)
             except TimeoutError:
                 response = _response(408, b"request not received in time\n")
             except _HeadTooLarge:
@@ -118,8 +212,10 @@ class MetricsServer:
             else:
                 if head is None:
                     return  # the client closed without a request
+                self._set_phase(slot, _Phase.RESPONDING)
                 response = self._respond(head)
             await asyncio.wait_for(loop.sock_sendall(conn, response), self._timeout)
+            self._set_phase(slot, _Phase.CLOSING)
             await asyncio.wait_for(self._linger(conn), self._timeout)
         except (OSError, TimeoutError):
             pass  # the client went away or stalled; nothing to tell it
@@ -185,3 +281,9 @@ def _response(status: int, body: bytes, *, content_type: str = "text/plain; char
             f"Content-Length: {len(body)}\r\n"
             f"Connection: close\r\n").encode("ascii") + extra + b"\r\n"
     return head if head_only else head + body
+
+
+def _peer_text(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return "a unix-socket peer"
