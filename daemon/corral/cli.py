@@ -1,9 +1,10 @@
 """The ``corral`` command line.
 
-    corral run    [--config FILE] [-b/--bind ADDR]... [-w/--workers N] [--interface auto|asgi|wsgi] [APP]
+    corral run    [--config FILE] [-n/--name NAME] [-b/--bind ADDR]... [-w/--workers N]
+                  [--interface auto|asgi|wsgi] [APP]
     corral check  (the same options)   validate the config and import the app, then exit
-    corral status [--config FILE] [--control-socket PATH] [--json]
-    corral reload [--config FILE] [--control-socket PATH]
+    corral status [--config FILE] [-n/--name NAME] [--control-socket PATH] [--json]
+    corral reload [--config FILE] [-n/--name NAME] [--control-socket PATH]
 
 ``APP`` is ``MODULE:ATTR`` or ``MODULE:FUNC()`` (a factory); it may also come
 from the config's ``app:`` key. Flags override the config file and ``CORRAL_*``
@@ -17,11 +18,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from corral import __version__
-from corral.config import Config, ConfigError, default_control_socket, load, read_file
+from corral.config import (Config, ConfigError, check_app_dir, default_control_socket, default_name, load,
+                           read_file, runtime_dir)
 from corral.logs import print_error
 
 EXIT_USAGE = 2
@@ -30,6 +31,9 @@ EXIT_USAGE = 2
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", metavar="FILE", default=os.environ.get("CORRAL_CONFIG"),
                         help="YAML config file (default: $CORRAL_CONFIG, else none)")
+    parser.add_argument("-n", "--name", metavar="NAME",
+                        help="instance name, which names the control socket (default: the config file's "
+                             "name, else the app directory's: two apps on one machine get two names)")
 
 
 def _serving_options(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"app": args.app, "bind": args.bind, "workers": args.workers, "interface": args.interface,
-            "log_level": args.log_level}
+    return {"app": args.app, "name": args.name, "bind": args.bind, "workers": args.workers,
+            "interface": args.interface, "log_level": args.log_level}
 
 
 def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Config:
@@ -98,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from corral.supervisor.sockets import secure_standard_fds
+
+    secure_standard_fds()  # before anything opens a file: `corral run <&-` must not put a socket on fd 0
     # The supervisor never speaks TLS, but asyncio imports ssl when it can, which maps
     # libssl and libcrypto: about 6 MiB of the supervisor's 25 MiB budget. Python
     # built without ssl is a supported asyncio configuration; this makes ours one.
@@ -131,6 +138,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not config.app:
         print("corral: no app given: pass MODULE:ATTR or set app: in the config", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        check_app_dir(config)  # else subprocess blames the python binary for the missing cwd
+    except ConfigError as exc:
+        print_error(f"corral: {exc}")
+        return 1  # as `corral run` exits: the config is valid, the machine is not ready for it
     print(f"config ok{f' ({config.source})' if config.source else ''}: {config.workers} workers, "
           f"bind {', '.join(map(str, config.bind))}, python {config.python}")
     from corral.supervisor.spawn import worker_argv, worker_env
@@ -149,38 +161,55 @@ def cmd_check(args: argparse.Namespace) -> int:
     return proc.returncode
 
 
-def _control_path(args: argparse.Namespace) -> list[str]:
-    """Where the control socket may be, most specific first.
+def _control_path(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """Where the control socket may be, most specific first, and the instance name (None
+    when a control socket path was given). Resolved as `corral run` resolves it, with the
+    same precedence: flags, then CORRAL_* variables, then the config file.
 
     Read leniently: `corral reload` must reach the supervisor even when the config
     on disk is broken (the supervisor then reports the error and keeps serving), and
     `corral status` must work whatever the file says.
     """
     if args.control_socket:
-        return [args.control_socket]
+        return [args.control_socket], None
     raw: dict[str, Any] = {}
     if args.config:
         try:
             raw = read_file(args.config)
         except ConfigError:
             raw = {}
-    explicit = raw.get("control_socket") or os.environ.get("CORRAL_CONTROL_SOCKET")
-    if isinstance(explicit, str) and explicit:
-        return [explicit]
-    name = raw.get("name") or os.environ.get("CORRAL_NAME")
-    if not isinstance(name, str) or not name:
-        name = Path(args.config).stem if args.config else "corral"
+
+    def setting(key: str) -> str | None:
+        value = os.environ.get(f"CORRAL_{key.upper()}") or raw.get(key)
+        return value if isinstance(value, str) and value else None
+
+    explicit = setting("control_socket")
+    if explicit:
+        return [explicit], None
+    name = args.name or setting("name") or default_name(args.config,
+                                                        os.path.abspath(setting("app_dir") or os.getcwd()))
     paths = [default_control_socket(name)]
     if not os.environ.get("RUNTIME_DIRECTORY"):
         # The model unit's RuntimeDirectory=NAME gives /run/NAME rather than /run/corral/NAME.
         paths.append(f"/run/{name}/control.sock")
-    return paths
+    return paths, name
+
+
+def _running_names(name: str) -> list[str]:
+    """Names of the corrals whose control sockets are beside ``name``'s default one."""
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return []
+    parent = runtime_dir(name).parent
+    try:
+        return sorted(entry.name for entry in parent.iterdir() if (entry / "control.sock").exists())
+    except OSError:
+        return []
 
 
 def _request(args: argparse.Namespace, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
     from corral.supervisor.control import ControlError, request
 
-    paths = _control_path(args)
+    paths, name = _control_path(args)
     error: ControlError | None = None
     for path in paths:
         if len(paths) > 1 and not os.path.exists(path):
@@ -189,8 +218,14 @@ def _request(args: argparse.Namespace, message: dict[str, Any], timeout: float |
             return request(path, message, timeout)
         except ControlError as exc:
             error = exc
-    raise error or ControlError(f"no control socket at {' or '.join(paths)}: is corral running? "
-                                "(check `systemctl status`, or pass --config / --control-socket)")
+    if error is not None:
+        raise error
+    others = [n for n in _running_names(name) if n != name] if name else []
+    if others:
+        raise ControlError(f"no corral named {name!r} is running (no control socket at {' or '.join(paths)}); "
+                           f"running here: {', '.join(others)}; pick one with -n NAME")
+    raise ControlError(f"no control socket at {' or '.join(paths)}: is corral running? "
+                       "(check `systemctl status`, or pass --config / -n NAME / --control-socket)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -209,8 +244,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    else:
-        print(render_table(data))
+        return 0
+    try:
+        table = render_table(data)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        # The reply passed check_reply, but this table reads a field it does not check
+        # (a corral of another version): an error, not a traceback.
+        print(f"corral: unexpected reply from the control socket: cannot show {exc!r}; try --json",
+              file=sys.stderr)
+        return 1
+    print(table)
     return 0
 
 

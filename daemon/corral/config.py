@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -99,9 +100,11 @@ class IntKind(Kind):
 
 
 class FloatKind(Kind):
+    """A finite number: NaN compares false with every limit, so it would slip past each check."""
+
     def __init__(self, minimum: float | None = None) -> None:
         self.minimum = minimum
-        self.expected = "a number" if minimum is None else f"a number >= {minimum:g}"
+        self.expected = "a number, finite" if minimum is None else f"a number >= {minimum:g}, finite"
 
     def coerce(self, value: Any, text: bool = False) -> float:
         if isinstance(value, str):
@@ -111,9 +114,13 @@ class FloatKind(Kind):
                 self.fail()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail()
-        if self.minimum is not None and value < self.minimum:
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float range
             self.fail()
-        return float(value)
+        if not math.isfinite(value) or (self.minimum is not None and value < self.minimum):
+            self.fail()
+        return value
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h|d)?\s*$")
@@ -123,20 +130,26 @@ _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h"
 class DurationKind(Kind):
     """Seconds, as a number or with a unit: ``30``, ``2.5``, ``500ms``, ``10m``, ``1h``."""
 
-    expected = "a duration in seconds (e.g. 30, 2.5, 500ms, 10m, 1h)"
+    expected = "a duration in seconds (e.g. 30, 2.5, 500ms, 10m, 1h), finite and not negative"
 
     def coerce(self, value: Any, text: bool = False) -> float:
         if isinstance(value, bool):
             self.fail()
+        seconds: float | None = None
         if isinstance(value, (int, float)):
-            if value < 0:
+            try:
+                seconds = float(value)
+            except OverflowError:  # an int beyond float range
                 self.fail()
-            return float(value)
-        if isinstance(value, str):
+        elif isinstance(value, str):
             match = _DURATION_RE.match(value)
             if match:
-                return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        self.fail()
+                seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        # NaN passes every "<= 0" check and an infinite deadline never fires: a NaN
+        # timeout once left a SIGSTOPped worker "ready" forever. Refuse both.
+        if seconds is None or not math.isfinite(seconds) or seconds < 0:
+            self.fail()
+        return seconds
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -160,7 +173,9 @@ class SizeKind(Kind):
             match = _SIZE_RE.match(value)
             if match:
                 unit = (match.group(2) or "").lower().rstrip("b")
-                return int(float(match.group(1)) * _SIZE_UNITS[unit])
+                size = float(match.group(1)) * _SIZE_UNITS[unit]
+                if math.isfinite(size):
+                    return int(size)
         self.fail()
 
 
@@ -369,6 +384,54 @@ class HealthCheckKind(Kind):
         return {"path": path, "expect_status": status, "timeout": timeout, "host": host}
 
 
+class WarmupKind(Kind):
+    """The warm-up request each new worker sends itself before it says ready (``corral.worker.probe``).
+
+    ``{path: /, host: null, max_status: 499, timeout: 30}``, every field optional;
+    ``false`` (or ``null``, ``off``) switches it off.
+    """
+
+    expected = ("a mapping {path: '/', host: null, max_status: 499, timeout: 30} (every field optional; "
+                "host null: one the app accepts, from Django's ALLOWED_HOSTS, else 'localhost'), "
+                "or false to switch the warm-up off")
+    FIELDS = ("path", "host", "max_status", "timeout")
+    DEFAULT: dict[str, Any] = {"path": "/", "host": None, "max_status": 499, "timeout": 30.0}
+
+    def coerce(self, value: Any, text: bool = False) -> dict[str, Any] | None:
+        if text and isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else None
+        if value is None or value is False:
+            return None
+        if value is True:
+            return dict(self.DEFAULT)
+        if not isinstance(value, Mapping):
+            self.fail()
+        unknown = sorted(set(value) - set(self.FIELDS))
+        if unknown:
+            raise ValueError(f"{self.expected}; unknown field {unknown[0]!r}{_suggest(str(unknown[0]), self.FIELDS)}")
+        path = value.get("path", self.DEFAULT["path"])
+        if not isinstance(path, str) or not path.startswith("/") or any(c in path for c in "\r\n \t"):
+            raise ValueError(f"{self.expected}; path must start with '/' and hold no spaces")
+        host = value.get("host")
+        if host is not None and (not isinstance(host, str) or not host or any(c in host for c in "\r\n \t/")):
+            raise ValueError(f"{self.expected}; host must be a host name (optionally :port) for the Host header")
+        try:
+            status = IntKind(minimum=100).coerce(value.get("max_status", self.DEFAULT["max_status"]))
+            if status > 599:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{self.expected}; max_status must be an HTTP status (100-599): every status up "
+                             "to it passes") from None
+        try:
+            timeout = DurationKind().coerce(value.get("timeout", self.DEFAULT["timeout"]))
+        except ValueError:
+            raise ValueError(f"{self.expected}; timeout must be {DurationKind.expected}") from None
+        if timeout <= 0:
+            raise ValueError(f"{self.expected}; timeout must be greater than 0 (to switch the warm-up off: "
+                             "warmup: false)")
+        return {"path": path, "host": host, "max_status": status, "timeout": timeout}
+
+
 def _plural(expected: str) -> str:
     for article in ("an ", "a "):
         if expected.startswith(article):
@@ -439,7 +502,8 @@ SUPERVISOR_KEYS: dict[str, KeySpec] = _keys(
     KeySpec("app_dir", OptionalKind(StrKind()), None,
             "directory put first on the app's sys.path and used as its working directory (default: corral's cwd)"),
     KeySpec("name", OptionalKind(StrKind()), None,
-            "instance name, used in the control socket path (default: the config file's stem, else 'corral')"),
+            "instance name, used in the control socket path (default: the config file's stem, else the "
+            "app directory's name)"),
     KeySpec("bind", SequenceKind(BindKind(), container=tuple,
                                  expected="a list of addresses (e.g. ['127.0.0.1:8000', 'unix:/run/app.sock'])"),
             (BindSpec(DEFAULT_BIND),),
@@ -468,6 +532,12 @@ SUPERVISOR_KEYS: dict[str, KeySpec] = _keys(
             "a reload's new workers (each batch, when rolling) must be ready within this, or it rolls back"),
     KeySpec("health_check", HealthCheckKind(), None,
             "a request each new worker must answer through the app before it counts as ready"),
+    KeySpec("warmup", WarmupKind(), dict(WarmupKind.DEFAULT),
+            "a request each new worker sends its app before it counts as ready, so lazy imports (Django's "
+            "URLconf, views) run: a reload whose new code answers above max_status is refused; false: off"),
+    KeySpec("reload_rollback", ChoiceKind("full", "partial"), "full",
+            "rolling: full keeps replaced old workers parked until the last batch is ready, so a failure "
+            "brings the old code back on every slot; partial lets them exit (less memory, no way back)"),
     KeySpec("max_memory", SizeKind(), 0, "recycle a worker whose memory stays above this (0: off)"),
     KeySpec("memory_metric", ChoiceKind("uss", "rss"), "uss", "which memory figure max_memory applies to"),
     KeySpec("max_fds", IntKind(minimum=0), 0, "recycle a worker with more open fds than this (0: off)"),
@@ -496,10 +566,16 @@ def engine_settings_class() -> type | None:
     supervisor must never load; its settings module is a plain dataclass, so it is
     executed on its own under its real name.
     """
-    name = "corral.engine.settings"
+    module = _engine_module("settings")
+    return getattr(module, "EngineSettings", None) if module is not None else None
+
+
+def _engine_module(stem: str) -> types.ModuleType | None:
+    """``corral.engine.<stem>``, executed on its own (without the package's ``__init__``)."""
+    name = f"corral.engine.{stem}"
     module = sys.modules.get(name)
     if module is None:
-        path = Path(__file__).resolve().parent / "engine" / "settings.py"
+        path = Path(__file__).resolve().parent / "engine" / f"{stem}.py"
         if not path.exists():
             return None
         spec = importlib.util.spec_from_file_location(name, path)
@@ -512,7 +588,30 @@ def engine_settings_class() -> type | None:
         except BaseException:
             del sys.modules[name]
             raise
-    return getattr(module, "EngineSettings", None)
+    return module
+
+
+def _check_engine_values(engine: Mapping[str, Any], origin: Mapping[str, str]) -> None:
+    """Build the engine's settings as every worker will, so that a value of the right type
+    that makes no sense (``max_connections: 0``) is a config error naming its key, not a
+    boot failure of every worker."""
+    cls = engine_settings_class()
+    if cls is None or not engine:
+        return
+    # EngineSettings checks forwarded_allow_ips with the engine's proxy module: load it on its
+    # own too, or the import would pull in the engine package (uvloop, httptools).
+    _engine_module("proxy")
+    try:
+        cls(**engine)
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        # The engine's messages start with the field's name ("max_connections must be ...").
+        key = next((k for k in sorted(engine, key=len, reverse=True) if message.startswith(k)), None)
+        if key is None and len(engine) == 1:
+            key = next(iter(engine))
+        if key is None:
+            raise ConfigError(f"engine settings {', '.join(map(repr, sorted(engine)))}: {message}") from None
+        raise ConfigError(f"config key {key!r} ({origin.get(key)}): {message}") from None
 
 
 def engine_keys() -> dict[str, KeySpec]:
@@ -569,6 +668,8 @@ class Config:
     reload_batch: int
     reload_timeout: float
     health_check: dict[str, Any] | None
+    warmup: dict[str, Any] | None
+    reload_rollback: str
     max_memory: int
     memory_metric: str
     max_fds: int
@@ -680,16 +781,23 @@ def _resolve(raw: _Raw, keys: Mapping[str, KeySpec], path: str | os.PathLike[str
                           f"({raw.origin['python']}, {raw.origin['virtualenv']})")
     python = _python(values, raw)
     app_dir = os.path.abspath(values["app_dir"] or os.getcwd())
-    name = values["name"] or (Path(path).stem if path is not None else "corral")
-    if not re.fullmatch(r"[A-Za-z0-9_.@-]+", name):
+    name = values["name"] or default_name(path, app_dir)
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]+", name) or not name.strip("."):
         raise ConfigError(f"config key 'name' ({raw.origin.get('name', 'from the config file name')}): "
-                          f"{name!r} may only contain letters, digits, '_', '.', '@' and '-'")
+                          f"{name!r} may only contain letters, digits, '_', '.', '@' and '-' (and not be "
+                          "only dots); pass -n NAME")
+    control_socket = values["control_socket"] or default_control_socket(name)
+    _check_control_socket(control_socket, raw.origin.get("control_socket"))
     workers = values["workers"]
     if workers == "auto":
         workers = cpu_count()
     for key in ("timeout", "boot_timeout", "policy_interval", "reload_timeout"):
         if values[key] <= 0:
             raise ConfigError(f"config key {key!r} ({raw.origin.get(key)}): must be greater than 0")
+    # The default bind is only a fallback (a socket unit's sockets replace it): bind_all()
+    # checks metrics_bind against it when corral binds it itself.
+    _check_addresses(values["bind"] if "bind" in raw.values else (), values["metrics_bind"], raw.origin)
+    _check_engine_values(engine, raw.origin)
     return Config(
         app=values["app"], interface=values["interface"], app_dir=app_dir, name=name,
         bind=tuple(values["bind"]), metrics_bind=tuple(values["metrics_bind"]), backlog=values["backlog"], reuse_port=values["reuse_port"],
@@ -698,17 +806,64 @@ def _resolve(raw: _Raw, keys: Mapping[str, KeySpec], path: str | os.PathLike[str
         graceful_timeout=values["graceful_timeout"], drain_linger=values["drain_linger"],
         reload_strategy=values["reload_strategy"], reload_batch=values["reload_batch"],
         reload_timeout=values["reload_timeout"], health_check=values["health_check"],
+        warmup=values["warmup"], reload_rollback=values["reload_rollback"],
         max_memory=values["max_memory"],
         memory_metric=values["memory_metric"], max_fds=values["max_fds"],
         max_requests=values["max_requests"], max_requests_jitter=values["max_requests_jitter"],
         max_lifetime=values["max_lifetime"], max_lifetime_jitter=values["max_lifetime_jitter"],
         policy_breaches=values["policy_breaches"], policy_interval=values["policy_interval"],
         accept_balance=values["accept_balance"],
-        control_socket=values["control_socket"] or default_control_socket(name),
+        control_socket=control_socket,
         log_level=values["log_level"], engine=engine,
         source=None if path is None else os.path.abspath(path),
         explicit=frozenset(raw.values),
     )
+
+
+def _check_addresses(bind: Iterable[BindSpec], metrics_bind: Iterable[BindSpec], origin: Mapping[str, str]) -> None:
+    """Refuse an address listed twice, or a metrics address that overlaps an app address:
+    binding it would fail later with "address in use" blaming corral's own pid."""
+    from corral.supervisor.addresses import overlap  # stdlib-only helper
+
+    seen: list[tuple[str, BindSpec]] = []
+    for key, specs in (("bind", bind), ("metrics_bind", metrics_bind)):
+        for spec in specs:
+            for other_key, other in seen:
+                if not overlap(spec.address, other.address):
+                    continue
+                if key == other_key:
+                    what = ("is listed twice" if spec.address == other.address
+                            else f"overlaps {other.address!r} (the same port on a wildcard address)")
+                    raise ConfigError(f"config key {key!r} ({origin.get(key)}): {spec.address!r} {what}; "
+                                      "list each address once")
+                raise ConfigError(f"config key 'metrics_bind' ({origin.get('metrics_bind')}): "
+                                  + metrics_overlap_message(spec.address, other.address, origin.get("bind")))
+            seen.append((key, spec))
+
+
+def metrics_overlap_message(metrics: str, app: str, origin: str | None = None) -> str:
+    return (f"{metrics!r} overlaps {app!r} in 'bind' ({origin or 'the default'}): the metrics endpoint "
+            "needs an address of its own, not the same address as the app; use another port "
+            "(e.g. 127.0.0.1:9100)")
+
+
+def check_app_dir(config: Config) -> None:
+    """The app's directory must exist before a worker is started there (``corral run``, ``corral check``).
+
+    Not part of load(): a config stays valid while a deployment is being put in place,
+    and a reload checks it through its workers. Raises ConfigError with the fix.
+    """
+    where = "" if "app_dir" in config.explicit else " (the default: corral's working directory)"
+    path = config.app_dir
+    if not os.path.exists(path):
+        raise ConfigError(f"app_dir {path} does not exist{where}; create it, or set app_dir to the "
+                          "directory that holds the app's code")
+    if not os.path.isdir(path):
+        raise ConfigError(f"app_dir {path} is not a directory{where}; set app_dir to the directory that "
+                          "holds the app's code")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ConfigError(f"app_dir {path} is not readable by this user (uid {os.geteuid()}); fix its "
+                          "permissions, or run corral as a user that may read it")
 
 
 def _python(values: Mapping[str, Any], raw: _Raw) -> str:
@@ -744,8 +899,36 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def runtime_dir(name: str, environ: Mapping[str, str] | None = None) -> Path:
-    """Where the control socket lives.
+def default_name(config_path: str | os.PathLike[str] | None, app_dir: str) -> str:
+    """The instance name when none is given: the config file's name without its suffix
+    (/etc/corral/blog.yaml -> blog), else the app directory's (~/src/blog -> blog), so that two
+    apps on one machine get two names, and `corral status` run where an app runs finds it."""
+    if config_path is not None:
+        return Path(config_path).stem
+    # A directory name may hold characters a name may not: they become '-'.
+    return re.sub(r"[^A-Za-z0-9_.@-]+", "-", Path(app_dir).name).strip("-.") or "corral"
+
+
+@dataclass(frozen=True)
+class RuntimeLocation:
+    """The control socket's directory: ``base`` joined with the ``private`` levels.
+
+    ``base`` is taken as it is: systemd's RuntimeDirectory=, /run for root, the user's
+    XDG_RUNTIME_DIR, or /tmp. Each private level is corral's own directory inside a base
+    others may share (/tmp is everyone's): corral makes it mode 0700 and refuses one that is
+    not the user's own 0700 directory (``supervisor.rundir``).
+    """
+
+    base: Path
+    private: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> Path:
+        return self.base.joinpath(*self.private)
+
+
+def runtime_location(name: str, environ: Mapping[str, str] | None = None) -> RuntimeLocation:
+    """Where the control socket lives by default.
 
     ``$RUNTIME_DIRECTORY`` (systemd's RuntimeDirectory=) when set; otherwise
     ``/run/corral/NAME`` for root, ``$XDG_RUNTIME_DIR/corral/NAME`` or
@@ -753,13 +936,41 @@ def runtime_dir(name: str, environ: Mapping[str, str] | None = None) -> Path:
     """
     environ = os.environ if environ is None else environ
     if environ.get("RUNTIME_DIRECTORY"):
-        return Path(environ["RUNTIME_DIRECTORY"].split(":")[0])
+        return RuntimeLocation(Path(environ["RUNTIME_DIRECTORY"].split(":")[0]))
     if os.geteuid() == 0:
-        return Path("/run/corral") / name
+        return RuntimeLocation(Path("/run/corral") / name)
     if environ.get("XDG_RUNTIME_DIR"):
-        return Path(environ["XDG_RUNTIME_DIR"]) / "corral" / name
-    return Path(f"/tmp/corral-{os.geteuid()}") / name
+        return RuntimeLocation(Path(environ["XDG_RUNTIME_DIR"]), ("corral", name))
+    return RuntimeLocation(Path("/tmp"), (f"corral-{os.geteuid()}", name))
+
+
+def runtime_dir(name: str, environ: Mapping[str, str] | None = None) -> Path:
+    """The directory of the default control socket (see ``runtime_location``)."""
+    return runtime_location(name, environ).path
 
 
 def default_control_socket(name: str) -> str:
     return str(runtime_dir(name) / "control.sock")
+
+
+# sun_path holds 108 bytes on Linux, the last one the terminating NUL.
+UNIX_PATH_MAX = 107
+
+
+def socket_path_too_long(path: str) -> str | None:
+    """Why ``path`` cannot be a unix socket's address, or None when it can."""
+    size = len(os.fsencode(path))
+    if size <= UNIX_PATH_MAX:
+        return None
+    return (f"the control socket path {path} is too long: {size} bytes, and a unix socket path holds at "
+            f"most {UNIX_PATH_MAX}")
+
+
+def _check_control_socket(path: str, origin: str | None) -> None:
+    problem = socket_path_too_long(path)
+    if problem is None:
+        return
+    if origin is not None:
+        raise ConfigError(f"config key 'control_socket' ({origin}): {problem}; choose a shorter control_socket:")
+    raise ConfigError(f"{problem}; choose a shorter name (-n NAME or name:), set control_socket: to a shorter "
+                      "path, or run with RUNTIME_DIRECTORY set to a shorter directory")

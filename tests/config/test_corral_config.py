@@ -12,7 +12,7 @@ import yaml
 
 from util import CORRAL, REPO
 
-from corral.config import SUPERVISOR_KEYS, BindSpec, ConfigError, all_keys, engine_keys, load
+from corral.config import SUPERVISOR_KEYS, BindSpec, ConfigError, all_keys, default_name, engine_keys, load
 
 CONF = REPO / "conf" / "corral.yaml"
 APPS = REPO / "tests" / "supervisor" / "apps"
@@ -29,7 +29,8 @@ def test_defaults():
     assert config.bind == (BindSpec("127.0.0.1:8000"),)
     assert config.workers >= 1 and config.interface == "auto" and config.backlog == 2048
     assert config.graceful_timeout == 30.0 and config.timeout == 30.0
-    assert config.engine == {} and config.name == "corral" and config.python == sys.executable
+    assert config.engine == {} and config.python == sys.executable
+    assert config.name == default_name(None, config.app_dir)  # the app directory's name (no config file)
 
 
 def test_file_then_environment_then_command_line(tmp_path):
@@ -159,7 +160,7 @@ def test_check_fails_on_config_errors(tmp_path):
     out = _check("--config", str(_write(tmp_path, "workerz: 2\n")), "probe:app")
     assert out.returncode == 2 and "did you mean 'workers'" in out.stderr
     out = _check("--config", str(_write(tmp_path, "max_connections: 0\n")), "probe:app")
-    assert out.returncode == 1 and "max_connections must be a positive integer" in out.stderr
+    assert out.returncode == 2 and "max_connections must be a positive integer" in out.stderr
 
 
 def test_check_with_the_apps_own_virtualenv(tmp_path):

@@ -59,7 +59,10 @@ def test_a_generation_not_ready_within_reload_timeout_is_rolled_back(tmp_path):
 
 
 def test_rolling_reload_never_runs_more_than_one_extra_worker(tmp_path):
-    with LocalCorral(tmp_path, workers=3, reload_strategy="rolling", reload_batch=1).start(
+    # reload_rollback: partial is the memory-bound mode (full parks the replaced workers:
+    # tests/reload/test_reload_rolling_rollback.py).
+    with LocalCorral(tmp_path, workers=3, reload_strategy="rolling", reload_batch=1,
+                     reload_rollback="partial").start(
             "r1", startup_delay=0.5) as corral:
         before = corral.status()
         with Load(corral.port, clients=6) as load:
@@ -81,7 +84,8 @@ def test_rolling_reload_never_runs_more_than_one_extra_worker(tmp_path):
 
 
 def test_rolling_reload_failing_after_the_first_batch_reports_the_mixed_fleet(tmp_path):
-    with LocalCorral(tmp_path, workers=2, reload_strategy="rolling", reload_batch=1).start("m1") as corral:
+    with LocalCorral(tmp_path, workers=2, reload_strategy="rolling", reload_batch=1,
+                     reload_rollback="partial").start("m1") as corral:
         # The new code imports once, then breaks (e.g. a migration it runs at import).
         counter = corral.app_dir / "imports"
         corral.deploy("m2")
@@ -92,7 +96,7 @@ def test_rolling_reload_failing_after_the_first_batch_reports_the_mixed_fleet(tm
         proc = corral.reload()
         assert proc.returncode == 1
         assert "rolling reload stopped at batch 2/2" in proc.stderr and "second import fails" in proc.stderr
-        assert "1 of 2 workers run gen 2" in proc.stderr, proc.stderr
+        assert "1 of 2 workers run gen 2" in proc.stderr and "reload_rollback: partial" in proc.stderr, proc.stderr
         data = corral.status()
         assert data["workers_ready"] == data["workers_wanted"] == 2
         assert sorted(w["generation"] for w in data["workers"] if w["state"] == "ready") == [1, 2]

@@ -62,5 +62,5 @@ def test_backoff_doubles_to_30s_and_resets_after_a_healthy_run():
     assert delays[:4] == [0.1, 0.2, 0.4, 0.8] and delays[-1] == BACKOFF_MAX
     healthy = WorkerProcess.__new__(WorkerProcess)
     healthy.ready_at = 100.0
-    slot.note_exit(healthy, now=200.0)  # served 100 s before dying: start over
-    assert slot.backoff() == 0.1 and slot.restart_at == 200.1
+    slot.note_exit(healthy, now=200.0)  # served 100 s before dying: replaced at once, backoff starts over
+    assert slot.backoff() == 0.0 and slot.restart_at == 200.0

@@ -28,9 +28,10 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
     import asyncio
     import faulthandler
 
+    from corral.config import ConfigError, check_app_dir
     from corral.logs import print_error, setup_logging
     from corral.supervisor.control import ControlError
-    from corral.supervisor import reexec
+    from corral.supervisor import reexec, rundir
     from corral.supervisor.notify import Notifier
     from corral.supervisor.sockets import SocketError
     from corral.supervisor.supervisor import Supervisor
@@ -44,8 +45,22 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
             raise StartupError("no app given: pass MODULE:ATTR on the command line or set app: in the config")
         # An in-place re-exec (a reload that found corral upgraded) hands over its sockets and workers.
         state = reexec.take_state()
+        if state is None:
+            try:
+                check_app_dir(config)  # else every worker fails to start there, retried for ever
+            except ConfigError as exc:
+                raise StartupError(str(exc)) from None
+        if state is None:
+            # Before binding anything: a second corral with this name fails here, before its
+            # listeners (reuse_port) could take a single connection from the first.
+            rundir.claim_for(config)
+        else:
+            rundir.resume(state["control"].get("claim"), config)
         listeners = reexec.listeners_from(state) if state is not None else _listeners(config)
         if not listeners.http():
+            if not listeners.from_systemd:
+                raise StartupError("nothing to listen on: the bind list is empty; give at least one address "
+                                   "(bind: ['127.0.0.1:8000'], or -b HOST:PORT), or start corral from a socket unit")
             raise StartupError("no http socket to serve: systemd passed only other sockets (FileDescriptorName=)")
         if state is None:
             for item in listeners.items:
@@ -54,10 +69,12 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
         if state is not None:
             reexec.restore(supervisor, state)
         return asyncio.run(supervisor.run())
-    except (StartupError, SocketError, ControlError, reexec.ReexecError) as exc:
+    except (StartupError, SocketError, ControlError, rundir.ClaimError, reexec.ReexecError) as exc:
         notifier.send(STATUS=f"failed: {exc}"[:400])
         print_error(f"corral: {exc}")
         return 1
+    finally:
+        rundir.release()  # the lock file and the (empty) directories this corral made
 
 
 def _listeners(config: Config) -> Listeners:

@@ -64,3 +64,32 @@ def parse_address(text: str) -> Address:
             if not all(part.isalnum() or "-" in part for part in host.split(".")) or not host:
                 raise ValueError(f"bind address {text!r}: {host!r} is not an IP address or host name") from None
     return Address("tcp", host=host, port=int(port))
+
+
+def overlap(a: str, b: str) -> bool:
+    """Whether two bind addresses name the same socket address, so one process cannot bind both.
+
+    The same port on a wildcard address (``0.0.0.0``, ``[::]``) and on one address of the
+    same family overlap; ``0.0.0.0`` and ``[::]`` do not (corral binds ``[::]`` IPv6-only).
+    Port 0 (any free port) never overlaps.
+    """
+    x, y = parse_address(a), parse_address(b)
+    if x.kind != y.kind:
+        return False
+    if x.kind == "unix":
+        return x.path == y.path
+    if x.kind == "fd":
+        return x.fd == y.fd
+    if x.port != y.port or x.port == 0:
+        return False
+    hx, hy = _ip(x.host), _ip(y.host)
+    if hx is None or hy is None:  # a host name: only the same name is known to clash
+        return x.host == y.host
+    return hx == hy or (hx.version == hy.version and (hx.is_unspecified or hy.is_unspecified))
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
+    except ValueError:
+        return None

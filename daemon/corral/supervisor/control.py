@@ -7,10 +7,16 @@ Protocol: one JSON object per line each way. Requests:
   ``{"cmd": "ping"}``    -> ``{"ok": true, "pid": N}``
 Errors: ``{"ok": false, "error": "..."}``.
 
-Only the owner (and root) may connect: the socket is created mode 0600.
+Only the owner (and root) may connect: the socket is created mode 0600, in a directory
+``rundir`` made or checked, under the claim (a lock) ``corral run`` took before binding
+anything. The server removes only the socket file it made itself.
 
-An in-place re-exec (``reexec``) hands the listening socket and the connections
-of reload requests still waiting to the new image, which answers them.
+The client believes only a server that runs as the expected user (``SO_PEERCRED``: its
+own uid or root; for root also the user the socket's directory was given to, as systemd's
+RuntimeDirectory= with User= does), and checks each reply's fields before it reads them.
+
+An in-place re-exec (``reexec``) hands the listening socket, the claim and the
+connections of reload requests still waiting to the new image, which answers them.
 """
 
 from __future__ import annotations
@@ -20,8 +26,12 @@ import json
 import logging
 import os
 import socket
-from pathlib import Path
+import stat
+import struct
 from typing import TYPE_CHECKING, Any
+
+from corral.config import socket_path_too_long
+from corral.supervisor import rundir
 
 if TYPE_CHECKING:
     from corral.supervisor.supervisor import Supervisor
@@ -43,30 +53,42 @@ class ControlServer:
         # reload requests waiting for their outcome -> the fd of the client's connection
         # (handed over to the new image by an in-place re-exec, which answers them)
         self.waiting: dict[asyncio.Future[Any], int] = {}
+        # (st_dev, st_ino) of the socket file this process made (or adopted): close() removes
+        # that file and nothing else, never another corral's socket at the same path.
+        self.made: tuple[int, int] | None = None
+        self._own_claim = False  # claimed here, not by supervisor.run(): close() releases it
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen on the control socket path, or on ``sock`` (already listening: an in-place re-exec)."""
         if sock is not None:
+            self.path = sock.getsockname() or self.path  # where it is bound, whatever the config says now
+            self.made = _identity(self.path)
             self.server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_REQUEST)
             return
-        path = Path(self.path)
-        try:
-            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ControlError(f"cannot create the directory of the control socket {self.path}: {exc.strerror}; "
-                               "set control_socket: in the config, or RuntimeDirectory= in the unit") from None
-        if path.exists() or path.is_symlink():
+        if rundir.held() is None:
+            try:
+                rundir.claim_for(self.supervisor.config)
+            except rundir.ClaimError as exc:
+                raise ControlError(str(exc)) from None
+            self._own_claim = True
+        if os.path.lexists(self.path):
+            # We hold the claim, so this is a crashed corral's socket, unless a corral from
+            # before claims existed still serves it.
             if _answers(self.path):
-                raise ControlError(f"another corral is running with control socket {self.path}; "
-                                   "stop it, or give this instance another name: (or control_socket:)")
-            path.unlink()  # left over from a crash
+                raise ControlError(f"another corral is running with control socket {self.path}; stop it, "
+                                   "or give this one another name: -n NAME (or name:, or control_socket:)")
+            try:
+                os.unlink(self.path)
+            except OSError as exc:
+                raise ControlError(f"cannot remove the stale control socket {self.path}: {exc.strerror}") from None
         old_umask = os.umask(0o177)
         try:
             self.server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_REQUEST)
         except OSError as exc:
-            raise ControlError(f"cannot create control socket {self.path}: {exc.strerror}") from None
+            raise ControlError(f"cannot create control socket {self.path}: {exc.strerror or exc}") from None
         finally:
             os.umask(old_umask)
+        self.made = _identity(self.path)
 
     def listening_fd(self) -> int | None:
         return self.server.sockets[0].fileno() if self.server is not None and self.server.sockets else None
@@ -89,10 +111,15 @@ class ControlServer:
         if self.server is not None:
             self.server.close()
             self.server = None
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if self.made is not None and _identity(self.path) == self.made:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        self.made = None
+        if self._own_claim:
+            rundir.release()
+            self._own_claim = False
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -155,6 +182,14 @@ def _answer(client: socket.socket, outcome: Any) -> None:
         client.close()
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _answers(path: str) -> bool:
     try:
         request(path, {"cmd": "ping"}, timeout=2.0)
@@ -163,8 +198,14 @@ def _answers(path: str) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- the client
+
+
 def request(path: str, message: dict[str, Any], timeout: float | None = 10.0) -> dict[str, Any]:
-    """Client side: send one request and return the reply."""
+    """Client side: send one request and return the reply, checked (``check_reply``)."""
+    problem = socket_path_too_long(path)
+    if problem is not None:
+        raise ControlError(f"{problem}; pass a shorter --control-socket")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -172,13 +213,14 @@ def request(path: str, message: dict[str, Any], timeout: float | None = 10.0) ->
             sock.connect(path)
         except FileNotFoundError:
             raise ControlError(f"no control socket at {path}: is corral running? "
-                               "(check `systemctl status`, or pass --config / --control-socket)") from None
+                               "(check `systemctl status`, or pass --config / -n NAME / --control-socket)") from None
         except ConnectionRefusedError:
             raise ControlError(f"nothing listens on {path}: corral is not running (a stale socket file)") from None
         except PermissionError:
             raise ControlError(f"permission denied on {path}: run as the service's user or root") from None
         except OSError as exc:
             raise ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        check_peer(sock, path)
         sock.sendall(json.dumps(message).encode() + b"\n")
         data = bytearray()
         while not data.endswith(b"\n"):
@@ -192,6 +234,132 @@ def request(path: str, message: dict[str, Any], timeout: float | None = 10.0) ->
     finally:
         sock.close()
     try:
-        return json.loads(data)
+        reply = json.loads(data)
     except ValueError:
         raise ControlError(f"{path} sent an answer that is not JSON") from None
+    return check_reply(path, str(message.get("cmd")), reply)
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def check_peer(sock: socket.socket, path: str) -> None:
+    """Refuse a server that is not the expected user: on a shared machine another user may
+    have put a socket where ours should be, to fake corral's answers ("reload ok")."""
+    pid, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    if uid in trusted_uids(path):
+        return
+    raise ControlError(f"refusing the control socket {path}: it is served by uid {uid} (pid {pid}), not by you "
+                       f"(uid {os.geteuid()}) or root, so it is not your corral (another user may have put it "
+                       "there); remove it if it is not yours, or pass -n NAME / --control-socket for yours")
+
+
+def trusted_uids(path: str) -> set[int]:
+    """Whose server a client believes: its own user's and root's; root also believes the user
+    that root gave the socket's directory to (RuntimeDirectory= with User=: the service's)."""
+    me = os.geteuid()
+    trusted = {me, 0}
+    if me == 0:
+        owner = _given_directory_owner(path)
+        if owner is not None:
+            trusted.add(owner)
+    return trusted
+
+
+def _given_directory_owner(path: str) -> int | None:
+    """The owner of the socket's directory, if it is a real directory (not a symlink) in one
+    only root may write: then root (or systemd) made it for that user, who alone could bind there."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.lstat(directory)
+        parent = os.stat(os.path.dirname(directory))
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or parent.st_uid != 0 or parent.st_mode & 0o022:
+        return None
+    return st.st_uid
+
+
+# --------------------------------------------------------------------------- replies
+
+
+class Maybe:
+    """A field that may be missing or null."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+
+_NUMBER = (int, float)
+_NONE = type(None)
+
+# What the client reads of each successful reply (`corral status` prints these); more is fine.
+STATUS_REPLY: dict[str, Any] = {
+    "name": str, "phase": str, "pid": int, "uptime": _NUMBER, "app": (str, _NONE), "status": str,
+    "generation": int, "workers_wanted": int, "workers_ready": int, "requests_total": _NUMBER,
+    "restarts": dict,
+    "last_reload": Maybe({"ok": bool, "message": str, "duration": _NUMBER}),
+    "supervisor": {"rss": (*_NUMBER, _NONE), "uss": (*_NUMBER, _NONE)},
+    "listeners": [{"address": str, "role": str, "source": str, "fd": int,
+                   "queue_depth": Maybe(_NUMBER), "queue_max": Maybe(_NUMBER)}],
+    "workers": [{"pid": int, "generation": int, "slot": int, "state": str, "reason": (str, _NONE),
+                 "requests": _NUMBER, "in_flight": _NUMBER, "connections_open": _NUMBER,
+                 "uss": (*_NUMBER, _NONE), "age": _NUMBER}],
+}
+RELOAD_REPLY: dict[str, Any] = {"message": str, "generation": int, "duration": _NUMBER}
+PING_REPLY: dict[str, Any] = {"pid": int}
+_REPLIES = {"status": STATUS_REPLY, "reload": RELOAD_REPLY, "ping": PING_REPLY}
+
+
+def check_reply(path: str, cmd: str, reply: Any) -> dict[str, Any]:
+    """``reply`` if it holds what a reply to ``cmd`` needs, else ControlError saying what is
+    wrong (rather than a KeyError from the code that reads it)."""
+    problem = _mismatch(reply, {"ok": bool}, "")
+    if problem is None and not reply["ok"]:
+        # A refusal says why in "error" (a bad request) or "message" (a failed reload).
+        if not isinstance(reply.get("error"), str) and not isinstance(reply.get("message"), str):
+            problem = "a failure without an error or a message"
+    elif problem is None and cmd in _REPLIES:
+        problem = _mismatch(reply, _REPLIES[cmd], "")
+    if problem is not None:
+        raise ControlError(f"unexpected reply from the control socket {path}: {problem} (a corral of another "
+                           "version, or not corral at all?)")
+    return reply
+
+
+def _mismatch(value: Any, schema: Any, where: str) -> str | None:
+    """Why ``value`` does not fit ``schema`` (a type or a tuple of types, a dict of fields, a
+    one-element list for a list's items, Maybe), or None when it does."""
+    if isinstance(schema, Maybe):
+        return None if value is None else _mismatch(value, schema.schema, where)
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            return f"{where or 'it'} is {_describe(value)}, not an object"
+        for key, field in schema.items():
+            name = f"{where}.{key}" if where else key
+            if key not in value:
+                if isinstance(field, Maybe):
+                    continue
+                return f"{name} is missing"
+            problem = _mismatch(value[key], field, name)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return f"{where} is {_describe(value)}, not a list"
+        for index, item in enumerate(value):
+            problem = _mismatch(item, schema[0], f"{where}[{index}]")
+            if problem is not None:
+                return problem
+        return None
+    types = schema if isinstance(schema, tuple) else (schema,)
+    # isinstance(True, int) holds, but true is no pid.
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return None
+    return f"{where} is {_describe(value)}"
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"

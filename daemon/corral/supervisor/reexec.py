@@ -7,7 +7,8 @@ supervisor must start running the new code without stopping the service:
    throw-away interpreter. If that fails the reload fails and nothing changes:
    the running (old) supervisor and its workers keep serving.
 2. **Capture.** Everything the supervisor knows is written as JSON into a
-   memfd: listening sockets (fd numbers, roles), the control socket and the
+   memfd: listening sockets (fd numbers, roles), the control socket, its claim
+   (the locked lock file: see ``rundir``) and the
    connections of ``corral reload`` clients waiting for the outcome, the accept
    balance table, every worker (pid, control-channel fd, slot, generation, state,
    deadlines, counters) and the slot layout of the serving generation. All those
@@ -41,6 +42,7 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from corral.config import SUPERVISOR_KEYS, BindSpec, Config
+from corral.supervisor import rundir  # now, not in capture(): after an upgrade the disk holds new code
 
 if TYPE_CHECKING:
     from corral.supervisor.supervisor import Supervisor
@@ -106,6 +108,7 @@ def capture(sup: Supervisor) -> dict[str, Any]:
         entry["sample"] = dict(worker.sample)
         workers.append(entry)
     control = sup.control
+    claim = rundir.held()
     return {
         "version": STATE_VERSION,
         "config": sup.config.to_json(),
@@ -115,7 +118,8 @@ def capture(sup: Supervisor) -> dict[str, Any]:
                        "unlink_path": item.unlink_path, "group": item.group} for item in sup.listeners.items],
         },
         "control": {"fd": control.listening_fd() if control is not None else None,
-                    "clients": control.waiting_clients() if control is not None else []},
+                    "clients": control.waiting_clients() if control is not None else [],
+                    "claim": claim.handover() if claim is not None else None},
         "balance": {"fd": sup.balance.fd} if sup.balance is not None else None,
         "supervisor": {
             "started_at": sup.started_at, "next_id": sup.next_id,
@@ -142,6 +146,8 @@ def fds_of(state: dict[str, Any]) -> list[int]:
     if state["control"]["fd"] is not None:
         fds.append(state["control"]["fd"])
     fds += state["control"]["clients"]
+    if state["control"].get("claim"):
+        fds.append(state["control"]["claim"]["lock_fd"])  # the lock must outlive the exec
     if state["balance"] is not None:
         fds.append(state["balance"]["fd"])
     return fds

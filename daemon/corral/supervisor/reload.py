@@ -10,14 +10,19 @@ the next one (it may be for code written after the running one read its own).
 3. corral's own code changed on disk: re-execute the supervisor in place
    (``reexec``), which then carries on from step 4 with the new code.
 4. Start the new generation: ``surge`` starts every new worker at once;
-   ``rolling`` starts ``reload_batch`` at a time, for hosts without the memory
-   for two generations.
+   ``rolling`` starts ``reload_batch`` at a time.
 5. Gate: a new worker counts only once it said ``ready``, which a worker does
-   after importing the app, finishing lifespan startup and, with
-   ``health_check:``, getting the expected answer to a probe sent through the
-   app to itself (``corral.worker.probe``). Within ``reload_timeout`` (per batch
-   when rolling), or the transaction rolls back.
-6. Drain the old workers that the gated ones replace: SIGTERM, after which each
+   after importing the app, finishing lifespan startup, getting an answer up to
+   ``warmup.max_status`` to its warm-up request (on by default: lazy frameworks
+   such as Django load their URLconf and views on the first request) and, with
+   ``health_check:``, the expected answer to a probe, both sent through the app
+   to itself (``corral.worker.probe``). Within ``reload_timeout`` (per batch
+   when rolling), or the transaction rolls back. Each new worker is told it
+   belongs to a reload (``reload_gate``): only then does a failed warm-up fail
+   its boot, since only then is there older code to fall back to.
+6. Drain the old workers that the gated ones replace (when rolling with
+   ``reload_rollback: full``, the default, park them instead until the last
+   batch is ready: see below): SIGTERM, after which each
    stops accepting, answers busy connections' last response with
    ``Connection: close``, closes idle keep-alive connections, and finishes its
    in-flight requests within ``graceful_timeout``. ``READY=1`` (and the answer to
@@ -30,10 +35,22 @@ Rollback: a new worker that exits or fails its probe before it is ready, or a
 batch not ready within ``reload_timeout``: the new workers are stopped, the old
 generation never stopped serving, STATUS says why, the reload reports failure.
 ``READY=1`` follows every ``RELOADING=1``, whatever happens (systemd 252 leaves
-``systemctl reload`` hanging otherwise). When rolling, a failure after the
-first batch cannot bring back the old code (it is gone from disk, and
-interpreters load code when they start): the workers already replaced keep
-serving the new code and the reload reports the mixed state.
+``systemctl reload`` hanging otherwise).
+
+Rolling rollback. A failure after the first batch cannot start the old code
+again: it is gone from disk, and interpreters load code when they start. So
+with ``reload_rollback: full`` the old workers that a batch replaces are
+*parked*, not drained: they stop accepting new connections (their open ones are
+still answered) and keep the old code loaded. On success they drain with the
+rest at cut-over; on failure they accept again, back in their slots, and the
+new workers of the replaced slots drain: the old code serves on every slot,
+as if the reload had never started. The price is memory: by the last batch
+the old generation is still whole, as with ``surge``. ``reload_rollback:
+partial`` lets replaced workers exit at once (``reload_batch`` extra workers at
+most); a failure after the first batch then leaves the replaced slots on the
+new code, and the reload reports the mixed state. A parked worker that dies
+meanwhile cannot come back either: its slot keeps its new worker, and the
+report says so.
 """
 
 from __future__ import annotations
@@ -42,6 +59,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from corral.config import Config, ConfigError
@@ -59,10 +77,18 @@ log = logging.getLogger("corral.reload")
 SURGE = "surge"
 ROLLING = "rolling"
 ROLLBACK = "rollback"
+
 # How long READY waits, beyond drain_linger, for a drained worker to say it closed its idle
 # connections (an old worker blocked in the app says nothing; READY must come anyway).
 QUIESCE_GRACE = 3.0
 EXTEND_EVERY = 5.0
+
+
+class Rollback(StrEnum):
+    """``reload_rollback``: what a rolling reload can undo when a batch after the first one fails."""
+
+    FULL = "full"  # replaced old workers are parked until the last batch is ready
+    PARTIAL = "partial"  # replaced old workers exit at once: less memory, the replaced slots stay new
 
 
 @dataclass
@@ -84,6 +110,7 @@ class Transaction:
     batch: int = -1  # index into batches of the batch booting now
     deadline: float | None = None  # reload_timeout of the booting batch
     quiescing: set[int] = field(default_factory=set)  # ids of drained workers not yet quiet
+    parked: dict[int, list[WorkerProcess]] = field(default_factory=dict)  # slot index -> replaced old workers
     quiesce_deadline: float | None = None
     outcome: ReloadOutcome | None = None  # decided; READY waits for the quiescing workers
     may_reexec: bool = True  # False for the transaction a re-executed image resumes (no exec loop)
@@ -197,8 +224,9 @@ class Reloader:
         batch = config.workers if _strategy(config) == SURGE else max(1, min(_batch(config), config.workers))
         indices = list(range(config.workers))
         txn.batches = [indices[i:i + batch] for i in range(0, len(indices), batch)]
-        log.info("reload: generation %d starting (%d workers, %s%s)", generation.number, config.workers,
-                 _strategy(config), f", batches of {batch}" if len(txn.batches) > 1 else "")
+        log.info("reload: generation %d starting (%d workers, %s%s%s)", generation.number, config.workers,
+                 _strategy(config), f", batches of {batch}" if len(txn.batches) > 1 else "",
+                 ", replaced workers parked until the last batch is ready" if _parks(txn) else "")
         self._start_batch(txn, 0)
 
     def _start_batch(self, txn: Transaction, number: int) -> None:
@@ -208,9 +236,12 @@ class Reloader:
         txn.deadline = time.monotonic() + _reload_timeout(txn.config)
         for index in txn.batches[number]:
             slot = txn.generation.slots[index]
-            if sup._start_worker(txn.generation, slot) is None:
+            worker = sup._start_worker(txn.generation, slot)
+            if worker is None:
                 self._rollback(txn, f"cannot start a worker: {slot.last_error}")
                 return
+            # Older code serves meanwhile: a failed warm-up must fail this worker's boot.
+            worker.channel.send({"t": "reload_gate"})
         sup._update_status(force=True)
 
     def on_ready(self, worker: WorkerProcess) -> None:
@@ -230,7 +261,8 @@ class Reloader:
             self._cutover(txn)
 
     def _replace(self, txn: Transaction, indices: list[int]) -> None:
-        """Drain the old workers of these slots (and, with the last batch, of slots no longer wanted)."""
+        """Drain (or, before the last batch, park) the old workers of these slots; with the last
+        batch, also drain those of slots no longer wanted."""
         old = txn.old
         if old is None:
             return
@@ -238,9 +270,22 @@ class Reloader:
         for slot in old.slots:
             if slot.index in indices or (last and slot.index >= len(txn.generation.slots)):
                 for worker in slot.workers():
-                    self._drain(txn, worker)
+                    if not last and _parks(txn) and worker is slot.worker and worker.state == READY:
+                        self._park(txn, slot.index, worker)
+                    else:
+                        self._drain(txn, worker)
                 slot.worker = slot.successor = None
                 slot.restart_at = None
+
+    def _park(self, txn: Transaction, index: int, worker: WorkerProcess) -> None:
+        """Keep a replaced old worker, not accepting, until the reload is decided (``Rollback.FULL``)."""
+        sup = self.sup
+        if sup.recycling is worker:
+            sup.recycling = None
+        worker.channel.send({"t": "park"})
+        txn.parked.setdefault(index, []).append(worker)
+        log.info("reload: worker %d (pid %d, slot %d) of generation %d parked: it keeps the old code loaded "
+                 "until the last batch is ready", worker.id, worker.pid, index, worker.generation)
 
     def _drain(self, txn: Transaction, worker: WorkerProcess) -> None:
         sup = self.sup
@@ -267,6 +312,9 @@ class Reloader:
         sup.recycling = None
         sup.phase = "running"
         sup._generation_changed(new)
+        for worker in [w for parked in txn.parked.values() for w in parked]:
+            self._drain(txn, worker)  # the reload is decided: the old code is no longer needed
+        txn.parked.clear()
         identity = sup.code_description(new)
         txn.outcome = ReloadOutcome(True, new.number, f"generation {new.number} serving"
                                     + (f" ({identity})" if identity else ""), now - txn.started)
@@ -334,23 +382,60 @@ class Reloader:
             log.error("reload: %s; rolling back: generation %d keeps serving", reason, sup._gen_number())
             message = f"gen {new.number} rolled back, gen {sup._gen_number()} serves: {reason}"
         else:
-            # Rolling, after the first batch: the replaced slots keep their new workers.
-            old = txn.old
-            assert old is not None
-            for index in done:
-                slot = next((s for s in old.slots if s.index == index), None)
-                if slot is None:
-                    slot = Slot(index)
-                    old.slots.append(slot)
-                slot.worker = new.slots[index].worker
-            old.slots.sort(key=lambda s: s.index)
-            message = (f"rolling reload stopped at batch {txn.batch + 1}/{len(txn.batches)}: {reason}; "
-                       f"{len(done)} of {len(old.slots)} workers run gen {new.number}, the others gen {old.number}")
+            message = self._roll_back_replaced(txn, done, reason)
             log.error("reload: %s", message)
         txn.outcome = ReloadOutcome(False, sup._gen_number(), message, now - txn.started)
         linger = max([sup._config_of_id(i).drain_linger for i in txn.quiescing] or [0.0])
         txn.quiesce_deadline = now + linger + QUIESCE_GRACE
         self._maybe_finish(txn)
+
+    def _roll_back_replaced(self, txn: Transaction, done: list[int], reason: str) -> str:
+        """Rolling, after the first batch: the slots already replaced get their parked old workers
+        back, and their new workers drain; a slot with no parked worker left keeps its new one.
+        Returns the reload's message."""
+        old, new = txn.old, txn.generation
+        assert old is not None and new is not None
+        mixed, back = [], 0
+        for index in done:
+            slot = next((s for s in old.slots if s.index == index), None)
+            parked = [w for w in txn.parked.pop(index, []) if w.alive and w.state == READY]
+            if slot is not None and parked:
+                slot.worker = parked[0]
+                slot.failures, slot.restart_at = 0, None
+                back += 1
+                for worker in parked:
+                    worker.channel.send({"t": "unpark"})
+                # Unparked first: the slot's old worker accepts again before its new one stops.
+                self._drain_new(txn, index)
+            elif slot is None and _parks(txn):
+                self._drain_new(txn, index)  # a slot the new config added: the old generation had none
+            else:
+                if slot is None:
+                    slot = Slot(index)
+                    old.slots.append(slot)
+                slot.worker = new.slots[index].worker
+                mixed.append(index)
+        old.slots.sort(key=lambda s: s.index)
+        for worker in [w for parked in txn.parked.values() for w in parked]:
+            self._drain(txn, worker)  # parked for a slot no longer known: nothing to return to
+        txn.parked.clear()
+        where = f"at batch {txn.batch + 1}/{len(txn.batches)}"
+        if not mixed:
+            return (f"gen {new.number} rolled back {where}, gen {old.number} serves on every slot again "
+                    f"({back} parked worker{'s' if back != 1 else ''} back): {reason}")
+        why = ("reload_rollback: partial lets replaced workers exit" if not _parks(txn)
+               else "their parked old workers are gone")
+        return (f"rolling reload stopped {where}: {reason}; {len(mixed)} of {len(old.slots)} workers run gen "
+                f"{new.number}, the others gen {old.number} ({why})")
+
+    def _drain_new(self, txn: Transaction, index: int) -> None:
+        """Drain the new generation's workers of a replaced slot (they served: a graceful stop)."""
+        assert txn.generation is not None
+        slot = txn.generation.slots[index]
+        for worker in slot.workers():
+            worker.stop_reason = ROLLBACK
+            self._drain(txn, worker)
+        slot.worker = slot.successor = None
 
     def _finish(self, txn: Transaction, outcome: ReloadOutcome, result: str) -> None:
         sup = self.sup
@@ -409,8 +494,16 @@ class Reloader:
             self._begin(waiters, True)
 
     def on_worker_gone(self, worker: WorkerProcess) -> None:
-        """Any worker exited: a drained one counts as quiet."""
-        if self.active is not None and worker.id in self.active.quiescing:
+        """Any worker exited: a drained one counts as quiet; a parked one can no longer come back."""
+        txn = self.active
+        if txn is None:
+            return
+        for index, parked in list(txn.parked.items()):
+            if worker in parked:
+                parked.remove(worker)
+                log.warning("reload: parked worker %d (pid %d, slot %d) exited; a rollback can no longer "
+                            "bring the old code back to slot %d", worker.id, worker.pid, index, index)
+        if worker.id in txn.quiescing:
             self.on_quiesced(worker)
 
 
@@ -424,4 +517,11 @@ def _batch(config: Config) -> int:
 
 def _reload_timeout(config: Config) -> float:
     return config.reload_timeout
+
+
+def _parks(txn: Transaction) -> bool:
+    """Whether this transaction parks the old workers it replaces (rolling, ``reload_rollback: full``)."""
+    config = txn.config
+    return (config is not None and len(txn.batches) > 1
+            and Rollback(config.reload_rollback) is Rollback.FULL)
 

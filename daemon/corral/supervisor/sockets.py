@@ -8,17 +8,19 @@ early or unlinked, because PID 1 owns them and keeps their queue across restarts
 from __future__ import annotations
 
 import errno
+import fcntl
 import grp
 import logging
 import os
 import pwd
 import socket
 import stat
+import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, MutableMapping
 
-from corral.config import BindSpec
-from corral.supervisor.addresses import Address, parse_address
+from corral.config import BindSpec, metrics_overlap_message
+from corral.supervisor.addresses import Address, overlap, parse_address
 
 log = logging.getLogger("corral.sockets")
 
@@ -38,6 +40,12 @@ class Listener:
     name: str = ""  # systemd's FileDescriptorName
     unlink_path: str | None = None  # unix socket node we created and must remove on exit
     group: int = 0  # reuse_port group: the worker slot it belongs to (0: shared by all)
+
+    def __post_init__(self) -> None:
+        # Never on fds 0-2: a worker starts with /dev/null on its stdin and our stdout and
+        # stderr, which would replace the listener it inherits there (``fd:0``, or a socket
+        # opened while the standard fds were closed).
+        self.sock = _above_stdio(self.sock)
 
     @property
     def fd(self) -> int:
@@ -85,6 +93,41 @@ class Listeners:
         for item in self.items:
             item.close()
         self.items.clear()
+
+
+def secure_standard_fds() -> None:
+    """Open /dev/null on any of fds 0-2 that is closed; call it first thing in ``corral run``.
+
+    Started with stdin or stdout closed (``corral run <&-``), the next file corral opens
+    takes that number: a listening socket on fd 0 is then replaced by /dev/null in
+    every worker (started with ``stdin=/dev/null``), and one on fd 1 by our stdout.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:  # EBADF: closed
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one, or a lower closed one
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    # Python leaves sys.stdout/sys.stderr None for a standard fd that was closed at start-up.
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False, errors="backslashreplace")
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")
+
+
+def _above_stdio(sock: socket.socket) -> socket.socket:
+    """``sock`` moved to an fd above 2 (close-on-exec), with /dev/null left in its old place."""
+    fd = sock.fileno()
+    if fd < 0 or fd > 2:
+        return sock
+    lifted = socket.socket(fileno=fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
+    sock.detach()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, fd)  # atomically replaces the socket's old number: 0-2 stay open
+    os.close(null)
+    return lifted
 
 
 def describe(sock: socket.socket) -> str:
@@ -158,6 +201,13 @@ def from_systemd(environ: MutableMapping[str, str] | None = None) -> Listeners |
 def bind_all(specs: Iterable[BindSpec], backlog: int, *, reuse_port: bool = False, slots: int = 1,
              metrics: Iterable[BindSpec] = ()) -> Listeners:
     """Bind every configured address; on any failure close what was bound and raise SocketError."""
+    specs, metrics = list(specs), list(metrics)
+    for spec in metrics:
+        # Config validation checks an explicit bind list; this catches the default one, which
+        # would otherwise fail with "address in use" naming corral's own pid.
+        clash = next((app for app in specs if overlap(spec.address, app.address)), None)
+        if clash is not None:
+            raise SocketError(f"metrics_bind: {metrics_overlap_message(spec.address, clash.address)}")
     listeners = Listeners()
     try:
         for spec in specs:

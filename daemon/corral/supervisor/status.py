@@ -67,6 +67,7 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
             "oldest_in_flight_age": stats.get("oldest_in_flight_age"),
             "connections_open": int(stats.get("connections_open", 0) or 0),
             "connections_accepted": int(stats.get("connections_accepted", 0) or 0),
+            "websockets_open": _websockets_open(stats),
             "accept_paused": bool(stats.get("accept_paused", False)),
             "uss": worker.sample.get("uss"),
             "rss": worker.sample.get("rss"),
@@ -118,6 +119,12 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
     }
 
 
+def _websockets_open(stats: dict[str, Any]) -> int:
+    """Open WebSockets from a heartbeat's ``ws`` (engine WebSocketStats.snapshot()); 0 before one came."""
+    ws = stats.get("ws")
+    return int(ws.get("open", 0) or 0) if isinstance(ws, dict) else 0
+
+
 def _queue(figures: dict[str, Any], listener: Any) -> dict[str, Any]:
     # Reuse-port sockets share an address: the series name tells them apart (the same
     # rule as Supervisor._watch_listener: role, then /group).
@@ -143,12 +150,12 @@ def render_table(data: dict[str, Any]) -> str:
     for item in data["listeners"]:
         queue = "" if item.get("queue_depth") is None else f", queue {item['queue_depth']}/{item['queue_max']}"
         lines.append(f"  listening on {item['address']} ({item['role']}, {item['source']}, fd {item['fd']}{queue})")
-    header = ("PID", "GEN", "SLOT", "STATE", "REQUESTS", "IN-FLIGHT", "CONNS", "USS", "AGE")
+    header = ("PID", "GEN", "SLOT", "STATE", "REQUESTS", "IN-FLIGHT", "CONNS", "WS", "USS", "AGE")
     rows = [header]
     for w in data["workers"]:
         state = w["state"] + (f" ({w['reason']})" if w["reason"] and w["state"] != "ready" else "")
         rows.append((str(w["pid"]), str(w["generation"]), str(w["slot"]), state, str(w["requests"]),
-                     str(w["in_flight"]), str(w["connections_open"]),
+                     str(w["in_flight"]), str(w["connections_open"]), str(w.get("websockets_open", 0)),
                      _mib(w["uss"]) if w["uss"] is not None else "-", _duration(w["age"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines.append("")

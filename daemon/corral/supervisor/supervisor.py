@@ -13,6 +13,7 @@ Lifecycle: ``starting`` (generation 1 boots; READY=1 once every worker is ready)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -22,18 +23,19 @@ from typing import Any, Callable
 
 import psutil
 
-from corral.config import Config
+from corral.config import Config, engine_keys
 from corral.logs import print_error, reopen_log_files
 from corral.metrics.registry import RESTART_REASONS, Metrics
 from corral.supervisor import identity, policies
 from corral.supervisor.notify import Notifier
 from corral.supervisor.reload import ReloadOutcome, Reloader
-from corral.supervisor.slots import Generation, Slot
+from corral.supervisor.slots import ExitVerdict, Generation, RespawnBudget, Slot
 from corral.supervisor.sockets import Listeners, bind_reuse_port_group
 from corral.supervisor.spawn import worker_argv, worker_env
 from corral.supervisor.worker_process import (
     BOOTING, DRAINING, EXITED, KILLED, READY, WorkerProcess, spawn,
 )
+from corral.worker import inflight
 from corral.worker.balance import BalanceTable, CellAllocator
 from corral.worker.protocol import ChannelClosed
 
@@ -63,6 +65,8 @@ class Supervisor:
         self.recycling: WorkerProcess | None = None  # the one worker being replaced now
         self.next_id = 1
         self.generation_counter = 0
+        # Bounds how fast dead workers are replaced, all slots together (slots.py).
+        self.respawns = RespawnBudget.for_slots(config.workers)
         self.metrics = Metrics()
         self._bad_heartbeats: set[int] = set()  # workers whose heartbeat the metrics rejected (logged once)
         self.last_watchdog = 0.0
@@ -224,11 +228,15 @@ class Supervisor:
         try:
             worker = spawn(self.next_id, slot.index, generation.number,
                            worker_argv(config.python, []),
-                           worker_env(os.environ, config.environment), config.app_dir, fds, extra)
+                           worker_env(os.environ, config.environment), config.app_dir, fds, extra,
+                           in_flight_slots=_in_flight_slots(config))
         except OSError as exc:
             slot.failures += 1
             slot.restart_at = time.monotonic() + slot.backoff()
-            slot.last_error = f"cannot start {config.python}: {exc}"
+            if exc.filename == config.app_dir:  # Popen reports a failed chdir with the directory's name
+                slot.last_error = f"cannot start a worker in app_dir {config.app_dir}: {exc.strerror}"
+            else:
+                slot.last_error = f"cannot start {config.python}: {exc}"
             log.error("slot %d: %s; retrying in %.1fs", slot.index, slot.last_error, slot.backoff())
             return None
         self.next_id += 1
@@ -245,6 +253,8 @@ class Supervisor:
             "worker": {"id": worker.id, "slot": slot.index, "generation": generation.number},
             "listeners": [{"fd": item.fd, "role": item.role, "address": item.address} for item in listeners],
             "balance": {"fd": self.balance.fd, "cell": worker.balance_cell} if self.balance is not None else None,
+            "in_flight": {"fd": worker.in_flight_fd, "slots": worker.in_flight_slots}
+            if worker.in_flight_fd >= 0 else None,
         })
         if successor_of is not None:
             slot.successor = worker
@@ -252,6 +262,8 @@ class Supervisor:
             slot.worker = worker
         log.info("worker %d (pid %d) starting in slot %d, generation %d: %s", worker.id, worker.pid,
                  slot.index, generation.number, self._start_reason(generation, slot, successor_of))
+        if successor_of is None:
+            slot.replaces = None
         return worker
 
     def _start_reason(self, generation: Generation, slot: Slot, successor_of: WorkerProcess | None) -> str:
@@ -260,6 +272,8 @@ class Supervisor:
             return f"replaces worker {successor_of.id} ({successor_of.stop_reason or 'recycle'})"
         if slot.failures:
             return f"restart, {slot.failures} failure{'s' if slot.failures > 1 else ''} in a row in this slot"
+        if slot.replaces:
+            return slot.replaces
         if generation is self.pending:
             return "reload"
         return "start" if self.phase == "starting" else "new slot (TTIN)"
@@ -293,6 +307,8 @@ class Supervisor:
         elif kind == "ready":
             if isinstance(message.get("identity"), dict):
                 worker.identity = message["identity"]
+            if isinstance(message.get("requests"), int):
+                worker.requests_at_ready = message["requests"]
             self._on_ready(worker, now)
         elif kind == "booted":
             worker.last_heartbeat = now
@@ -368,6 +384,9 @@ class Supervisor:
         except (ValueError, OSError):
             pass
         self._drain_channel(worker)
+        # Read before close(): the requests it was serving, maybe the one that killed it.
+        in_flight = worker.in_flight()
+        served = bool(in_flight) or worker.served_any()
         worker.close()
         if self.cells is not None:
             self.cells.give_back(worker.balance_cell)
@@ -396,7 +415,7 @@ class Supervisor:
         if slot.successor is worker:
             # The replacement of a recycle died before it was ready: keep the old one serving.
             slot.successor = None
-            slot.note_exit(worker, now)
+            slot.note_exit(worker, now, served)
             slot.last_error = worker.boot_error or description
             if self.recycling is slot.worker:
                 self.recycling = None
@@ -411,7 +430,7 @@ class Supervisor:
         slot.worker = None
         never_ready = worker.ready_at is None
         reason = worker.stop_reason or (policies.BOOT_FAILED if never_ready else policies.CRASH)
-        slot.note_exit(worker, now)
+        verdict = slot.note_exit(worker, now, served)
         slot.last_error = worker.boot_error or description
         if slot.successor is not None:
             # A recycle was under way: its replacement takes the slot.
@@ -423,18 +442,43 @@ class Supervisor:
                       _error_suffix(worker))
             if all(s.worker is None for s in generation.slots):
                 self.fatal_error = ("no worker could boot: " + (worker.boot_error or description)
-                                    + "; fix the app (try `corral check`), then start again")
+                                    + _boot_fix_hint(worker.boot_error))
                 self.exit_code = EXIT_BOOT_FAILED
                 self.notifier.send(STATUS=self.fatal_error[:400])
                 self.stop(graceful=False)
             self._update_status(force=True)
             return
         if slot.worker is None:
-            log.log(logging.INFO if worker.stop_reason == policies.HUNG else logging.ERROR,
-                    "worker %d (pid %d, slot %d) %s (%s); restarting in %.1fs%s", worker.id, worker.pid,
-                    slot.index, description, reason, slot.backoff(), _error_suffix(worker))
-            self._wake_at(slot.restart_at)
+            slot.replaces = f"replaces worker {worker.id} ({reason})"
+            self._schedule_restart(slot, now)
+            if verdict is ExitVerdict.SERVED:
+                # It served: the app boots, a request (or something else at run time) killed it.
+                serving = f" while serving {inflight.describe(in_flight)}" if in_flight else ""
+                log.log(logging.INFO if worker.stop_reason == policies.HUNG else logging.ERROR,
+                        "worker %d (pid %d, slot %d) %s (%s)%s; %s", worker.id, worker.pid, slot.index,
+                        description, reason, serving, self._when(slot.restart_at, now))
+            else:
+                early = "" if never_ready else (f": it died {now - worker.ready_at:.2f}s after it became ready, "
+                                                "before serving a request")
+                log.log(logging.INFO if worker.stop_reason == policies.HUNG else logging.ERROR,
+                        "worker %d (pid %d, slot %d) %s (%s)%s; restarting in %.1fs%s", worker.id, worker.pid,
+                        slot.index, description, reason, early, max(slot.restart_at - now, 0.0),
+                        _error_suffix(worker))
         self._update_status(force=True)
+
+    def _schedule_restart(self, slot: Slot, now: float) -> None:
+        """Start the slot's next worker when its backoff says, within the global respawn budget."""
+        if slot.restart_at is None:
+            return
+        slot.restart_at = self.respawns.reserve(slot.restart_at, now)
+        self._wake_at(slot.restart_at)
+
+    def _when(self, restart_at: float | None, now: float) -> str:
+        delay = 0.0 if restart_at is None else restart_at - now
+        if delay < 0.05:
+            return "replacing it now"
+        return (f"replacing it in {delay:.1f}s (respawn budget: {self.respawns.rate:g} "
+                "replacements per second; crashes come faster)")
 
     def _wake_at(self, when: float | None) -> None:
         """Run the restart check at ``when`` rather than at the next tick: capacity comes back sooner."""
@@ -528,9 +572,10 @@ class Supervisor:
                 age = worker.heartbeat_age(now)
                 timeout = self._config_of(worker).timeout
                 if age is not None and age > timeout:
+                    in_flight = worker.in_flight()
                     log.error("worker %d (pid %d) sent no heartbeat for %.1fs (timeout %gs): its event loop "
-                              "is blocked; dumping its traceback, then killing it", worker.id, worker.pid,
-                              age, timeout)
+                              "is blocked%s; dumping its traceback, then killing it", worker.id, worker.pid,
+                              age, timeout, f" serving {inflight.describe(in_flight)}" if in_flight else "")
                     self._take_out_of_slot(worker, policies.HUNG, now)
                     worker.kill_hung(policies.HUNG, now, HUNG_KILL_GRACE)
             if worker.state == READY and self.phase == "running" and not self.reloader.busy:
@@ -552,8 +597,9 @@ class Supervisor:
             if self.recycling is worker:
                 self.recycling = None
             if slot.worker is None:
-                slot.note_exit(worker, now)
-                self._wake_at(slot.restart_at)  # the replacement starts after the slot's backoff
+                slot.note_exit(worker, now, worker.served_any())
+                slot.replaces = f"replaces worker {worker.id} ({reason})"
+                self._schedule_restart(slot, now)  # a worker that served is replaced at once
         elif slot.successor is worker:
             slot.successor = None
         self.retiring.append(worker)
@@ -645,6 +691,7 @@ class Supervisor:
         """A reload's generation now serves."""
         self.metrics.set_generation(generation.number)
         self.metrics.set_desired_workers(len(generation.slots))
+        self.respawns.resize(len(generation.slots))
 
     def _reload_finished(self, outcome: ReloadOutcome, result: str) -> None:
         self.metrics.reload_finished(result, outcome.duration)
@@ -688,11 +735,13 @@ class Supervisor:
                         self._watch_listener(item)
             generation.slots.append(slot)
             self.metrics.set_desired_workers(len(generation.slots))
+            self.respawns.resize(len(generation.slots))
             log.info("TTIN: adding a worker (now %d)", len(generation.slots))
             self._start_worker(generation, slot)
         elif len(generation.slots) > 1:
             slot = generation.slots.pop()
             self.metrics.set_desired_workers(len(generation.slots))
+            self.respawns.resize(len(generation.slots))
             log.info("TTOU: removing the worker of slot %d (now %d)", slot.index, len(generation.slots))
             for worker in slot.workers():
                 if self.recycling is worker:
@@ -803,6 +852,23 @@ def _describe_exit(returncode: int | None) -> str:
             name = f"signal {-returncode}"
         return f"was killed by {name}"
     return f"exited with status {returncode}"
+
+
+def _boot_fix_hint(error: str | None) -> str:
+    if error and error.startswith("invalid engine setting"):
+        return "; fix the config (try `corral check`), then start again"
+    return "; fix the app (try `corral check`), then start again"
+
+
+@functools.lru_cache(maxsize=8)
+def _engine_default(name: str) -> Any:
+    spec = engine_keys().get(name)
+    return spec.default if spec is not None else None
+
+
+def _in_flight_slots(config: Config) -> int:
+    """In-flight table slots for a worker: one per connection it may hold."""
+    return inflight.slots_for(config.engine.get("max_connections") or _engine_default("max_connections") or 1024)
 
 
 def _error_suffix(worker: WorkerProcess) -> str:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from corral.supervisor import policies
+from corral.worker import inflight
 from corral.worker.protocol import Channel, socketpair
 
 log = logging.getLogger("corral.supervisor")
@@ -47,6 +49,9 @@ class WorkerProcess:
     sample: dict[str, int] = field(default_factory=dict)  # last psutil sample (uss, rss, fds)
     successor_of: int | None = None  # id of the worker this one replaces (a recycle)
     identity: dict[str, Any] | None = None  # the app code it serves (version, file hash, git), from "ready"
+    requests_at_ready: int = 0  # requests it had answered when ready (a reload gate's own probes)
+    in_flight_fd: int = -1  # its in-flight table (corral.worker.inflight); -1: none (adopted after a re-exec)
+    in_flight_slots: int = 0
 
     @property
     def pid(self) -> int:
@@ -83,6 +88,7 @@ class WorkerProcess:
         self.stop_started = now
         # The worker enforces its own drain deadline; this is the backstop.
         self.kill_at = now + timeout + 5.0
+        self.tell_why(reason)
         self.signal(signal.SIGTERM)
 
     def stop_fast(self, reason: str, now: float, grace: float = 5.0) -> None:
@@ -94,7 +100,16 @@ class WorkerProcess:
         if self.state != KILLED:
             self.state = DRAINING
         self.kill_at = min(self.kill_at or now + grace, now + grace)
+        self.tell_why(reason)
         self.signal(signal.SIGQUIT)
+
+    def tell_why(self, reason: str) -> None:
+        """Say, before the signal, whether the service goes on without this worker (a reload, a
+        recycle, a scale-down: its WebSockets close with 1012 Service Restart, so clients reconnect
+        at once) or is stopping (1001 Going Away). Sent first on the same ordered channel, so the
+        worker has it by the time it handles the signal; a lost message only means 1001."""
+        # ``reason``, not stop_reason: a worker being recycled when corral stops is going away.
+        self.channel.send({"t": "retiring", "reason": reason, "restart": reason != policies.STOP})
 
     def kill_hung(self, reason: str, now: float, grace: float = 1.0) -> None:
         """Ask for a traceback (faulthandler on SIGUSR2), SIGKILL after ``grace``."""
@@ -112,27 +127,46 @@ class WorkerProcess:
             self.returncode = self.proc.poll()
         return self.returncode
 
+    def in_flight(self) -> list[inflight.InFlight]:
+        """The requests it is (or, once dead, was) in the middle of serving."""
+        return inflight.read(self.in_flight_fd) if self.in_flight_fd >= 0 else []
+
+    def served_any(self) -> bool:
+        """Whether it answered, or is (was) answering, a request since it became ready, as far as
+        its last heartbeat and its in-flight table say."""
+        total = self.stats.get("requests_total")
+        return (isinstance(total, int) and total > self.requests_at_ready) or bool(self.in_flight())
+
     def close(self) -> None:
         self.channel.close()
+        if self.in_flight_fd >= 0:
+            os.close(self.in_flight_fd)
+            self.in_flight_fd = -1
 
 
 def spawn(worker_id: int, slot: int, generation: int, argv: Sequence[str], env: Mapping[str, str],
-          cwd: str, listener_fds: Sequence[int], extra_fds: Sequence[int] = ()) -> WorkerProcess:
-    """fork+exec one worker with its listening fds and the worker end of a control channel."""
+          cwd: str, listener_fds: Sequence[int], extra_fds: Sequence[int] = (),
+          in_flight_slots: int = 0) -> WorkerProcess:
+    """fork+exec one worker with its listening fds, the worker end of a control channel and,
+    with ``in_flight_slots``, an in-flight table (its fd: ``WorkerProcess.in_flight_fd``)."""
     parent, child = socketpair()
+    table = inflight.create(in_flight_slots) if in_flight_slots > 0 else -1
     try:
         args = list(argv) + ["--channel-fd", str(child.fileno()), "--slot", str(slot),
                              "--generation", str(generation)]
         proc = subprocess.Popen(
             args, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
-            pass_fds=(child.fileno(), *listener_fds, *extra_fds),
+            pass_fds=(child.fileno(), *listener_fds, *extra_fds, *([table] if table >= 0 else [])),
             # Its own process group: a terminal's Ctrl-C reaches only the supervisor,
             # which then stops the workers in order.
             process_group=0,
         )
     except BaseException:
         parent.close()
+        if table >= 0:
+            os.close(table)
         raise
     finally:
         child.close()
-    return WorkerProcess(id=worker_id, slot=slot, generation=generation, proc=proc, channel=Channel(parent))
+    return WorkerProcess(id=worker_id, slot=slot, generation=generation, proc=proc, channel=Channel(parent),
+                         in_flight_fd=table, in_flight_slots=in_flight_slots if table >= 0 else 0)

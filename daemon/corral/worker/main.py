@@ -7,7 +7,9 @@ Started by the supervisor through ``boot.py`` (fresh interpreter). Lifecycle:
    (heartbeats flow during a slow startup);
 3. serve, and say ``ready``;
 4. TERM (or the supervisor's end of the channel closing): stop accepting, finish
-   in-flight requests within graceful_timeout, lifespan shutdown, exit 0.
+   in-flight requests within graceful_timeout, lifespan shutdown, exit 0. Open
+   WebSockets close with 1012 if the supervisor said it is replacing us (its
+   ``retiring`` message: a reload or recycle), else 1001.
    INT/QUIT: the same without the wait. SIGUSR2 dumps every thread's traceback
    (the supervisor asks for it before it kills a hung worker). USR1 reopens log
    files. HUP is ignored: reloads are the supervisor's business.
@@ -100,6 +102,9 @@ class WorkerRuntime:
         self.graceful = True
         self.ready = False
         self.balancer: Any = None
+        self.reload_gate = False  # part of a reload: a failed warm-up fails the boot (the old code serves on)
+        self.parked = False  # a rolling reload replaced us, and may still roll back to us
+        self.restart = False  # the supervisor replaces us (reload, recycle): WebSockets close with 1012
         self._heartbeat_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -129,20 +134,25 @@ class WorkerRuntime:
         except (TypeError, ValueError) as exc:
             return _boot_failed(self.channel, f"invalid engine setting: {exc}")
         self.server = Server(app, settings, interface)
+        self._record_in_flight()
         try:
             await self.server.startup()
         except Exception as exc:
             return self._report_boot_error(exc)
-        check = probe.settings_from(self.config)
-        if check is not None and not self.stop_event.is_set():
-            # The gate of a reload: the app answers through this worker's own engine, before the
-            # worker takes any public traffic (corral.worker.probe).
+        gate = probe.Gate.from_config(self.config)
+        if gate and not self.stop_event.is_set():
+            # The warm-up and the health check: the app answers through this worker's own engine,
+            # before the worker takes any public traffic (corral.worker.probe).
+            self._on_channel()  # a reload's "reload_gate" was sent right after the hello
             try:
-                passed = await probe.run_probe(self.server, check)
+                passed = await probe.run_gate(self.server, gate, strict_warmup=self.reload_gate)
             except probe.ProbeFailed as exc:
                 await self.server.shutdown(0)
                 return _boot_failed(self.channel, str(exc))
-            log.debug("health check passed: %s", passed)
+            log.debug("passed the gate: %s", "; ".join(passed))
+            # The gate zeroed the counters; a heartbeat sent during it may have carried its requests.
+            # Before "ready", so the supervisor never counts them as served (backoff, max_requests).
+            self._send_heartbeat()
         if self.stop_event.is_set():
             await self.server.shutdown(0)
             return 0
@@ -152,17 +162,22 @@ class WorkerRuntime:
         self._start_balancer()
         self.ready = True
         self.channel.send({"t": "ready", "pid": os.getpid(), "interface": interface,
-                           "identity": self._identity()})
+                           "identity": self._identity(),
+                           # the gate's own requests: the supervisor counts only later ones as served
+                           "requests": self.server.stats.requests_total})
         await self.stop_event.wait()
 
         self.ready = False
+        # The supervisor's "retiring" (why we stop) was sent before the signal: read it now, since
+        # the loop may have run this coroutine before the channel's reader.
+        self._on_channel()
         if self.balancer is not None:
             self.balancer.stop()
         self.channel.send({"t": "draining"})
         timeout = float(self.config.get("graceful_timeout", 30.0)) if self.graceful else 0.0
         if self.graceful:
             timeout -= await self._linger(min(float(self.config.get("drain_linger", 1.0)), timeout))
-        shutdown = asyncio.ensure_future(self.server.shutdown(max(timeout, 0.0)))
+        shutdown = asyncio.ensure_future(self.server.shutdown(max(timeout, 0.0), restart=self.restart))
         await self._quiesce(shutdown)
         await shutdown
         self._send_heartbeat()  # final counters, so the supervisor's totals stay exact
@@ -219,6 +234,19 @@ class WorkerRuntime:
         self.channel.send({"t": "boot_error", "error": message})
         return EXIT_BOOT_ERROR
 
+    def _record_in_flight(self) -> None:
+        """Note every request in the supervisor's in-flight table, so that if this process dies
+        in one, the supervisor can log which (corral.worker.inflight)."""
+        info = self.hello.get("in_flight")
+        if not info:
+            return
+        from corral.worker.inflight import InFlightTable
+
+        try:
+            self.server.record_in_flight(InFlightTable(info["fd"], info["slots"]))
+        except (OSError, ValueError) as exc:  # only a diagnostic: never fail a boot over it
+            log.warning("cannot map the in-flight table: %s; a crash will not name its request", exc)
+
     def _start_balancer(self) -> None:
         info = self.hello.get("balance")
         if not info or not self.config.get("accept_balance", True):
@@ -243,13 +271,43 @@ class WorkerRuntime:
         self.graceful = graceful
         self.stop_event.set()
 
+    def park(self) -> None:
+        """A rolling reload replaced us: take no new connections, but keep the app loaded (and answer
+        the connections already open) until the reload either drains us or rolls back to us."""
+        if not self.ready or self.parked or self.server is None:
+            return
+        self.parked = True
+        if self.balancer is not None:
+            self.balancer.stop()  # it would resume accepting to even out the load otherwise
+        self.server.pause_accepting()
+        log.info("parked: accepting no new connections until the reload finishes")
+
+    def unpark(self) -> None:
+        """The rolling reload failed: serve again, this process's code being the one to come back."""
+        if not self.parked or self.server is None or (self.stop_event is not None and self.stop_event.is_set()):
+            return
+        self.parked = False
+        self.server.resume_accepting()
+        if self.balancer is not None:
+            self.balancer.start()
+        log.info("unparked: the reload rolled back; serving again")
+
     def _on_channel(self) -> None:
         from corral.worker.protocol import ChannelClosed
 
         try:
             for message in self.channel.receive():
-                if message.get("t") == "stop":
+                kind = message.get("t")
+                if kind == "stop":
                     self.stop(bool(message.get("graceful", True)))
+                elif kind == "reload_gate":
+                    self.reload_gate = True
+                elif kind == "park":
+                    self.park()
+                elif kind == "unpark":
+                    self.unpark()
+                elif kind == "retiring":
+                    self.restart = bool(message.get("restart"))
         except ChannelClosed:
             # The supervisor is gone: nobody will replace or watch us; drain and leave.
             self._loop.remove_reader(self.channel.fileno())

@@ -10,9 +10,15 @@ This module is imported by both sides and uses only the standard library.
 
 Supervisor -> worker:
   ``hello``   the config, the worker's identity and its listening fds (first message)
+  ``reload_gate`` (right after the hello) the worker belongs to a reload: a failed warm-up fails its
+              boot, since the old generation serves on (``corral.worker.probe``)
+  ``park``    a rolling reload replaced the worker: accept no new connections, keep the app loaded
+  ``unpark``  that reload rolled back: accept again
+  ``retiring`` (right before the stop signal) why: ``restart`` is true for a reload, recycle or
+              scale-down (the service goes on: WebSockets close with 1012), false on stop (1001)
 Worker -> supervisor:
   ``booted``  the app is imported (lifespan startup follows)
-  ``ready``   lifespan startup finished (and the health check passed); the sockets are being
+  ``ready``   lifespan startup finished (and the warm-up and health check passed); the sockets are being
               served. Carries ``identity``: the app's version / file hash / git revision
   ``hb``      heartbeat, once a second from the event loop, with the engine's counters
   ``boot_error`` the app could not be imported or its startup failed (message included)
