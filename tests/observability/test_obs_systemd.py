@@ -192,7 +192,10 @@ def test_restart_reasons_after_a_kill_and_a_recycle(app):
     first = Traffic(app.port, ["/"] * 30, concurrency=2).run()
     assert first.failures == [] and first.answered == 30
     wait_until(lambda: requests_by_class(app.scrape())["2xx"] == 30, 30, 0.2, "30 requests scraped")
-    victim = app.status()["workers"][0]["pid"]
+    # A worker that has served: its death is a crash to replace at once (one that never served
+    # would count as a boot failure, with a backoff).
+    victim = wait_until(lambda: [w["pid"] for w in app.status()["workers"] if w["requests"] > 0], 30, 0.2,
+                        "a worker whose heartbeat reports requests served")[0]
     app.signal(victim, "KILL")
     data = wait_until(lambda: (s := app.scrape()) and value(s, "corral_worker_restarts_total", reason="crash")
                       == 1 and value(s, "corral_workers", state="ready") == 2 and s, 60, 0.2,
