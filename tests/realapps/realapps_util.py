@@ -6,7 +6,7 @@ for WSGI, uvicorn for ASGI), each on its own loopback port. A test sends the
 same request to both with a real client and compares what came back:
 
 * the status;
-* the headers, after :func:`normalise_headers` drops what legitimately differs
+* the headers, after :meth:`Answer.exchange` drops what legitimately differs
   between two servers (``Date``, ``Server``, the connection management and the
   framing: ``Connection``, ``Keep-Alive``, ``Transfer-Encoding`` and
   ``Content-Length``), and whatever the test names in ``ignore`` for one
@@ -173,12 +173,6 @@ class UvicornServer(Served):
 # --------------------------------------------------------------------------- comparing
 
 
-def normalise_headers(headers: httpx.Headers, ignore: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """Header pairs, names lowered, in order, without the framing headers and ``ignore``."""
-    drop = FRAMING_HEADERS | {name.lower() for name in ignore}
-    return [(name.lower(), value) for name, value in headers.multi_items() if name.lower() not in drop]
-
-
 @dataclass
 class Exchange:
     """What one server answered to one request, normalised for comparison."""
@@ -191,11 +185,8 @@ class Exchange:
     def of(cls, response: httpx.Response, port: int, ignore: Iterable[str] = (),
            body: Callable[[bytes], bytes] | None = None) -> "Exchange":
         """Normalised; the server's own port (in a URL the app echoes: Host, Location) reads ``PORT``."""
-        here = f"127.0.0.1:{port}"
-        headers = [(name, value.replace(here, "127.0.0.1:PORT"))
-                   for name, value in normalise_headers(response.headers, ignore)]
-        content = response.content.replace(here.encode(), b"127.0.0.1:PORT")
-        return cls(response.status_code, headers, body(content) if body is not None else content)
+        answer = Answer(response.status_code, list(response.headers.multi_items()), response.content)
+        return answer.exchange(port, ignore, body)
 
 
 @dataclass
