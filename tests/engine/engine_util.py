@@ -115,6 +115,15 @@ class EngineProc:
 P = TypeVar("P", bound=EngineProc)
 
 
+def served(app: str, **kwargs: Any) -> Iterator[EngineProc]:
+    """A module fixture's body: ``yield from served("apps:app")`` serves it, always cleaned up."""
+    proc = EngineProc(app=app, **kwargs)
+    try:
+        yield proc
+    finally:
+        proc.cleanup()
+
+
 @contextlib.contextmanager
 def started_engines(factory: Callable[..., P]) -> Iterator[Callable[..., P]]:
     """A function that starts engines with ``factory``; every one it started is cleaned up on exit."""

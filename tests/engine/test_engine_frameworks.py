@@ -8,25 +8,17 @@ import os
 import httpx
 import pytest
 
-from engine_util import EngineProc, wait_until
+from engine_util import served, wait_until
 
 
 @pytest.fixture(scope="module")
 def starlette_server():
-    proc = EngineProc(app="frameworks:starlette_app")
-    try:
-        yield proc
-    finally:
-        proc.cleanup()
+    yield from served("frameworks:starlette_app")
 
 
 @pytest.fixture(scope="module")
 def fastapi_server():
-    proc = EngineProc(app="frameworks:fastapi_app")
-    try:
-        yield proc
-    finally:
-        proc.cleanup()
+    yield from served("frameworks:fastapi_app")
 
 
 def test_starlette_lifespan_state_and_plain_response(starlette_server):

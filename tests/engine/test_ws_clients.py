@@ -13,26 +13,19 @@ import websockets
 from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
-from engine_util import EngineProc, wait_until
+from engine_util import served, wait_until
+from ws_util import ws_url
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
 def ws_server():
-    proc = EngineProc(app="ws_apps:app")
-    try:
-        yield proc
-    finally:
-        proc.cleanup()
-
-
-def _url(proc: EngineProc, path: str) -> str:
-    return f"ws://127.0.0.1:{proc.port}{path}"
+    yield from served("ws_apps:app")
 
 
 def test_permessage_deflate_is_negotiated_and_round_trips(ws_server):
-    with connect(_url(ws_server, "/echo"), open_timeout=20) as ws:  # the client offers it by default
+    with connect(ws_url(ws_server, "/echo"), open_timeout=20) as ws:  # the client offers it by default
         extensions = ws.response.headers["Sec-WebSocket-Extensions"]
         assert extensions.startswith("permessage-deflate")
         assert "server_max_window_bits=12" in extensions and "client_max_window_bits=12" in extensions
@@ -46,7 +39,7 @@ def test_permessage_deflate_is_negotiated_and_round_trips(ws_server):
 
 def test_permessage_deflate_can_be_turned_off(make_server):
     proc = make_server(app="ws_apps:app", settings={"ws_per_message_deflate": False})
-    with connect(_url(proc, "/echo"), open_timeout=20) as ws:
+    with connect(ws_url(proc, "/echo"), open_timeout=20) as ws:
         assert "Sec-WebSocket-Extensions" not in ws.response.headers
         ws.send("plain")
         assert ws.recv(timeout=20) == "plain"
@@ -54,7 +47,7 @@ def test_permessage_deflate_can_be_turned_off(make_server):
 
 def test_large_messages_up_to_the_limit_and_1009_past_it(make_server):
     proc = make_server(app="ws_apps:app", settings={"ws_max_message_size": 2 * 1024 * 1024})
-    with connect(_url(proc, "/echo"), open_timeout=20, max_size=None, compression=None) as ws:
+    with connect(ws_url(proc, "/echo"), open_timeout=20, max_size=None, compression=None) as ws:
         big = os.urandom(2 * 1024 * 1024)
         ws.send(big)
         assert ws.recv(timeout=30) == big
@@ -65,14 +58,14 @@ def test_large_messages_up_to_the_limit_and_1009_past_it(make_server):
 
 
 def test_client_ping_gets_its_pong(ws_server):
-    with connect(_url(ws_server, "/echo"), open_timeout=20) as ws:
+    with connect(ws_url(ws_server, "/echo"), open_timeout=20) as ws:
         pong = ws.ping(b"are you there")
         assert pong.wait(timeout=20)
 
 
 def test_many_concurrent_asyncio_clients(ws_server):
     async def one(i: int) -> list[str]:
-        async with websockets.connect(_url(ws_server, f"/echo?id=many-{i}"), open_timeout=30) as ws:
+        async with websockets.connect(ws_url(ws_server, f"/echo?id=many-{i}"), open_timeout=30) as ws:
             got = []
             for j in range(10):
                 await ws.send(f"{i}-{j}")

@@ -7,18 +7,14 @@ import struct
 import httpx
 import pytest
 
-from engine_util import EngineProc, wait_until
+from engine_util import EngineProc, served, wait_until
 from ws_util import BINARY, CLOSE, CONT, PING, PONG, TEXT, close_frame, frame, open_raw
 
 
 @pytest.fixture(scope="module")
 def ws_server():
     # A small message limit, so the 1009 cases stay small.
-    proc = EngineProc(app="ws_apps:app", settings={"ws_max_message_size": 4096})
-    try:
-        yield proc
-    finally:
-        proc.cleanup()
+    yield from served("ws_apps:app", settings={"ws_max_message_size": 4096})
 
 
 def _events(proc: EngineProc, key: str) -> list:

@@ -8,17 +8,13 @@ import json
 import httpx
 import pytest
 
-from engine_util import EngineProc, exchange, parse_responses, wait_until
+from engine_util import EngineProc, exchange, parse_responses, served, wait_until
 from ws_util import KEY, TEXT, accept_for, close_frame, frame, open_raw, refused, request
 
 
 @pytest.fixture(scope="module")
 def ws_server():
-    proc = EngineProc(app="ws_apps:app")
-    try:
-        yield proc
-    finally:
-        proc.cleanup()
+    yield from served("ws_apps:app")
 
 
 def _events(proc: EngineProc, key: str) -> list:

@@ -203,3 +203,8 @@ def refused(proc: EngineProc, data: bytes, timeout: float = 20.0):
     responses = parse_responses(got)
     assert len(responses) == 1, got
     return responses[0]
+
+
+def ws_url(proc: EngineProc, path: str) -> str:
+    """The ws:// URL of ``path`` on ``proc``, for real clients."""
+    return f"ws://127.0.0.1:{proc.port}{path}"
