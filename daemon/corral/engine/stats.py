@@ -116,6 +116,18 @@ class EngineStats:
     def responses_by_class(self) -> dict[str, int]:
         return {f"{i}xx": self.responses[i] for i in range(1, 6)}
 
+    def forget_requests(self) -> None:
+        """Zero the request and connection counters, as if nothing had been served yet.
+
+        For requests that are not traffic (the worker's own reload gate). ``connections_open``
+        is a gauge that closing connections bring back down themselves, so it is left alone.
+        """
+        self.requests_total = 0
+        self.connections_accepted = 0
+        self.responses = [0] * len(self.responses)
+        self.duration_counts = [0] * len(self.duration_counts)
+        self.duration_sum = 0.0
+
     def snapshot(self) -> dict[str, Any]:
         """A plain-data copy (JSON-serialisable) of everything above."""
         live = self._live_cycles()

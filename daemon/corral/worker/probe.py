@@ -167,21 +167,9 @@ async def run_gate(server: Any, gate: Gate, *, strict_warmup: bool) -> list[str]
     finally:
         listener.close()
         ACCESS_LOGGER.removeFilter(quiet)
-        forget_gate_traffic(server.stats)
-
-
-def forget_gate_traffic(stats: Any) -> None:
-    """Zero the engine's request and connection counters: the gate's requests are not traffic.
-
-    ``connections_open`` is a gauge that the closing connection itself brings back
-    down, so it is left alone. (A warm-up that timed out and was let through may
-    still finish later and count one response: that is the app's doing, and rare.)
-    """
-    stats.requests_total = 0
-    stats.connections_accepted = 0
-    stats.responses = [0] * len(stats.responses)
-    stats.duration_counts = [0] * len(stats.duration_counts)
-    stats.duration_sum = 0.0
+        # The gate's requests are not traffic (a warm-up that timed out and was let through may
+        # still finish later and count one response: that is the app's doing, and rare).
+        server.stats.forget_requests()
 
 
 # --------------------------------------------------------------------------- the warm-up
