@@ -16,7 +16,7 @@ APT_PACKAGES := curl wrk util-linux iproute2 systemd lintian rpm debhelper dh-py
 	pybuild-plugin-pyproject python3-all python3-setuptools python3-build \
 	python3-installer python3-wheel python3-venv fakeroot prometheus chromium
 
-.PHONY: run test bench sysdeps venv clean deb rpm
+.PHONY: run test lint bench sysdeps venv clean deb rpm
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ run: $(STAMP)
 ## Run the whole test-suite.
 test: $(SYSSTAMP) $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
+
+## The source guards alone (also part of `make test`): layers, import cycles, mypy strict, ruff.
+lint: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_lint.py
 
 ## Benchmarks: the in-process cost per request, ASGI (corral vs uvicorn, granian, a bare uvloop+httptools server), WSGI
 ## (vs granian, gunicorn), the cost of metrics (on vs off) and WebSocket echo (vs uvicorn, granian, a bare server).

@@ -18,11 +18,20 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from corral import __version__
-from corral.config import (Config, ConfigError, check_app_dir, default_control_socket, default_name, load,
-                           read_file, runtime_dir)
+from corral.config import (
+    Config,
+    ConfigError,
+    check_app_dir,
+    default_control_socket,
+    default_name,
+    load,
+    read_file,
+    runtime_dir,
+)
 from corral.logs import print_error
 
 EXIT_USAGE = 2

@@ -53,4 +53,4 @@ from corral.engine.server import Server
 from corral.engine.settings import EngineSettings
 from corral.engine.stats import DURATION_BUCKETS, EngineStats
 
-__all__ = ["Server", "EngineSettings", "EngineStats", "LifespanError", "DURATION_BUCKETS"]
+__all__ = ["DURATION_BUCKETS", "EngineSettings", "EngineStats", "LifespanError", "Server"]

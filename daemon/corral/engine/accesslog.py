@@ -14,7 +14,8 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from corral.engine.cycle import Cycle
@@ -47,14 +48,14 @@ class _Clock:
         return self.text
 
 
-def _header(cycle: "Cycle", name: bytes) -> str:
+def _header(cycle: Cycle, name: bytes) -> str:
     for key, value in cycle.scope["headers"]:
         if key == name:
             return value.decode("latin-1")
     return ""
 
 
-def _target(cycle: "Cycle") -> str:
+def _target(cycle: Cycle) -> str:
     scope = cycle.scope
     target = scope["raw_path"].decode("latin-1")
     if scope["query_string"]:
@@ -62,18 +63,18 @@ def _target(cycle: "Cycle") -> str:
     return target
 
 
-def _client(cycle: "Cycle") -> str:
+def _client(cycle: Cycle) -> str:
     client = cycle.scope.get("client")
     return client[0] if client else "-"
 
 
-def make_access_logger(fmt: str) -> Callable[["Cycle"], None]:
+def make_access_logger(fmt: str) -> Callable[[Cycle], None]:
     """A function logging one finished cycle in ``fmt``."""
 
     clf_clock = _Clock("%d/%b/%Y:%H:%M:%S %z")
     iso_clock = _Clock("%Y-%m-%dT%H:%M:%S%z")
 
-    def common(cycle: "Cycle") -> None:
+    def common(cycle: Cycle) -> None:
         if not access_logger.isEnabledFor(logging.INFO):
             return
         scope = cycle.scope
@@ -88,7 +89,7 @@ def make_access_logger(fmt: str) -> Callable[["Cycle"], None]:
             line += f' "{referer}" "{agent}"'
         access_logger.info("%s %.6f", line, duration)
 
-    def as_json(cycle: "Cycle") -> None:
+    def as_json(cycle: Cycle) -> None:
         if not access_logger.isEnabledFor(logging.INFO):
             return
         scope = cycle.scope

@@ -167,7 +167,7 @@ class ASGICycle(Cycle):
                 elif not self.response_complete:
                     self.app_returned()
                 return
-            except Exception as exc:
+            except Exception:
                 _leave_task(loop, task)
                 task._state = _FINISHED
                 if coro is not _UNCALLED and not hasattr(coro, "send"):  # the app returned no coroutine
@@ -203,7 +203,7 @@ class ASGICycle(Cycle):
         self.task = task
         ctx.tasks.add(task)
 
-    def task_done(self, task: "asyncio.Task[None]") -> None:
+    def task_done(self, task: asyncio.Task[None]) -> None:
         """The app's task ended: turn its outcome into a complete response."""
         self.ctx.tasks.discard(task)
         if task.cancelled():

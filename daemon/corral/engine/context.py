@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from corral.engine.proxy import TrustedPeers
 from corral.engine.settings import EngineSettings
@@ -41,7 +42,7 @@ class InFlightRecorder(Protocol):
 
 class EngineContext:
     def __init__(self, loop: asyncio.AbstractEventLoop, app: Any, settings: EngineSettings,
-                 cycle_class: type["Cycle"], state: dict[str, Any]) -> None:
+                 cycle_class: type[Cycle], state: dict[str, Any]) -> None:
         self.loop = loop
         self.app = app
         self.settings = settings
@@ -125,7 +126,7 @@ class EngineContext:
         if self.on_connection_closed is not None:
             self.on_connection_closed()
 
-    def _live_cycles(self) -> list["Cycle"]:
+    def _live_cycles(self) -> list[Cycle]:
         live = []
         for conn in self.connections:
             cur = conn._cur

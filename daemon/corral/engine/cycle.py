@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from corral.engine.wire import (
     CONTINUE_100,
@@ -172,7 +173,7 @@ class Cycle:
         "_head", "_length", "_flags", "_framing", "_remaining",
     )
 
-    def __init__(self, conn: "HttpProtocol", scope: dict[str, Any], keep_alive: bool,
+    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], keep_alive: bool,
                  expect_continue: bool, body_expected: bool) -> None:
         # Hot path: only what is read before the app starts the response; the
         # response fields are set by start_response().
@@ -508,6 +509,6 @@ class Cycle:
 
     # ------------------------------------------------------------------ flow control for writers
 
-    def drain(self) -> "asyncio.Future[None] | None":
+    def drain(self) -> asyncio.Future[None] | None:
         """A future to await while the client is not reading fast enough, or None if no wait is needed."""
         return self.conn.drain_waiter()

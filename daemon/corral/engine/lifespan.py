@@ -110,7 +110,7 @@ class Lifespan:
         await self._queue.put({"type": "lifespan.shutdown"})
         try:
             ok, message = await asyncio.wait_for(asyncio.shield(self._shutdown_done), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("ASGI lifespan shutdown did not finish within %ss; cancelling it", timeout)
             ok, message = True, ""
         if not ok:

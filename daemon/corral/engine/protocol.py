@@ -173,7 +173,7 @@ class _ErrorCycle:
 
     __slots__ = ("conn", "status", "message")
 
-    def __init__(self, conn: "HttpProtocol", status: int, message: str) -> None:
+    def __init__(self, conn: HttpProtocol, status: int, message: str) -> None:
         self.conn = conn
         self.status = status
         self.message = message
@@ -200,7 +200,7 @@ class HttpProtocol(asyncio.Protocol):
         "_rec",
     )
 
-    def __init__(self, ctx: "EngineContext") -> None:
+    def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
         self.loop = ctx.loop
         self.transport: asyncio.Transport | None = None
@@ -641,7 +641,7 @@ class HttpProtocol(asyncio.Protocol):
             self._read_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
 
-    def response_done(self, cycle: "Cycle") -> None:
+    def response_done(self, cycle: Cycle) -> None:
         """The cycle's response is complete (hot path): account, then next request or idle."""
         if cycle is not self._cur:
             return
@@ -667,7 +667,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._next_or_idle(cycle)
 
-    def switch_protocols(self, cycle: "Cycle", protocol: asyncio.Protocol) -> None:
+    def switch_protocols(self, cycle: Cycle, protocol: asyncio.Protocol) -> None:
         """Hand the connection to ``protocol`` once ``cycle`` wrote a 101 (a WebSocket accepted).
 
         The 101 is accounted as the request's response (stats, access log). The
@@ -722,7 +722,7 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline_kind = _KEEPALIVE
         ctx.idle.move_to_end(self)
 
-    def adopt(self, cycle: "Cycle", method: str, raw_path: bytes, query: bytes) -> None:
+    def adopt(self, cycle: Cycle, method: str, raw_path: bytes, query: bytes) -> None:
         """Make a cycle that began in ``serve_simple`` this connection's current request.
 
         ``cycle`` is initialised in place as on_headers_complete would have
@@ -734,7 +734,7 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline = 0.0
         self._deadline_kind = _NONE
 
-    def _next_or_idle(self, cycle: "Cycle") -> None:
+    def _next_or_idle(self, cycle: Cycle) -> None:
         """After a response, the cases response_done() does not handle inline."""
         ctx = self.ctx
         if not cycle.keep_alive or self._closed:
@@ -858,7 +858,7 @@ class HttpProtocol(asyncio.Protocol):
         self._write_deadline = 0.0
         self._wake_drain(None)
 
-    def drain_waiter(self) -> "asyncio.Future[None] | None":
+    def drain_waiter(self) -> asyncio.Future[None] | None:
         if self._closed:
             fut = self.loop.create_future()
             fut.set_exception(ClientDisconnected("the client closed the connection"))
@@ -883,21 +883,21 @@ class HttpProtocol(asyncio.Protocol):
         if cur is not None:
             cur.on_drain()
 
-    def pause_reading_for(self, cycle: "Cycle") -> None:
+    def pause_reading_for(self, cycle: Cycle) -> None:
         """The cycle's body buffer is full."""
         self._body_reader_paused = True
         if not self._read_paused and not self._closed:
             self._read_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
 
-    def resume_reading_for(self, cycle: "Cycle") -> None:
+    def resume_reading_for(self, cycle: Cycle) -> None:
         """The app took the buffered body."""
         self._body_reader_paused = False
         if self._read_paused and not self._queue and not self._closed and not self._stop:
             self._read_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
 
-    def waiting_for_body(self, cycle: "Cycle", waiting: bool) -> None:
+    def waiting_for_body(self, cycle: Cycle, waiting: bool) -> None:
         """Arm (or disarm) the body-read idle timeout while the app waits for body bytes."""
         if waiting:
             if not cycle.body_complete:

@@ -15,7 +15,8 @@ client choose the Host the app builds absolute URLs with, and its address.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

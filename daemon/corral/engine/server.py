@@ -20,7 +20,8 @@ import asyncio
 import errno
 import logging
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.engine.context import EngineContext, InFlightRecorder
 from corral.engine.lifespan import LifespanError
@@ -36,7 +37,7 @@ _ACCEPT_ERRORS_BACKOFF = 0.5  # pause after EMFILE/ENFILE/ENOBUFS/ENOMEM instead
 _ROOM_TRIES = 32  # connections looked at (the longest idle first) to make room for one new one
 _ROOM_LOG_INTERVAL = 60.0  # seconds between log lines about connections closed to make room
 
-__all__ = ["Server", "LifespanError"]
+__all__ = ["LifespanError", "Server"]
 
 
 def _make_interface(app: Any, settings: EngineSettings, interface: str) -> Any:
@@ -232,7 +233,7 @@ class Server:
             self._closed_event = asyncio.Event()
             try:
                 await asyncio.wait_for(self._closed_event.wait(), min(left, _TICK))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             finally:
                 self._closed_event = None

@@ -9,7 +9,8 @@ per request.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from corral.engine.cycle import Cycle
@@ -82,7 +83,7 @@ class EngineStats:
     __slots__ = ("requests_total", "responses", "connections_accepted", "connections_open",
                  "duration_counts", "duration_sum", "wants_recycle", "ws", "_live")
 
-    def __init__(self, live: Callable[[], Iterable["Cycle"]] | None = None) -> None:
+    def __init__(self, live: Callable[[], Iterable[Cycle]] | None = None) -> None:
         self.requests_total = 0
         self.responses = [0, 0, 0, 0, 0, 0]
         self.connections_accepted = 0
@@ -99,7 +100,7 @@ class EngineStats:
         self.duration_counts[bisect_left(DURATION_BUCKETS, duration)] += 1
         self.duration_sum += duration
 
-    def _live_cycles(self) -> list["Cycle"]:
+    def _live_cycles(self) -> list[Cycle]:
         return list(self._live()) if self._live is not None else []
 
     @property

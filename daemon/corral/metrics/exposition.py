@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["CONTENT_TYPE", "Family", "Histogram", "counter", "gauge", "histogram", "render",
-           "format_value"]
+__all__ = [
+    "CONTENT_TYPE",
+    "Family",
+    "Histogram",
+    "counter",
+    "format_value",
+    "gauge",
+    "histogram",
+    "render",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -63,7 +71,7 @@ class Family:
         if self.type != "counter" and self.name.endswith("_total"):
             raise ValueError(f"{self.type} {self.name!r} must not end in _total (only counters do)")
 
-    def add(self, value: float | Histogram, labels: Labels | None = None) -> "Family":
+    def add(self, value: float | Histogram, labels: Labels | None = None) -> Family:
         """Append one sample; returns the family so that calls chain."""
         labels = labels or {}
         for key in labels:

@@ -8,7 +8,7 @@ before systemd's watchdog does.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["LoopLagMonitor"]
 

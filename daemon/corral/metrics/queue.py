@@ -26,7 +26,8 @@ import itertools
 import os
 import socket
 import struct
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 __all__ = ["QueueDepth", "accept_queue", "tcp_accept_queue", "unix_accept_queue"]
 
@@ -144,7 +145,7 @@ def unix_accept_queue(sock: socket.socket | int) -> QueueDepth | None:
 _KEEP_READING = object()
 
 
-def _parse_unix_diag_reply(data: bytes, seq: int, inode: int) -> QueueDepth | None | object:
+def _parse_unix_diag_reply(data: bytes, seq: int, inode: int) -> QueueDepth | object | None:
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         length, kind, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data, offset)

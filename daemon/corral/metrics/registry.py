@@ -23,7 +23,8 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from corral import __version__
 from corral.metrics import exposition as ex
@@ -32,8 +33,16 @@ from corral.metrics.queue import QueueDepth, accept_queue
 from corral.metrics.status_line import format_status_line
 from corral.metrics.websocket import WsCounters, parse_ws, ws_families
 
-__all__ = ["Metrics", "WorkerCounters", "parse_heartbeat", "STATUS_CLASSES", "RESTART_REASONS",
-           "RELOAD_OUTCOMES", "WORKER_STATES", "listener_address"]
+__all__ = [
+    "RELOAD_OUTCOMES",
+    "RESTART_REASONS",
+    "STATUS_CLASSES",
+    "WORKER_STATES",
+    "Metrics",
+    "WorkerCounters",
+    "listener_address",
+    "parse_heartbeat",
+]
 
 log = logging.getLogger("corral.metrics")
 

@@ -29,7 +29,8 @@ import errno
 import logging
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.metrics.exposition import CONTENT_TYPE
 

@@ -7,9 +7,10 @@ figures: e.g. ``4/4 workers ready · gen 1 · 1.2k req/s · queue 0 · rss 180 M
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["format_status_line", "format_rate", "format_bytes"]
+__all__ = ["format_bytes", "format_rate", "format_status_line"]
 
 _SEP = " · "
 MAX_MESSAGE = 160  # systemctl status shows one line; keep a long error from taking it over

@@ -14,7 +14,8 @@ allows on the wire (1000-1014, 3000-4999) plus 1005/1006, so the label set is bo
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from corral.metrics import exposition as ex
 

@@ -7,7 +7,8 @@ lists the packages it has loaded, and a test holds it to that.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -30,8 +31,8 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
 
     from corral.config import ConfigError, check_app_dir
     from corral.logs import print_error, setup_logging
-    from corral.supervisor.control import ControlError
     from corral.supervisor import reexec, rundir
+    from corral.supervisor.control import ControlError
     from corral.supervisor.notify import Notifier
     from corral.supervisor.sockets import SocketError
     from corral.supervisor.supervisor import Supervisor

@@ -226,7 +226,7 @@ def request(path: str, message: dict[str, Any], timeout: float | None = 10.0) ->
         while not data.endswith(b"\n"):
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 raise ControlError(f"no answer from {path} within {timeout}s") from None
             if not chunk:
                 raise ControlError(f"{path} closed the connection without an answer")

@@ -23,7 +23,7 @@ import ipaddress
 import logging
 import os
 import socket
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from corral.config import BindSpec
 from corral.supervisor.addresses import Address, parse_address

@@ -14,7 +14,7 @@ import os
 import select
 import socket
 import time
-from typing import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 log = logging.getLogger("corral.notify")
 

@@ -39,7 +39,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from corral.config import SUPERVISOR_KEYS, BindSpec, Config
 from corral.supervisor import rundir  # now, not in capture(): after an upgrade the disk holds new code
@@ -87,7 +88,7 @@ async def preflight(argv: Sequence[str], state: dict[str, Any], timeout: float =
         raise ReexecError(f"cannot run {sys.executable}: {exc.strerror}") from None
     try:
         out, err = await asyncio.wait_for(proc.communicate(payload), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise ReexecError(f"the new corral code did not load within {timeout:g}s") from None

@@ -63,6 +63,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from corral.config import Config, ConfigError
+
 # Imported now, not when a reload needs them: after a package upgrade the files on disk are the
 # new version's, and the running (old) code must not load new modules into itself.
 from corral.supervisor import identity, policies, reexec

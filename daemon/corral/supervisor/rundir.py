@@ -190,7 +190,7 @@ def _check_private(path: Path) -> None:
     """A private level must be a real directory, ours, mode 0700: nobody else can put a
     socket there, or swap the directory for their own."""
     me = os.geteuid()
-    fix = (f"remove it (as root if it is another user's), or set XDG_RUNTIME_DIR, or control_socket: to a "
+    fix = ("remove it (as root if it is another user's), or set XDG_RUNTIME_DIR, or control_socket: to a "
            "path in a directory of yours")
     try:
         st = os.lstat(path)

@@ -16,8 +16,8 @@ import pwd
 import socket
 import stat
 import sys
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, MutableMapping
 
 from corral.config import BindSpec, metrics_overlap_message
 from corral.supervisor.addresses import Address, overlap, parse_address

@@ -19,7 +19,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 
@@ -28,12 +29,18 @@ from corral.logs import print_error, reopen_log_files
 from corral.metrics.registry import RESTART_REASONS, Metrics
 from corral.supervisor import identity, policies
 from corral.supervisor.notify import Notifier
-from corral.supervisor.reload import ReloadOutcome, Reloader
+from corral.supervisor.reload import Reloader, ReloadOutcome
 from corral.supervisor.slots import ExitVerdict, Generation, RespawnBudget, Slot
 from corral.supervisor.sockets import Listeners, bind_reuse_port_group
 from corral.supervisor.spawn import worker_argv, worker_env
 from corral.supervisor.worker_process import (
-    BOOTING, DRAINING, EXITED, KILLED, READY, WorkerProcess, spawn,
+    BOOTING,
+    DRAINING,
+    EXITED,
+    KILLED,
+    READY,
+    WorkerProcess,
+    spawn,
 )
 from corral.worker import inflight
 from corral.worker.balance import BalanceTable, CellAllocator

@@ -28,7 +28,8 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from corral.logs import reopen_log_files, setup_logging
 from corral.worker import probe

@@ -53,8 +53,9 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 log = logging.getLogger("corral.worker")
@@ -210,7 +211,7 @@ async def warm_up(address: str | bytes, settings: Mapping[str, Any]) -> str:
         try:
             answer = await asyncio.wait_for(_request(address, path, host, WARMUP_USER_AGENT, headers),
                                             max(deadline - time.monotonic(), 0.05))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise WarmupFailed(f"{what}: no answer within warmup.timeout={timeout:g}s") from None
         except (OSError, ValueError) as exc:
             last = f"the request failed: {exc}"
@@ -256,7 +257,7 @@ async def _until_passes(address: str | bytes, check: Mapping[str, Any]) -> str:
         left = deadline - time.monotonic()
         try:
             answer = await asyncio.wait_for(_request(address, path, host, USER_AGENT), max(left, 0.05))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             last = f"no answer within health_check.timeout={timeout:g}s"
         except (OSError, ValueError) as exc:
             last = f"the request failed: {exc}"
@@ -286,7 +287,7 @@ async def _request(address: str | bytes, path: str, host: str, agent: str,
         # Read the rest, so that the app's response completes normally; the body is not needed.
         try:
             await asyncio.wait_for(_drain(reader), BODY_GRACE)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         return answer
     finally:

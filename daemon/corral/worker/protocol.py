@@ -33,7 +33,8 @@ from __future__ import annotations
 import errno
 import json
 import socket
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 MAX_MESSAGE = 1 << 20
 
@@ -97,7 +98,7 @@ class Channel:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(MAX_MESSAGE)
-        except socket.timeout:
+        except TimeoutError:
             raise TimeoutError("no message on the control channel") from None
         finally:
             self.sock.setblocking(False)

@@ -148,7 +148,7 @@ class WebSocketCycle(Cycle):
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
 
-    def _count(self, outcome: "Outcome") -> None:
+    def _count(self, outcome: Outcome) -> None:
         """Count the handshake's outcome once (accepted, denied by the app, or failed)."""
         if self._counted:
             return

@@ -37,7 +37,8 @@ import logging
 import random
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from websockets.frames import Opcode
 from websockets.protocol import State
@@ -101,7 +102,7 @@ class WebSocketConnection(asyncio.Protocol):
     # WebSocket has none (its upgrade request was answered with the 101).
     _cur = None
 
-    def __init__(self, ctx: "EngineContext", transport: asyncio.Transport, proto: ServerProtocol,
+    def __init__(self, ctx: EngineContext, transport: asyncio.Transport, proto: ServerProtocol,
                  peer: str, on_closed: Callable[[], None]) -> None:
         self.ctx = ctx
         self.transport = transport

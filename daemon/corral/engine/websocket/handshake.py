@@ -16,8 +16,9 @@ import base64
 import binascii
 import hashlib
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHandshake

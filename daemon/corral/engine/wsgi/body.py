@@ -25,12 +25,21 @@ import errno
 import io
 import tempfile
 import threading
-from typing import BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from corral.engine.cycle import ClientDisconnected  # an OSError: raised by reads once the client is gone
 
-__all__ = ["ClientDisconnected", "EMPTY_INPUT", "EmptyInput", "SpoolBudget", "SpoolRefusal", "SpooledBody",
-           "StreamingInput", "RETRY_AFTER_SECONDS"]
+__all__ = [
+    "EMPTY_INPUT",
+    "RETRY_AFTER_SECONDS",
+    "ClientDisconnected",
+    "EmptyInput",
+    "SpoolBudget",
+    "SpoolRefusal",
+    "SpooledBody",
+    "StreamingInput",
+]
 
 # Retry-After of a 503 for a full spool: uploads in progress usually finish (and
 # free their share) within seconds; a client that honours it should not hammer.

@@ -31,7 +31,8 @@ import sys
 import threading
 import traceback
 from asyncio import _set_running_loop
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from corral.engine.cycle import ClientDisconnected, Cycle
@@ -65,7 +66,7 @@ _new = object.__new__
 _no_loop = _set_running_loop
 
 
-def close_iterable_inline(result: Any, cycle: "WSGICycle") -> None:
+def close_iterable_inline(result: Any, cycle: WSGICycle) -> None:
     """``close_iterable`` on the loop's thread, with no running loop (see ``_no_loop``)."""
     _no_loop(None)
     try:
@@ -74,7 +75,7 @@ def close_iterable_inline(result: Any, cycle: "WSGICycle") -> None:
         _no_loop(cycle.ctx.loop)
 
 
-def close_iterable(result: Any, cycle: "WSGICycle") -> None:
+def close_iterable(result: Any, cycle: WSGICycle) -> None:
     """Call the response iterable's ``close()``, if it has one, logging what it raises."""
     close = getattr(result, "close", None)
     if close is not None:
@@ -116,7 +117,7 @@ class WSGICycle(Cycle):
     # a scope or the base cycle's state (inline mode); None once it is a full cycle.
     _simple: tuple[str, bytes, bytes] | None = None
 
-    iface: "WSGIInterface"  # set on the per-interface subclass
+    iface: WSGIInterface  # set on the per-interface subclass
 
     def request_line(self) -> str:
         simple = self._simple

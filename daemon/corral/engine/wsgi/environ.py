@@ -12,7 +12,8 @@ is passed on raw.
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from corral import __version__
@@ -302,18 +303,18 @@ class ConnectionEnviron:
 
 
 __all__ = [
+    "ERRORS",
     "SERVER_SOFTWARE",
     "ConnectionEnviron",
-    "ERRORS",
     "ErrorStream",
     "add_headers",
     "build_environ",
-    "environ_base",
-    "set_client",
     "decode_path",
+    "environ_base",
     "header_key",
     "request_environ",
     "script_name_for",
+    "set_client",
     "split_host",
     "split_script_name",
 ]

@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from corral.engine.settings import EngineSettings
 from corral.engine.wsgi.body import SpoolBudget

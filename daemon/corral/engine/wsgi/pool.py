@@ -20,7 +20,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 log = logging.getLogger("corral.engine.wsgi")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # Bytes per sendfile() call and per loop iteration: large enough to be cheap,
 # small enough that one download does not hold the loop for long.
