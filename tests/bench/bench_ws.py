@@ -57,9 +57,9 @@ def commands(port: int) -> dict[str, list[str]]:
     return {
         "corral": [str(BIN / "corral"), "run", "-w", "1", "-b", f"127.0.0.1:{port}", "--log-level", "warning",
                    APP],
-        "uvicorn-websockets-sansio": uvicorn + ["websockets-sansio"],
-        "uvicorn-websockets": uvicorn + ["websockets"],
-        "uvicorn-wsproto": uvicorn + ["wsproto"],
+        "uvicorn-websockets-sansio": [*uvicorn, "websockets-sansio"],
+        "uvicorn-websockets": [*uvicorn, "websockets"],
+        "uvicorn-wsproto": [*uvicorn, "wsproto"],
         "granian": [str(BIN / "granian"), "--interface", "asgi", "--workers", "1", "--no-access-log", *host,
                     "--log-level", "warning", "--working-dir", str(HERE), APP],
         "bare": [sys.executable, str(HERE / "ws_echo.py"), str(port)],
@@ -142,8 +142,8 @@ async def _client(port: int, size: int, connections: int, seconds: float) -> dic
     transports = []
     for _ in range(connections):
         opened = loop.create_future()
-        transport, _ = await loop.create_connection(lambda: _Echoer(frame, reply_len, counter, opened),
-                                                    "127.0.0.1", port)
+        transport, _ = await loop.create_connection(
+            lambda opened=opened: _Echoer(frame, reply_len, counter, opened), "127.0.0.1", port)
         transports.append(transport)
         await asyncio.wait_for(opened, 30)
     start_count, start, cpu0 = counter[0], time.monotonic(), time.process_time()
@@ -288,7 +288,7 @@ def main() -> int:
         port, size, conns, seconds = args.client
         print(json.dumps(uvloop.run(_client(int(port), int(size), int(conns), float(seconds)))))
         return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     names = args.only or ORDER

@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 import pytest
 
 from engine_util import EngineProc, started_engines
+from fake_transport import WireFactory
 
 
 @pytest.fixture(scope="module")
@@ -24,3 +25,10 @@ def make_server() -> Iterator[Callable[..., EngineProc]]:
     """Start engines with custom settings; all are stopped at the end of the test."""
     with started_engines(EngineProc) as start:
         yield start
+
+
+@pytest.fixture
+def wire() -> Iterator[WireFactory]:
+    """In-process connections to the engine's HttpProtocol (tests/engine/fake_transport.py)."""
+    with WireFactory() as factory:
+        yield factory

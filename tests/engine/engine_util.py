@@ -11,13 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-import httptools
-
-from util import REPO, stop_process, wait_until
+from util import REPO, Response, parse_responses, stop_process, wait_until
 
 HERE = Path(__file__).resolve().parent
 SERVE = HERE / "serve.py"
@@ -141,79 +138,6 @@ def started_engines(factory: Callable[..., P]) -> Iterator[Callable[..., P]]:
             proc.cleanup()
 
 
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-    complete: bool = False
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k.lower() == name.lower():
-                return v
-        return None
-
-    def header_names(self) -> list[str]:
-        return [k.lower() for k, _ in self.headers]
-
-
-class _Collector:
-    def __init__(self) -> None:
-        self.responses: list[Response] = []
-        self.current: Response | None = None
-        self.parser: Any = None
-
-    def on_message_begin(self) -> None:
-        self.current = Response(0)
-        self.responses.append(self.current)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.current is not None
-        self.current.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def on_headers_complete(self) -> None:
-        assert self.current is not None
-        self.current.status = self.parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        assert self.current is not None
-        self.current.body += body
-
-    def on_message_complete(self) -> None:
-        assert self.current is not None
-        self.current.complete = True
-
-
-def parse_responses(data: bytes, head: bool = False) -> list[Response]:
-    """Split raw bytes into responses (the last one may be incomplete).
-
-    With ``head=True`` every response is taken to have no body (answers to HEAD).
-    A close-delimited body (no Content-Length, no chunked) is collected but never
-    marked complete: the parser would need to see the EOF.
-    """
-    if head:
-        responses = []
-        for block in data.split(b"\r\n\r\n")[:-1]:
-            lines = block.decode("latin-1").split("\r\n")
-            resp = Response(int(lines[0].split()[1]), complete=True)
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                resp.headers.append((name, value.strip()))
-            responses.append(resp)
-        return responses
-    collector = _Collector()
-    parser = httptools.HttpResponseParser(collector)
-    collector.parser = parser
-    try:
-        parser.feed_data(data)
-    except httptools.HttpParserUpgrade:
-        pass
-    except httptools.HttpParserError as exc:
-        raise AssertionError(f"unparseable response bytes: {exc}: {data[:300]!r}") from None
-    return collector.responses
-
-
 def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
     """Read until the peer closes (or ``timeout``)."""
     sock.settimeout(timeout)
@@ -258,6 +182,16 @@ def read_responses(sock: socket.socket, count: int, timeout: float = 10.0, head:
             break
         data += chunk
     raise AssertionError(f"expected {count} responses, got {data[:500]!r}")
+
+
+def assert_still_serves(sock: socket.socket, request: bytes = b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n",
+                        timeout: float = 10.0) -> Response:
+    """The server kept ``sock`` open: one more request on it is answered (a positive check that
+    cannot pass by waiting too briefly for a close, as ``not peer_closed(sock, 0.5)`` could)."""
+    sock.sendall(request)
+    (resp,) = read_responses(sock, 1, timeout=timeout)
+    assert resp.status == 200, resp
+    return resp
 
 
 def peer_closed(sock: socket.socket, timeout: float = 10.0) -> bool:

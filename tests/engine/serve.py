@@ -22,6 +22,7 @@ import uvloop
 
 from corral.appload import load_app
 from corral.engine import EngineSettings, LifespanError, Server
+from corral.engine.tls import build_context
 from corral.logs import setup_logging
 
 
@@ -51,7 +52,8 @@ async def _main(args: argparse.Namespace) -> int:
     except LifespanError as exc:
         print(f"lifespan startup failed: {exc}", file=sys.stderr, flush=True)
         return 3
-    await server.serve([sock])
+    # With ssl_certfile set the socket speaks HTTPS (the worker builds the context the same way).
+    await server.serve([sock], build_context(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine_util import exchange, parse_responses, peer_closed, read_responses
+from engine_util import assert_still_serves, exchange, parse_responses, peer_closed, read_responses
 
 GET = b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -18,7 +18,7 @@ def test_http11_keeps_the_connection_alive_by_default(server):
             (resp,) = read_responses(sock, 1)
             assert resp.status == 200 and resp.body == b"Hello, world!"
             assert resp.header("connection") is None
-        assert not peer_closed(sock, timeout=0.5)
+        assert_still_serves(sock)
 
 
 def test_http10_closes_unless_keep_alive_is_asked(server):
@@ -33,7 +33,7 @@ def test_http10_closes_unless_keep_alive_is_asked(server):
             (resp,) = read_responses(sock, 1)
             assert resp.status == 200
             assert resp.header("connection").lower() == "keep-alive"
-        assert not peer_closed(sock, timeout=0.5)
+        assert_still_serves(sock, b"GET /hello HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
 
 
 @pytest.mark.parametrize("value", [b"close", b"CLOSE", b"Close", b"keep-alive, Close"])

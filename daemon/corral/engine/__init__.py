@@ -43,14 +43,46 @@ Contract details:
 * ``request_timeout`` (setting): an ASGI request running longer is cancelled:
   504 if its response has not started, else the connection is closed.
 * Interfaces: "asgi" (``corral.engine.asgi``) and "wsgi" (``corral.engine.wsgi``,
-  class ``WSGIInterface``). An interface adapter provides ``cycle_class``,
-  ``state`` (dict), ``async startup()`` and ``async shutdown(timeout)``; the
-  per-request cycle interface is documented in ``corral.engine.protocol``.
+  class ``WSGIInterface``). The contracts between the engine's parts (the
+  interface adapter, the per-request cycle, the connection it talks to) are
+  ``typing.Protocol`` classes in ``corral.engine.contracts``.
+
+The names above are imported on first use (module ``__getattr__``): importing
+``corral.engine.settings`` (the config loader does) loads neither httptools,
+uvloop nor the server.
 """
 
-from corral.engine.lifespan import LifespanError
-from corral.engine.server import Server
-from corral.engine.settings import EngineSettings
-from corral.engine.stats import DURATION_BUCKETS, EngineStats
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.engine.lifespan import LifespanError
+    from corral.engine.server import Server
+    from corral.engine.settings import EngineSettings
+    from corral.engine.stats import DURATION_BUCKETS, EngineStats
+
+# Public name -> the module that defines it.
+_HOMES = {
+    "DURATION_BUCKETS": "corral.engine.stats",
+    "EngineSettings": "corral.engine.settings",
+    "EngineStats": "corral.engine.stats",
+    "LifespanError": "corral.engine.lifespan",
+    "Server": "corral.engine.server",
+}
 
 __all__ = ["DURATION_BUCKETS", "EngineSettings", "EngineStats", "LifespanError", "Server"]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # found directly next time
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

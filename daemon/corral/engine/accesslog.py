@@ -15,10 +15,8 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from corral.engine.cycle import Cycle
+from corral.engine.contracts import Exchange
 
 access_logger = logging.getLogger("corral.access")
 
@@ -29,7 +27,7 @@ def escape(text: str) -> str:
     """Escape control characters, quotes and backslashes as ``\\xHH``."""
     if _UNSAFE.search(text) is None:
         return text
-    return _UNSAFE.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class _Clock:
@@ -48,33 +46,34 @@ class _Clock:
         return self.text
 
 
-def _header(cycle: Cycle, name: bytes) -> str:
-    for key, value in cycle.scope["headers"]:
+def _header(cycle: Exchange, name: bytes) -> str:
+    headers: list[tuple[bytes, bytes]] = cycle.scope["headers"]
+    for key, value in headers:
         if key == name:
             return value.decode("latin-1")
     return ""
 
 
-def _target(cycle: Cycle) -> str:
+def _target(cycle: Exchange) -> str:
     scope = cycle.scope
-    target = scope["raw_path"].decode("latin-1")
+    target: str = scope["raw_path"].decode("latin-1")
     if scope["query_string"]:
         target += "?" + scope["query_string"].decode("latin-1")
     return target
 
 
-def _client(cycle: Cycle) -> str:
-    client = cycle.scope.get("client")
+def _client(cycle: Exchange) -> str:
+    client: tuple[str, int] | None = cycle.scope.get("client")
     return client[0] if client else "-"
 
 
-def make_access_logger(fmt: str) -> Callable[[Cycle], None]:
+def make_access_logger(fmt: str) -> Callable[[Exchange], None]:
     """A function logging one finished cycle in ``fmt``."""
 
     clf_clock = _Clock("%d/%b/%Y:%H:%M:%S %z")
     iso_clock = _Clock("%Y-%m-%dT%H:%M:%S%z")
 
-    def common(cycle: Cycle) -> None:
+    def common(cycle: Exchange) -> None:
         if not access_logger.isEnabledFor(logging.INFO):
             return
         scope = cycle.scope
@@ -89,7 +88,7 @@ def make_access_logger(fmt: str) -> Callable[[Cycle], None]:
             line += f' "{referer}" "{agent}"'
         access_logger.info("%s %.6f", line, duration)
 
-    def as_json(cycle: Cycle) -> None:
+    def as_json(cycle: Exchange) -> None:
         if not access_logger.isEnabledFor(logging.INFO):
             return
         scope = cycle.scope

@@ -9,9 +9,12 @@ and no task is ever scheduled. The task exists from the first instruction, so
 the app later suspends.
 
 * Python >= 3.12: a C ``asyncio.Task`` with ``eager_start=True``.
-* Python 3.11: ``_EagerTask``, the stdlib's pure-Python Task with the first
-  step run by us instead of scheduled, and registered in ``all_tasks()`` only
-  if it suspends. Same semantics; a little slower per step once suspended.
+* Python 3.11: ``corral.engine.eagertask``, the stdlib's pure-Python Task with
+  the first step run by us instead of scheduled, and registered in
+  ``all_tasks()`` only if it suspends. Same semantics; a little slower per step
+  once suspended. It relies on CPython internals, checked at start-up
+  (:func:`select_task_path`): where they differ, requests run as standard
+  asyncio tasks (first step one loop iteration later), and one info line says why.
 
 The task runs the app's coroutine itself (no wrapper on 3.11): the outcome
 reaches the cycle directly when the app finishes in its first step, else
@@ -31,14 +34,22 @@ catches them in its step; on 3.12+ (a C task) the app's coroutine runs inside
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import sys
 from asyncio import tasks as _tasks
 from contextvars import copy_context
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from corral.engine import eagertask
+from corral.engine.contracts import Connection, Scope
 from corral.engine.cycle import ClientDisconnected, Cycle
+from corral.engine.lifespan import Lifespan
 from corral.engine.wire import InvalidResponse
+
+if TYPE_CHECKING:
+    from corral.engine.contracts import WebSocketFactory
+    from corral.engine.settings import EngineSettings
 
 log = logging.getLogger("corral.engine")
 
@@ -47,6 +58,52 @@ _FINISHED = "FINISHED"
 _PENDING = "PENDING"
 _enter_task = _tasks._enter_task
 _leave_task = _tasks._leave_task
+
+
+class TaskPath(enum.Enum):
+    """How an ASGI request's task starts (see the module docstring)."""
+
+    EAGER_C = "eager C tasks (Python >= 3.12)"
+    EAGER_PY = "corral's eager tasks (Python 3.11 internals)"
+    STANDARD = "standard asyncio tasks"
+
+
+# Decided by select_task_path(), when this module is imported (as a worker starts).
+_path = TaskPath.STANDARD
+_EagerTask: Any = None  # the 3.11 eager Task class while _path is EAGER_PY, else None (read per request)
+_why_standard: str | None = None  # why the eager task does not fit this interpreter (STANDARD on 3.11)
+_reported = False  # that reason was logged
+
+
+def select_task_path() -> TaskPath:
+    """Decide how requests' tasks start: the eager task where the interpreter allows it."""
+    global _EagerTask, _path, _why_standard
+    _EagerTask = _why_standard = None
+    if _EAGER_C_TASK:
+        _path = TaskPath.EAGER_C
+    else:
+        _why_standard = eagertask.internals_problem()
+        if _why_standard is None:
+            _EagerTask = eagertask.build()
+            _path = TaskPath.EAGER_PY
+        else:
+            _path = TaskPath.STANDARD
+    return _path
+
+
+def task_path() -> TaskPath:
+    """How requests' tasks start in this process."""
+    return _path
+
+
+def _report_task_path() -> None:
+    """Once per process, at the first interface: say at info why the eager task is off, if it is."""
+    global _reported
+    if _why_standard is not None and not _reported:
+        _reported = True
+        log.info("ASGI requests run as standard asyncio tasks, their first step one loop iteration later "
+                 "(a little slower, otherwise the same): corral's eager task does not fit this "
+                 "interpreter: %s", _why_standard)
 
 
 _NOT_A_COROUTINE = ("the ASGI app returned {!r} instead of a coroutine: an ASGI 3 app is an "
@@ -58,14 +115,14 @@ _UNCALLED = object()  # ASGICycle.run() on 3.11: the app was not called (its __c
 
 
 class _AppExit(Exception):
-    """(Python >= 3.12) The app raised SystemExit or KeyboardInterrupt, carried as ``__cause__``."""
+    """The app raised SystemExit or KeyboardInterrupt, carried as ``__cause__`` (C or standard tasks)."""
 
 
 async def _guarded(coro: Any) -> Any:
-    """(Python >= 3.12) Run the app's coroutine; its SystemExit or KeyboardInterrupt become an app error.
+    """Run the app's coroutine in a task we did not build; its SystemExit or KeyboardInterrupt become an app error.
 
-    A C task re-raises those two into the event loop, which stops it; this
-    frame turns them into an ordinary exception the task keeps.
+    A standard task re-raises those two into the event loop, which stops it;
+    this frame turns them into an ordinary exception the task keeps.
     """
     try:
         return await coro
@@ -77,61 +134,13 @@ async def _guarded(coro: Any) -> Any:
         raise
 
 
-class _EagerTask(_tasks._PyTask):  # type: ignore[misc,name-defined]
-    """A stdlib Python Task whose first step runs immediately (Python 3.11's missing eager_start)."""
-
-    _name = "corral-request"
-    _coro = None
-    _num_cancels_requested = 0
-    _must_cancel = False
-    _fut_waiter = None
-
-    # Instances are made with _new_task() and set up field by field in
-    # ASGICycle.run(), not through Task.__init__: that would schedule the
-    # first step (run at once instead) and register the task (only done if
-    # it suspends). run() also does the first step itself, inline: two Python
-    # calls less per request.
-
-    def __del__(self) -> None:
-        # Hot path: a finished request task has nothing to report.
-        if self._state == _PENDING:
-            _tasks._PyTask.__del__(self)
-
-    def _Task__step(self, exc: BaseException | None = None) -> None:
-        # A step of the app that raised SystemExit or KeyboardInterrupt: the
-        # stdlib step has stored it in the task, whose done callback answers
-        # 500, and re-raises it, which would stop the worker's loop.
-        try:
-            _PyTask_step(self, exc)
-        except (SystemExit, KeyboardInterrupt):
-            pass
-
-    def suspended(self, result: Any) -> None:
-        """The first step yielded ``result``: carry on exactly as ``Task.__step`` would."""
-        loop = self._loop
-        _tasks._register_task(self)
-        blocking = getattr(result, "_asyncio_future_blocking", None)
-        if blocking and asyncio.futures._get_loop(result) is loop:
-            result._asyncio_future_blocking = False
-            result.add_done_callback(self._Task__wakeup, context=self._context)  # type: ignore[attr-defined]
-            self._fut_waiter = result
-            if self._must_cancel and result.cancel(msg=self._cancel_message):
-                self._must_cancel = False
-        elif result is None:
-            loop.call_soon(self._Task__step, context=self._context)  # type: ignore[attr-defined]
-        else:
-            error = RuntimeError(f"Task got bad yield or a Future from another loop: {result!r}")
-            loop.call_soon(self._Task__step, error, context=self._context)  # type: ignore[attr-defined]
-
-
 _new_task = object.__new__
-_PyTask_step = _tasks._PyTask._Task__step  # type: ignore[attr-defined]
 
 
 class ASGICycle(Cycle):
     __slots__ = ("task", "_body_done", "_timed_out")
 
-    def __init__(self, conn: Any, scope: dict[str, Any], keep_alive: bool,
+    def __init__(self, conn: Connection, scope: Scope, keep_alive: bool,
                  expect_continue: bool, body_expected: bool) -> None:
         Cycle.__init__(self, conn, scope, keep_alive, expect_continue, body_expected)
         self.task: asyncio.Task[None] | None = None
@@ -146,11 +155,12 @@ class ASGICycle(Cycle):
         self.start = ctx.monotonic()
         loop = ctx.loop
         context = copy_context()
-        if not _EAGER_C_TASK:
-            # Task.__step for a first step, inline (see _EagerTask); the app's
+        eager = _EagerTask
+        if eager is not None:
+            # Task.__step for a first step, inline (see corral.engine.eagertask); the app's
             # outcome goes straight to the cycle when it finishes here. The app
             # is called inside the try: a plain __call__ that raises is an app error.
-            task = _new_task(_EagerTask)
+            task = _new_task(eager)
             task._loop = loop
             task._callbacks = []
             task._context = context
@@ -167,19 +177,20 @@ class ASGICycle(Cycle):
                 elif not self.response_complete:
                     self.app_returned()
                 return
-            except Exception:
+            except Exception as raised:  # noqa: BLE001  (app code may raise anything: a 500, the worker serves on)
                 _leave_task(loop, task)
                 task._state = _FINISHED
                 if coro is not _UNCALLED and not hasattr(coro, "send"):  # the app returned no coroutine
-                    exc = TypeError(_NOT_A_COROUTINE.format(coro))
-                self.app_failed(exc)
+                    self.app_failed(TypeError(_NOT_A_COROUTINE.format(coro)))
+                else:
+                    self.app_failed(raised)
                 return
             except asyncio.CancelledError:
                 _leave_task(loop, task)
                 task._state = _FINISHED
                 self.app_cancelled()
                 return
-            except BaseException as exc:  # SystemExit, KeyboardInterrupt: an app error too (see above)
+            except BaseException as exc:  # noqa: BLE001  (SystemExit, KeyboardInterrupt from the app: an app error too)
                 _leave_task(loop, task)
                 task._state = _FINISHED
                 self.app_failed(exc)
@@ -190,14 +201,17 @@ class ASGICycle(Cycle):
         else:
             try:
                 coro = ctx.app(self.scope, self.receive, self.send)
-            except BaseException as exc:  # a plain __call__ (middleware) raised: no coroutine exists
+            except BaseException as exc:  # noqa: BLE001  (a plain __call__ (middleware) raised: no coroutine exists)
                 self.app_failed(exc)
                 return
-            task = asyncio.Task(_guarded(coro), loop=loop, context=context,  # type: ignore[call-arg]
-                                eager_start=True)
-            if task.done():
-                self.task_done(task)
-                return
+            if _EAGER_C_TASK:
+                task = asyncio.Task(_guarded(coro), loop=loop, context=context,  # type: ignore[call-arg]  # eager_start is 3.12+, absent from the 3.11 stubs
+                                    eager_start=True)
+                if task.done():
+                    self.task_done(task)
+                    return
+            else:  # TaskPath.STANDARD: the first step runs in the next loop iteration
+                task = loop.create_task(_guarded(coro), context=context)
             task.add_done_callback(self.task_done)
         # The app is waiting on something; its task carries on from there.
         self.task = task
@@ -305,7 +319,7 @@ class ASGICycle(Cycle):
         if mtype == "http.response.body":
             more = message.get("more_body", False)
             self.write_body(message.get("body", b""), more)
-            if more and self.conn._write_paused:
+            if more and self.conn.write_paused:
                 waiter = self.drain()
                 if waiter is not None:
                     await waiter
@@ -322,18 +336,19 @@ class ASGICycle(Cycle):
 
 
 class ASGIInterface:
-    """The ASGI adapter the server uses: cycle class, lifespan, shared state."""
+    """The ASGI adapter the server uses (``contracts.InterfaceAdapter``): cycle class, lifespan, shared state."""
 
     cycle_class = ASGICycle
+    serve_simple = None  # every ASGI request gets a scope and a cycle
 
-    def __init__(self, app: Any, settings: Any) -> None:
-        from corral.engine.lifespan import Lifespan
+    def __init__(self, app: Any, settings: EngineSettings) -> None:
+        _report_task_path()
         self.app = app
         self.state: dict[str, Any] = {}
         self.lifespan = Lifespan(app, settings.lifespan, self.state)
 
     @property
-    def websocket_class(self) -> type[Cycle]:
+    def websocket_class(self) -> WebSocketFactory:
         """The cycle of WebSocket handshakes (imported on first use: it loads ``websockets``)."""
         from corral.engine.websocket import WebSocketCycle
         return WebSocketCycle
@@ -343,3 +358,6 @@ class ASGIInterface:
 
     async def shutdown(self, timeout: float | None = None) -> None:
         await self.lifespan.shutdown(timeout)
+
+
+select_task_path()  # at import: the worker imports this module as it starts

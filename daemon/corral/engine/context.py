@@ -10,16 +10,14 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from corral.engine.accesslog import make_access_logger
+from corral.engine.contracts import CycleFactory, Exchange, ServedConnection, SimpleServer, WebSocketFactory
 from corral.engine.proxy import TrustedPeers
 from corral.engine.settings import EngineSettings
 from corral.engine.stats import EngineStats
 from corral.engine.wire import default_headers
-
-if TYPE_CHECKING:
-    from corral.engine.cycle import Cycle
-    from corral.engine.protocol import HttpProtocol
 
 
 class InFlightRecorder(Protocol):
@@ -41,19 +39,21 @@ class InFlightRecorder(Protocol):
 
 
 class EngineContext:
+    """What every connection of one engine shares (one per Server)."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop, app: Any, settings: EngineSettings,
-                 cycle_class: type[Cycle], state: dict[str, Any]) -> None:
+                 cycle_class: CycleFactory, state: dict[str, Any]) -> None:
         self.loop = loop
         self.app = app
         self.settings = settings
         self.cycle_class = cycle_class
         self.state = state  # lifespan state; each request gets a shallow copy
-        self.connections: set[HttpProtocol] = set()
+        self.connections: set[ServedConnection] = set()
         # Every HTTP connection, in the order it last went idle (connected, or
         # finished a response): at max_connections the server closes the first
         # one that is idle now, to make room. One move_to_end() per response
         # (hot path) is a third of what a dict's pop and insert cost.
-        self.idle: OrderedDict[HttpProtocol, None] = OrderedDict()
+        self.idle: OrderedDict[ServedConnection, None] = OrderedDict()
         self.closing = 0  # connections closed to make room that are not gone yet
         self.tasks: set[asyncio.Task[Any]] = set()  # app tasks of requests that suspended
         self.draining = False
@@ -64,11 +64,11 @@ class EngineContext:
         # run more requests (WSGI pool busy) and False when it can again.
         self.set_saturated: Callable[[bool], None] = lambda busy: None
         # Set by the Server when the interface answers simple requests itself
-        # (HttpProtocol.on_headers_complete says which; WSGI inline mode does).
-        self.serve_simple: Callable[..., None] | None = None
+        # (contracts.SimpleServer; WSGI inline mode does).
+        self.serve_simple: SimpleServer | None = None
         # Set by the Server: the cycle class of WebSocket handshakes (corral.engine.websocket),
         # or None to serve an Upgrade: websocket request as a plain HTTP request.
-        self.websocket_class: type[Cycle] | None = None
+        self.websocket_class: WebSocketFactory | None = None
         # The close code of WebSockets open at shutdown: 1001 (Going Away), or 1012
         # (Service Restart) when Server.shutdown(restart=True).
         self.ws_close_code = 1001
@@ -94,9 +94,8 @@ class EngineContext:
         self.root_path = s.root_path
         self.root_path_bytes = s.root_path.encode("utf-8")
         self.trusted = TrustedPeers(s.forwarded_allow_ips, s.forwarded_headers)
-        self.access_log: Callable[[Cycle], None] | None = None
+        self.access_log: Callable[[Exchange], None] | None = None
         if s.access_log:
-            from corral.engine.accesslog import make_access_logger
             self.access_log = make_access_logger(s.access_log_format)
 
         self.default_headers = b""
@@ -126,7 +125,7 @@ class EngineContext:
         if self.on_connection_closed is not None:
             self.on_connection_closed()
 
-    def _live_cycles(self) -> list[Cycle]:
+    def _live_cycles(self) -> list[Exchange]:
         live = []
         for conn in self.connections:
             cur = conn._cur

@@ -5,8 +5,8 @@ per request; the interface subclass (``ASGICycle``, ``WSGICycle``) runs the app.
 This base class owns everything that must be identical for both interfaces:
 request-body buffering with flow control, response framing (Content-Length,
 chunked, close-delimited, no body for HEAD/204/304), header validation, error
-responses, and completion. The contract is written down in the protocol
-module's docstring.
+responses, and completion. It implements ``corral.engine.contracts.CycleHooks``
+for the HTTP protocol, which it reaches through ``contracts.Connection``.
 
 Everything here runs on the event loop thread only.
 """
@@ -19,9 +19,19 @@ from collections.abc import Iterable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
+from corral.engine.contracts import (
+    HEAD_CLOSE,
+    HEAD_CONN,
+    HEAD_DATE,
+    HEAD_SERVER,
+    HEAD_TE,
+    Connection,
+    Scope,
+)
 from corral.engine.wire import (
     CONTINUE_100,
     STATUS_LINES,
+    ClientDisconnected,
     InvalidResponse,
     check_name,
     check_value,
@@ -31,7 +41,9 @@ from corral.engine.wire import (
 )
 
 if TYPE_CHECKING:
-    from corral.engine.protocol import HttpProtocol
+    from corral.engine.context import EngineContext
+
+__all__ = ["ClientDisconnected", "Cycle", "DisconnectCause", "InvalidResponse", "disconnect_cause"]
 
 log = logging.getLogger("corral.engine")
 
@@ -40,11 +52,12 @@ _VALUES = values_cache()
 
 # Response header names the engine looks at (the rest pass through untouched).
 _RESP_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection", b"date", b"server"))
-_F_TE = 1
-_F_CLOSE = 2
-_F_CONN = 4
-_F_DATE = 8
-_F_SERVER = 16
+# contracts.HeadFlag bits, as plain ints (hot path: see HeadFlag).
+_F_TE = HEAD_TE
+_F_CLOSE = HEAD_CLOSE
+_F_CONN = HEAD_CONN
+_F_DATE = HEAD_DATE
+_F_SERVER = HEAD_SERVER
 
 # Framing of the response body, decided when the head is written.
 _UNDECIDED = 0
@@ -52,10 +65,6 @@ _LENGTH = 1
 _CHUNKED = 2
 _UNTIL_CLOSE = 3
 _NO_BODY = 4
-
-
-class ClientDisconnected(OSError):
-    """The client closed the connection; raised by ``send()`` (ASGI spec 2.4: an OSError)."""
 
 
 # Exceptions that mean "the client left", by class name: ours, and Starlette's
@@ -107,7 +116,7 @@ def _as_bytes(data: Any) -> bytes:
 
 
 # Validated response heads: (status, header pairs) -> (status line and header
-# lines, Content-Length or None, _F_* flags). Bounded, and only short heads:
+# lines, Content-Length or None, HeadFlag bits). Bounded, and only short heads:
 # apps that echo request data in a header cannot grow it without limit.
 _HEADS: dict[tuple[int, tuple[Any, ...]], tuple[bytes, int | None, int]] = {}
 _HEADS_LIMIT = 4096
@@ -115,7 +124,7 @@ _HEAD_MEMO_BYTES = 1024
 
 
 def _encode_head(status: int, headers: tuple[Any, ...]) -> tuple[bytes, int | None, int]:
-    """Validate an ASGI app's response head; return (head bytes, Content-Length, flags)."""
+    """Validate an ASGI app's response head; return (head bytes, Content-Length, HeadFlag bits)."""
     names = _NAMES
     values = _VALUES
     parts = [STATUS_LINES[status]]
@@ -161,7 +170,16 @@ def _encode_head(status: int, headers: tuple[Any, ...]) -> tuple[bytes, int | No
 
 
 class Cycle:
-    """Base class of a request/response cycle; see the protocol module docstring."""
+    """Base class of a request/response cycle (``contracts.CycleHooks``); a subclass implements ``run()``.
+
+    What a subclass calls, each documented below. Request body: ``take_body()``,
+    ``body_buffered``, ``body_complete``, ``disconnected``, ``want_body()`` before
+    waiting for body bytes (100 Continue, body timeout) and ``body_wait_over()``
+    after. Response: ``start_response()`` (or ``set_encoded_head()`` for a head the
+    interface encoded itself), ``write_body()``, ``drain()``, ``abort_response()``;
+    state in ``response_started``, ``head_sent``, ``response_complete``, ``status``,
+    ``bytes_sent`` and ``keep_alive`` (set False to close after the response).
+    """
 
     __slots__ = (
         "conn", "ctx", "scope", "keep_alive", "expect_continue", "start",
@@ -173,12 +191,12 @@ class Cycle:
         "_head", "_length", "_flags", "_framing", "_remaining",
     )
 
-    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], keep_alive: bool,
+    def __init__(self, conn: Connection, scope: Scope, keep_alive: bool,
                  expect_continue: bool, body_expected: bool) -> None:
         # Hot path: only what is read before the app starts the response; the
         # response fields are set by start_response().
         self.conn = conn
-        self.ctx = conn.ctx
+        self.ctx: EngineContext = conn.ctx
         self.scope = scope
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
@@ -323,8 +341,8 @@ class Cycle:
 
         ``head`` is the status line and the header lines, each ending in CRLF
         (no blank line), ``length`` the declared Content-Length or None, ``flags``
-        the ``_F_*`` bits for the headers the engine looks at, ``close`` whether
-        the app asked to close.
+        the ``contracts.HeadFlag`` bits (as a plain int) for the headers the engine
+        looks at, ``close`` whether the app asked to close.
         """
         self._head = head
         self._length = length
@@ -336,7 +354,8 @@ class Cycle:
 
     @property
     def is_head(self) -> bool:
-        return self.scope["method"] == "HEAD"
+        method: str = self.scope["method"]
+        return method == "HEAD"
 
     def write_body(self, body: bytes, more: bool) -> None:
         """Frame and write body bytes; ``more=False`` completes the response (hot path).
@@ -370,7 +389,7 @@ class Cycle:
                 self.bytes_sent += n
             if not more and self._remaining:
                 self._framing_error(f"response body shorter than its Content-Length {self._length} "
-                                    f"({self._length - self._remaining} bytes sent)")
+                                    f"({(self._length or 0) - self._remaining} bytes sent)")
         elif framing == _CHUNKED:
             n = len(body)
             if n:
@@ -380,10 +399,9 @@ class Cycle:
                 data = b"" if more else b"0\r\n\r\n"
             if data:
                 self.conn.write(data)
-        elif framing == _UNTIL_CLOSE:
-            if body:
-                self.conn.write(body)
-                self.bytes_sent += len(body)
+        elif framing == _UNTIL_CLOSE and body:
+            self.conn.write(body)
+            self.bytes_sent += len(body)
         # _NO_BODY: HEAD, 204, 304: body bytes are dropped.
         if not more:
             # The response is complete (hot path).
@@ -449,14 +467,15 @@ class Cycle:
         else:
             data = b"".join((self._head, extra, b"\r\n", body))
             self.bytes_sent = len(body)
-        self.conn.transport.write(data)
+        # The transport itself: one call less than conn.write() (hot path).
+        self.conn.transport.write(data)  # type: ignore[union-attr]  # set: the connection is open
 
     def _raise_framing(self, message: str) -> None:
         """Log the app's framing error once and raise it to the app."""
         full = f"{message} ({self.scope.get('method')} {self.scope.get('path')}); closing the connection"
         log.error("%s", full)
         exc = InvalidResponse(full)
-        exc.logged = True  # type: ignore[attr-defined]
+        exc.logged = True
         raise exc
 
     def _framing_error(self, message: str) -> None:

@@ -57,7 +57,17 @@ class Lifespan:
     async def _main(self, scope: dict[str, Any]) -> None:
         try:
             await self.app(scope, self._receive, self._send)
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            # shutdown() cancels the task once the app answered, or after its deadline (it says
+            # so); a cancelled loop cancels it too. Not the app's error, and never swallowed:
+            # the task must end cancelled, so that whoever cancelled it sees that.
+            log.debug("ASGI lifespan task cancelled")
+            if self._startup_done is not None and not self._startup_done.done():
+                self._unsupported = True
+                self._startup_done.set_result((False, "the lifespan task was cancelled before the app "
+                                                      "answered lifespan.startup"))
+            raise
+        except BaseException as exc:  # app code may raise anything: logged below
             self._error = exc
             if self._startup_done is not None and not self._startup_done.done():
                 # Raised before answering startup: the app does not speak lifespan
@@ -120,5 +130,8 @@ class Lifespan:
             task.cancel()
             try:
                 await task
-            except BaseException:
-                pass
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # our caller is being cancelled, not just the task we cancelled
+                log.debug("ASGI lifespan task ended (cancelled after lifespan.shutdown)")

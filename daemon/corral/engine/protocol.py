@@ -6,75 +6,17 @@ hands each request to a *cycle* object, one per request, which runs the app and
 writes the response. Requests on a connection are answered strictly in order,
 one at a time (pipelined ones wait in a queue, with reading paused).
 
-The cycle interface (what an interface such as ASGI or WSGI implements)
-=======================================================================
+The contracts
+=============
 
-A cycle class subclasses :class:`corral.engine.cycle.Cycle` and is constructed
-by the protocol as ``cls(conn, scope, keep_alive, expect_continue, body_expected)``.
-``scope`` is a complete ASGI HTTP scope dict (``type``, ``asgi``, ``http_version``,
-``method``, ``scheme``, ``path``, ``raw_path``, ``query_string``, ``root_path``,
-``headers`` (lower-cased names, in order, no trailers), ``client``, ``server``,
-``state``), already corrected by trusted proxy headers; a WSGI cycle builds its
-environ from it. Everything below runs on the event-loop thread; a cycle that
-runs the app in a thread must hop back with ``loop.call_soon_threadsafe``.
-
-The subclass implements (hooks called by the protocol):
-
-``run()``
-    Start the app for this request. Called once, when it is this request's turn.
-    Must not block. When the app is done the cycle must have completed the
-    response (``write_body(..., more=False)``) or called ``abort_response()``.
-    It sets ``self.start = time.monotonic()`` (request_timeout and stats use it).
-``on_body_event()``
-    Body bytes arrived, the body ended, or the client disconnected: wake
-    whoever waits in a body read. The default wakes ``self._waiter`` (a
-    future, if set); it is also called when the response completes while
-    ``_waiter`` is set.
-``on_drain()``
-    The write buffer drained (or the client left): wake writers waiting on it.
-``on_request_timeout()``
-    ``request_timeout`` expired before the response completed: stop the app if
-    possible and then ``abort_response(504, ...)`` (which answers 504 if nothing
-    was written yet, else closes the connection).
-
-The base class provides (called by the subclass):
-
-Request body, with flow control. The protocol buffers at most about
-``body_buffer_size`` unread bytes, then stops reading from the socket until the
-app takes them.
-    ``take_body() -> bytes``      all buffered bytes (maybe b""); resumes reading
-    ``body_buffered``             bytes waiting; ``body_complete``: no more will come
-    ``disconnected``              the client is gone
-    ``want_body()``               call before waiting for body bytes: sends
-                                  ``100 Continue`` if the client asked for it and arms
-                                  the body-read timeout; ``body_wait_over()`` after
-Response. Nothing reaches the socket until the first ``write_body`` call, so a
-head that fails validation can still become a 500.
-    ``start_response(status, headers)``   status 200-599; headers an iterable of
-                                  (bytes, bytes); raises ``InvalidResponse`` (nothing
-                                  written) on CR/LF/NUL, bad names, bad Content-Length
-    ``write_body(data, more)``    frames and writes (Content-Length, chunked for 1.1,
-                                  until-close for 1.0, nothing for HEAD/204/304); the
-                                  head goes out in the same write as the first bytes.
-                                  ``more=False`` completes the response. Raises
-                                  ``ClientDisconnected`` (an OSError) when the client is
-                                  gone, ``InvalidResponse`` when the body breaks the
-                                  declared Content-Length (the connection is closed)
-    ``set_encoded_head(status, head, length, flags, close)``  for interfaces that
-                                  validate and encode headers themselves (WSGI): ``head``
-                                  is the status and header lines, each ending in CRLF, ``flags`` the cycle
-                                  module's ``_F_*`` bits (Date/Server/Connection given)
-    ``is_head``                   the request method is HEAD (no body will be written)
-    ``drain() -> Future | None``  await it (if not None) before writing more: the
-                                  client is not reading; ``write_timeout`` applies
-    ``abort_response(status, msg)``  error exit: a canned ``status`` response if the
-                                  head is unsent, else close the connection
-    ``response_started``, ``head_sent``, ``response_complete``, ``status``,
-    ``bytes_sent``, ``keep_alive`` (set False to close after the response)
-
-The interface adapter (``Server(app, settings, interface=...)``) is an object with
-``cycle_class``, ``state`` (dict: lifespan state, copied into each scope),
-``async startup()`` and ``async shutdown()``; see ``corral.engine.server``.
+What a cycle must answer (``CycleHooks``), what this protocol offers it
+(``Connection``), the interface adapter (``InterfaceAdapter``) and its optional
+simple-request shortcut (``SimpleServer``) are ``typing.Protocol`` classes in
+``corral.engine.contracts``, each method documented there. The base class
+``corral.engine.cycle.Cycle`` implements the shared part of a cycle: body
+buffering with flow control, response framing and validation, error responses.
+A cycle class is constructed by the protocol as
+``cls(conn, scope, keep_alive, expect_continue, body_expected)``.
 
 WebSocket handshakes
 ====================
@@ -89,22 +31,9 @@ in ``ctx.connections`` pass to ``protocol`` (``corral.engine.websocket``).
 Simple requests (an optional shortcut)
 ======================================
 
-An adapter may also offer ``serve_simple(conn, method, raw_path, query, headers)``
-(WSGI inline mode does). The protocol then calls it, from on_headers_complete, for
-a *simple* request: HTTP/1.1, keep-alive, one Host header and none that needs a
-check (no body, Expect, Upgrade, Connection or proxy headers), an origin-form
-target, on a connection with nothing else in progress, while not draining (and
-only with no access log and no root_path, which the Server checks). No scope or
-cycle exists for it. ``serve_simple`` must, before returning, either
-
-* answer it with ``conn.finish_simple(head, body, add_length, status, start)``:
-  one whole keep-alive response, accounted like any other; or
-* turn it into an ordinary cycle with ``conn.adopt(cycle, method, raw_path,
-  query)``, which builds the scope and makes the cycle current, and carry on
-  through the cycle interface above.
-
-It is the per-request hot path of hello-world style apps: a scope dict, a queued
-cycle and its framing state cost about as much as the app itself.
+With ``ctx.serve_simple`` set (``contracts.SimpleServer``; WSGI inline mode), a
+simple request is answered from on_headers_complete without a scope or a queued
+cycle: the per-request hot path of hello-world style apps.
 """
 
 from __future__ import annotations
@@ -113,19 +42,20 @@ import asyncio
 import logging
 from bisect import bisect_left as _bisect
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote_to_bytes
 
 import httptools
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
+from corral.engine.contracts import CycleHooks, Headers, Scope, ServedConnection, UpgradeCycle
 from corral.engine.proxy import apply_proxy_headers
 from corral.engine.stats import DURATION_BUCKETS as _BUCKETS
-from corral.engine.wire import error_response
+from corral.engine.tls import tls_extension
+from corral.engine.wire import ClientDisconnected, error_response
 
 if TYPE_CHECKING:
     from corral.engine.context import EngineContext
-    from corral.engine.cycle import Cycle
 
 log = logging.getLogger("corral.engine")
 
@@ -188,13 +118,14 @@ class _ErrorCycle:
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "ctx", "loop", "transport", "_parser", "_closed", "client", "server", "_trusted", "interface_state",
+        "scheme", "tls",
         # current request head
         "_url", "_headers", "_ntrailers", "_hsize", "_hosts", "_special",
         "_in_head", "_head_extra", "_after_body",
         # requests
         "_cur", "_parsing", "_queue", "_driving", "_stop", "_last_request", "_upgrade", "_ws_handshake",
         # flow control and deadlines
-        "_read_paused", "_body_reader_paused", "_write_paused", "_drain_waiters",
+        "_read_paused", "_body_reader_paused", "write_paused", "_drain_waiters",
         "_deadline", "_deadline_kind", "_write_deadline", "_linger_budget", "_eof", "_evicted",
         # this connection's slot in the in-flight table (ctx.in_flight); -1: not recorded
         "_rec",
@@ -209,9 +140,11 @@ class HttpProtocol(asyncio.Protocol):
         self.client: tuple[str, int] | None = None  # the peer (host, port); None for a unix socket
         self.server: tuple[str, int | None] | None = None  # our end: (host, port), or (path, None)
         self.interface_state: Any = None  # whatever the interface keeps per connection
+        self.scheme = "http"  # "https" on a TLS listener (before any trusted proxy header)
+        self.tls: dict[str, Any] | None = None  # on a TLS listener: the ASGI "tls" extension
         self._trusted = False
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: Headers = []
         self._ntrailers = 0
         self._hsize = 0
         self._hosts = 0
@@ -219,9 +152,9 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         self._head_extra = 0  # bytes of the current head read so far; < 0: it began in this read
         self._after_body = False  # the last request had a body (until the next one begins)
-        self._cur: Cycle | None = None
-        self._parsing: Cycle | None = None
-        self._queue: deque[Any] = deque()
+        self._cur: CycleHooks | None = None  # the request being answered
+        self._parsing: CycleHooks | None = None  # the request whose body is being read
+        self._queue: deque[CycleHooks | _ErrorCycle] = deque()  # requests waiting for their turn
         self._driving = False
         self._stop = False
         self._last_request = False
@@ -229,7 +162,7 @@ class HttpProtocol(asyncio.Protocol):
         self._ws_handshake = False  # the request is a WebSocket handshake, for ctx.websocket_class
         self._read_paused = False
         self._body_reader_paused = False
-        self._write_paused = False
+        self.write_paused = False  # the transport's buffer is full: writers await drain_waiter()
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._deadline = 0.0
         self._deadline_kind = _NONE
@@ -243,7 +176,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ctx = self.ctx
-        self.transport = transport  # type: ignore[assignment]
+        # A stream transport: connect_accepted_socket() makes one for a SOCK_STREAM socket.
+        self.transport = stream = cast(asyncio.Transport, transport)
         ctx.connections.add(self)
         stats = ctx.stats
         stats.connections_open += 1
@@ -260,14 +194,18 @@ class HttpProtocol(asyncio.Protocol):
             self.server = (sockname[0], sockname[1])
         elif sockname:
             self.server = (sockname if isinstance(sockname, str) else sockname.decode("utf-8", "replace"), None)
-        transport.set_write_buffer_limits(high=ctx.write_buffer_size)  # type: ignore[attr-defined]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:  # a TLS listener: the handshake is done
+            self.scheme = "https"
+            self.tls = tls_extension(ssl_object)
+        stream.set_write_buffer_limits(high=ctx.write_buffer_size)
         if ctx.in_flight is not None:
             self._rec = ctx.in_flight.take(self.client)
         self._deadline = self.ctx.monotonic() + ctx.header_timeout
         self._deadline_kind = _HEADER
         ctx.idle[self] = None  # silent so far: the newest idle connection
         if ctx.draining:
-            self.transport.close()  # type: ignore[union-attr]
+            stream.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._closed:
@@ -280,7 +218,7 @@ class HttpProtocol(asyncio.Protocol):
             ctx.closing -= 1
         ctx.stats.connections_open -= 1
         if self._rec >= 0:
-            ctx.in_flight.give_back(self._rec)  # type: ignore[union-attr]
+            ctx.in_flight.give_back(self._rec)  # type: ignore[union-attr]  # a slot is taken only from a recorder
             self._rec = -1
         seen = set()
         for cycle in (self._cur, self._parsing, *self._queue):
@@ -288,7 +226,7 @@ class HttpProtocol(asyncio.Protocol):
                 seen.add(id(cycle))
                 cycle.on_disconnect()
         self._queue.clear()
-        self._write_paused = False
+        self.write_paused = False
         self._wake_drain(ClientDisconnected("the client closed the connection"))
         ctx.connection_closed()
 
@@ -375,13 +313,14 @@ class HttpProtocol(asyncio.Protocol):
         # The request was fully parsed (llhttp stops at the end of its head);
         # bytes after it belong to another protocol: never parse them as HTTP.
         self._stop = True
-        self.transport.pause_reading()  # type: ignore[union-attr]
+        self.transport.pause_reading()  # type: ignore[union-attr]  # set in connection_made
         self._read_paused = True
         if self._ws_handshake and self._queue:
             # A WebSocket client may send its first frames right behind the handshake.
             offset = exc.args[0] if exc.args else len(data)
             if offset < len(data):
-                self._queue[-1].on_upgrade_data(data[offset:])
+                # _check_head queued it: the cycle of a WebSocket handshake.
+                cast(UpgradeCycle, self._queue[-1]).on_upgrade_data(data[offset:])
 
     # ------------------------------------------------------------------ parser callbacks (hot path)
 
@@ -470,7 +409,7 @@ class HttpProtocol(asyncio.Protocol):
             # Noted before the app runs: a worker that dies in it leaves the request behind for
             # the supervisor to log (corral.worker.inflight). A pipelined request is noted when
             # its turn comes (_next_or_idle).
-            ctx.in_flight_pack(ctx.in_flight_buf, rec, 1, raw_method, url)  # type: ignore[misc]
+            ctx.in_flight_pack(ctx.in_flight_buf, rec, 1, raw_method, url)  # type: ignore[misc]  # set with in_flight
         if url[0] == 47 and 35 not in url:  # "/" first, no "#" (int membership is a memchr)
             if 63 in url:  # "?"
                 raw_path, _, query = url.partition(b"?")
@@ -501,8 +440,10 @@ class HttpProtocol(asyncio.Protocol):
         scope = self._scope(method, version, raw_path, query)
         if special is not None and self._trusted and any(n in _PROXY_HEADERS for n, _ in special):
             apply_proxy_headers(scope, ctx.trusted)
-        cycle = (ctx.websocket_class if self._ws_handshake else ctx.cycle_class)(  # type: ignore[misc]
-            self, scope, keep_alive, expect, body_expected)
+        if self._ws_handshake:
+            cycle = self._websocket_cycle(scope)
+        else:
+            cycle = ctx.cycle_class(self, scope, keep_alive, expect, body_expected)
         ctx.stats.requests_total += 1
         if body_expected:
             self._parsing = cycle
@@ -510,7 +451,14 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline = 0.0  # no read deadline while the app runs (a body's is set when awaited)
         self._deadline_kind = _NONE
 
-    def _scope(self, method: str, version: str, raw_path: bytes, query: bytes) -> dict[str, Any]:
+    def _websocket_cycle(self, scope: Scope) -> CycleHooks:
+        """The cycle of a WebSocket handshake (_check_head found one: ctx.websocket_class is set)."""
+        websocket_class = self.ctx.websocket_class
+        assert websocket_class is not None, "a WebSocket handshake is recognised only with websocket_class"
+        # keep_alive False: the connection closes after any answer but a 101.
+        return websocket_class(self, scope, False, False, False)
+
+    def _scope(self, method: str, version: str, raw_path: bytes, query: bytes) -> Scope:
         """The ASGI scope of the request just parsed (hot path), before any proxy-header correction."""
         ctx = self.ctx
         if 37 in raw_path:  # "%"
@@ -522,12 +470,12 @@ class HttpProtocol(asyncio.Protocol):
             path = root_path + path
             raw_path = ctx.root_path_bytes + raw_path
         state = ctx.state
-        return {
+        scope: Scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": version,
             "method": method,
-            "scheme": "http",
+            "scheme": self.scheme,
             "path": path,
             "raw_path": raw_path,
             "query_string": query,
@@ -537,6 +485,9 @@ class HttpProtocol(asyncio.Protocol):
             "server": self.server,
             "state": state.copy() if state else {},
         }
+        if self.tls is not None:
+            scope["extensions"] = {"tls": self.tls}
+        return scope
 
     def _check_head(self, method: str, keep_alive: bool) -> tuple[str, bool, bool, bool]:
         """Checks a plain HTTP/1.1 request does not need: framing, Expect, Host, version, Upgrade.
@@ -583,8 +534,8 @@ class HttpProtocol(asyncio.Protocol):
         elif self._hosts != 1:
             raise Reject(400, "Bad Request: missing Host header" if not self._hosts
                          else "Bad Request: more than one Host header")
-        if upgrade and method != "CONNECT" and ctx.websocket_class is not None \
-                and ctx.websocket_class.wants(special):  # type: ignore[attr-defined]
+        if upgrade and special is not None and method != "CONNECT" and ctx.websocket_class is not None \
+                and ctx.websocket_class.wants(special):
             # A WebSocket handshake: checked (400/426) and answered by the WebSocket cycle.
             if body_expected:
                 raise Reject(400, "Bad Request: a WebSocket handshake must not have a body")
@@ -602,7 +553,8 @@ class HttpProtocol(asyncio.Protocol):
         return version, keep_alive, body_expected, expect
 
     def on_body(self, body: bytes) -> None:
-        cycle = self._parsing
+        # A body comes only after on_headers_complete made its cycle the parsing one.
+        cycle: CycleHooks = self._parsing  # type: ignore[assignment]
         cycle.body_received += len(body)
         limit = self.ctx.max_body_size
         if limit is not None and cycle.body_received > limit:
@@ -632,16 +584,17 @@ class HttpProtocol(asyncio.Protocol):
         self._driving = True
         try:
             while self._cur is None and queue:
-                cycle = self._cur = queue.popleft()
+                # A queued refusal (_ErrorCycle) is current only inside its run(), which clears it.
+                cycle = self._cur = queue.popleft()  # type: ignore[assignment]
                 cycle.run()
         finally:
             self._driving = False
         if queue and not self._read_paused and not self._closed:
             # Pipelined requests are waiting: read no more until they are answered.
             self._read_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.transport.pause_reading()  # type: ignore[union-attr]  # set in connection_made
 
-    def response_done(self, cycle: Cycle) -> None:
+    def response_done(self, cycle: CycleHooks) -> None:
         """The cycle's response is complete (hot path): account, then next request or idle."""
         if cycle is not self._cur:
             return
@@ -667,7 +620,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._next_or_idle(cycle)
 
-    def switch_protocols(self, cycle: Cycle, protocol: asyncio.Protocol) -> None:
+    def switch_protocols(self, cycle: CycleHooks, protocol: asyncio.Protocol) -> None:
         """Hand the connection to ``protocol`` once ``cycle`` wrote a 101 (a WebSocket accepted).
 
         The 101 is accounted as the request's response (stats, access log). The
@@ -687,14 +640,15 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline_kind = _NONE
         ctx.idle.pop(self, None)
         if self._rec >= 0:
-            ctx.in_flight.give_back(self._rec)  # type: ignore[union-attr]
+            ctx.in_flight.give_back(self._rec)  # type: ignore[union-attr]  # a slot is taken only from a recorder
             self._rec = -1
         ctx.stats.observe(cycle.status, ctx.monotonic() - cycle.start)
         if ctx.access_log is not None:
             ctx.access_log(cycle)
         ctx.connections.discard(self)
-        ctx.connections.add(protocol)  # type: ignore[arg-type]
-        self.transport.set_protocol(protocol)  # type: ignore[union-attr]
+        # It answers the server's per-connection calls (above): a ServedConnection.
+        ctx.connections.add(cast(ServedConnection, protocol))
+        self.transport.set_protocol(protocol)  # type: ignore[union-attr]  # set in connection_made
 
     def finish_simple(self, head: bytes, body: bytes, add_length: bool, status: int, start: float) -> None:
         """Answer the simple request being served with one whole response, then idle (hot path).
@@ -708,7 +662,7 @@ class HttpProtocol(asyncio.Protocol):
         ctx = self.ctx
         if add_length:
             head += b"content-length: %d\r\n" % len(body)
-        self.transport.write(b"".join((head, ctx.default_headers, b"\r\n", body)))  # type: ignore[union-attr]
+        self.transport.write(b"".join((head, ctx.default_headers, b"\r\n", body)))  # type: ignore[union-attr]  # set in connection_made
         if self._rec >= 0:
             ctx.in_flight_buf[self._rec] = 0  # no longer in flight
         # As in response_done(): EngineStats.observe(), inlined (a call costs ~2% here).
@@ -722,19 +676,20 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline_kind = _KEEPALIVE
         ctx.idle.move_to_end(self)
 
-    def adopt(self, cycle: Cycle, method: str, raw_path: bytes, query: bytes) -> None:
+    def adopt(self, cycle: CycleHooks, method: str, raw_path: bytes, query: bytes) -> None:
         """Make a cycle that began in ``serve_simple`` this connection's current request.
 
         ``cycle`` is initialised in place as on_headers_complete would have
         created it for this plain request (its scope: HTTP/1.1, keep-alive, no
         body); from here on it is an ordinary cycle.
         """
-        cycle.__init__(self, self._scope(method, "1.1", raw_path, query), True, False, False)  # type: ignore[misc]
+        # Initialised in place: serve_simple made it bare (object.__new__), with no __init__ run.
+        cycle.__init__(self, self._scope(method, "1.1", raw_path, query), True, False, False)  # type: ignore[misc]  # on purpose
         self._cur = cycle
         self._deadline = 0.0
         self._deadline_kind = _NONE
 
-    def _next_or_idle(self, cycle: Cycle) -> None:
+    def _next_or_idle(self, cycle: CycleHooks) -> None:
         """After a response, the cases response_done() does not handle inline."""
         ctx = self.ctx
         if not cycle.keep_alive or self._closed:
@@ -757,7 +712,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._read_paused and not self._stop and not self._body_reader_paused:
             self._read_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
+            self.transport.resume_reading()  # type: ignore[union-attr]  # set in connection_made
         if not self._in_head:
             self._deadline = self.ctx.monotonic() + ctx.keepalive_timeout
             self._deadline_kind = _KEEPALIVE
@@ -768,14 +723,15 @@ class HttpProtocol(asyncio.Protocol):
 
     def _note_next(self) -> None:
         """A pipelined request is about to run: note it in the in-flight table."""
-        scope = getattr(self._queue[0], "scope", None)
-        if scope is None:  # a queued refusal: no app runs for it
+        cycle = self._queue[0]
+        if isinstance(cycle, _ErrorCycle):  # a queued refusal: no app runs for it
             return
+        scope = cycle.scope
         target = scope["raw_path"]
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
         ctx = self.ctx
-        ctx.in_flight_pack(ctx.in_flight_buf, self._rec, 1,  # type: ignore[misc]
+        ctx.in_flight_pack(ctx.in_flight_buf, self._rec, 1,  # type: ignore[misc]  # set with in_flight
                            scope["method"].encode("latin-1"), target)
 
     # ------------------------------------------------------------------ refusing requests
@@ -847,14 +803,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         # Hot path.
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(data)  # type: ignore[union-attr]  # set in connection_made
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
         self._write_deadline = self.ctx.monotonic() + self.ctx.write_timeout
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         self._write_deadline = 0.0
         self._wake_drain(None)
 
@@ -863,7 +819,7 @@ class HttpProtocol(asyncio.Protocol):
             fut = self.loop.create_future()
             fut.set_exception(ClientDisconnected("the client closed the connection"))
             return fut
-        if not self._write_paused:
+        if not self.write_paused:
             return None
         fut = self.loop.create_future()
         self._drain_waiters.append(fut)
@@ -883,21 +839,21 @@ class HttpProtocol(asyncio.Protocol):
         if cur is not None:
             cur.on_drain()
 
-    def pause_reading_for(self, cycle: Cycle) -> None:
+    def pause_reading_for(self, cycle: CycleHooks) -> None:
         """The cycle's body buffer is full."""
         self._body_reader_paused = True
         if not self._read_paused and not self._closed:
             self._read_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.transport.pause_reading()  # type: ignore[union-attr]  # set in connection_made
 
-    def resume_reading_for(self, cycle: Cycle) -> None:
+    def resume_reading_for(self, cycle: CycleHooks) -> None:
         """The app took the buffered body."""
         self._body_reader_paused = False
         if self._read_paused and not self._queue and not self._closed and not self._stop:
             self._read_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
+            self.transport.resume_reading()  # type: ignore[union-attr]  # set in connection_made
 
-    def waiting_for_body(self, cycle: Cycle, waiting: bool) -> None:
+    def waiting_for_body(self, cycle: CycleHooks, waiting: bool) -> None:
         """Arm (or disarm) the body-read idle timeout while the app waits for body bytes."""
         if waiting:
             if not cycle.body_complete:
@@ -906,7 +862,7 @@ class HttpProtocol(asyncio.Protocol):
                 if self._read_paused and not self._queue and not self._stop and not self._closed:
                     self._read_paused = False
                     self._body_reader_paused = False
-                    self.transport.resume_reading()  # type: ignore[union-attr]
+                    self.transport.resume_reading()  # type: ignore[union-attr]  # set in connection_made
         elif self._deadline_kind == _BODY:
             self._deadline = 0.0
             self._deadline_kind = _NONE
@@ -1014,5 +970,3 @@ class HttpProtocol(asyncio.Protocol):
     def force_close(self) -> None:
         self._abort()
 
-
-from corral.engine.cycle import ClientDisconnected  # noqa: E402  (cycle imports us for typing only)

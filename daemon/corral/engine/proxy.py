@@ -28,7 +28,8 @@ DEFAULT_FORWARDED_HEADERS = ("x-forwarded-for", "x-forwarded-proto")
 class TrustedPeers:
     """The peers allowed to set proxy headers (with a memoised lookup), and which headers they may set."""
 
-    def __init__(self, entries: Iterable[str], headers: Iterable[str] = DEFAULT_FORWARDED_HEADERS) -> None:
+    def __init__(self, entries: Iterable[str], headers: Iterable[object] = DEFAULT_FORWARDED_HEADERS) -> None:
+        # headers: checked one by one (they come from YAML), so any object is taken.
         names = []
         for name in headers:
             if not isinstance(name, str) or name.strip().lower() not in PROXY_HEADERS:

@@ -20,10 +20,12 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 from corral.engine.context import EngineContext, InFlightRecorder
+from corral.engine.contracts import InterfaceAdapter
 from corral.engine.lifespan import LifespanError
 from corral.engine.protocol import HttpProtocol
 from corral.engine.settings import EngineSettings
@@ -40,12 +42,13 @@ _ROOM_LOG_INTERVAL = 60.0  # seconds between log lines about connections closed 
 __all__ = ["LifespanError", "Server"]
 
 
-def _make_interface(app: Any, settings: EngineSettings, interface: str) -> Any:
+def _make_interface(app: Any, settings: EngineSettings, interface: str) -> InterfaceAdapter:
+    # Imported on demand: a worker loads only the interface it serves.
     if interface == "asgi":
         from corral.engine.asgi import ASGIInterface
         return ASGIInterface(app, settings)
     if interface == "wsgi":
-        from corral.engine.wsgi import WSGIInterface  # type: ignore[attr-defined]
+        from corral.engine.wsgi import WSGIInterface
         return WSGIInterface(app, settings)
     raise ValueError(f"interface must be 'asgi' or 'wsgi', got {interface!r}")
 
@@ -75,6 +78,10 @@ class Server:
         self._paused_by_interface = False  # WSGI: every pool thread is busy
         self._backoff: asyncio.TimerHandle | None = None
         self._pending = 0  # accepted sockets whose transports are being set up
+        # ... of which TLS handshakes in progress: a drain waits for the others, never for a client
+        # slow to finish its handshake (it has sent no request yet: it is as good as idle)
+        self._handshakes = 0
+        self._tls: dict[int, ssl.SSLContext] = {}  # listening fd -> context, for the TLS listeners
         self._ticker: asyncio.TimerHandle | None = None
         self._closed_event: asyncio.Event | None = None
         self._serving = False
@@ -130,17 +137,22 @@ class Server:
             settings = self.settings
             if not settings.access_log and not settings.root_path:
                 # The access log and root_path need the request's scope: no shortcut then.
-                self._ctx.serve_simple = getattr(self._adapter, "serve_simple", None)
+                self._ctx.serve_simple = self._adapter.serve_simple
             if settings.ws:
-                self._ctx.websocket_class = getattr(self._adapter, "websocket_class", None)
+                self._ctx.websocket_class = self._adapter.websocket_class
         return self._ctx
 
-    async def serve(self, socks: list[socket.socket]) -> None:
-        """Start accepting connections on already-listening sockets; returns immediately."""
+    async def serve(self, socks: list[socket.socket], tls: ssl.SSLContext | None = None) -> None:
+        """Start accepting connections on already-listening sockets; returns immediately.
+
+        With ``tls`` (``corral.engine.tls.build_context``) they speak HTTPS.
+        """
         ctx = self._context()
         for sock in socks:
             if sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"socket {sock!r} is not a stream socket")
+            if tls is not None:
+                self._tls[sock.fileno()] = tls
             # Accepting must never block the loop when another worker wins the race.
             sock.setblocking(False)
             self._sockets.append(sock)
@@ -159,7 +171,7 @@ class Server:
         """
         self._serving = False
         self._stop_reading()
-        while self._pending:
+        while self._pending > self._handshakes:
             await asyncio.sleep(0)
         if self._ctx is not None:
             self._ctx.draining = True
@@ -226,7 +238,7 @@ class Server:
 
     async def _wait_idle(self, ctx: EngineContext, deadline: float) -> None:
         loop = ctx.loop
-        while ctx.connections or self._pending:
+        while ctx.connections or self._pending > self._handshakes:
             left = deadline - loop.time()
             if left <= 0:
                 return
@@ -234,7 +246,7 @@ class Server:
             try:
                 await asyncio.wait_for(self._closed_event.wait(), min(left, _TICK))
             except TimeoutError:
-                pass
+                pass  # a tick without a close: look at the connections and the deadline again
             finally:
                 self._closed_event = None
 
@@ -264,13 +276,14 @@ class Server:
             try:
                 loop.remove_reader(fd)
             except (ValueError, OSError):
-                pass
+                pass  # the caller closed the socket already (it owns it): no reader is left to remove
         self._reading.clear()
 
     def _accept(self, lsock: socket.socket) -> None:
         ctx = self._ctx
         assert ctx is not None
         limit = self.settings.max_connections
+        tls = self._tls.get(lsock.fileno()) if self._tls else None
         for i in range(_ACCEPT_BATCH):
             if len(ctx.connections) - ctx.closing + self._pending >= limit:
                 # At the limit. A readiness event means a connection waits (unless
@@ -302,9 +315,10 @@ class Server:
                 try:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
-                    pass
+                    pass  # the client reset it already: its transport set-up reports that, once
             self._pending += 1
-            task = ctx.loop.create_task(self._connect(ctx, conn))
+            task = ctx.loop.create_task(self._connect(ctx, conn) if tls is None
+                                        else self._connect_tls(ctx, conn, tls))
             ctx.tasks.add(task)
             task.add_done_callback(ctx.tasks.discard)
             if self.on_accept is not None:
@@ -351,6 +365,36 @@ class Server:
             conn.close()
         finally:
             self._pending -= 1
+
+    async def _connect_tls(self, ctx: EngineContext, conn: socket.socket, tls: ssl.SSLContext) -> None:
+        """Set up a TLS connection: the protocol sees it once the handshake is done.
+
+        The handshake must finish within header_timeout; a closing connection
+        flushes and exchanges close_notify within write_timeout. Shutdown does not
+        wait for handshakes in progress: it cancels them with the other tasks.
+        """
+        transport_made = False
+
+        def protocol() -> HttpProtocol:
+            # Called by connect_accepted_socket before the handshake starts.
+            nonlocal transport_made
+            transport_made = True
+            self._handshakes += 1
+            return HttpProtocol(ctx)
+
+        try:
+            await ctx.loop.connect_accepted_socket(
+                protocol, conn, ssl=tls, ssl_handshake_timeout=self.settings.header_timeout,
+                ssl_shutdown_timeout=self.settings.write_timeout)
+        except OSError as exc:  # ssl.SSLError, a reset, the handshake timeout: scanners, old clients
+            log.debug("TLS handshake failed: %s", exc)
+            if not transport_made:
+                conn.close()  # else the transport closed it
+        finally:
+            self._pending -= 1
+            if transport_made:
+                self._handshakes -= 1
+            self._on_connection_closed()  # one set-up fewer: below max_connections, accept again
 
     def _set_saturated(self, busy: bool) -> None:
         """The interface cannot run more requests now (WSGI pool full): stop accepting until it can."""

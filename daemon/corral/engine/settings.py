@@ -8,7 +8,7 @@ values that are the right type but make no sense, with the fix in the message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 LIFESPAN_MODES = ("auto", "on", "off")
 ACCESS_LOG_FORMATS = ("common", "combined", "json")
@@ -71,38 +71,53 @@ class EngineSettings:
     access_log: bool = False  # one line per finished request on the "corral.access" logger (off: faster)
     access_log_format: str = "common"  # "common", "combined" or "json"
 
+    # --- TLS (corral.engine.tls; every worker loads the files at boot: a reload rotates them) ----
+    ssl_certfile: str | None = None  # certificate chain PEM, leaf first (certbot: fullchain.pem); None = plain HTTP
+    ssl_keyfile: str | None = None  # its private key PEM (certbot: privkey.pem); None = in ssl_certfile
+    ssl_keyfile_password_file: str | None = None  # a file holding the key's passphrase, if it is encrypted
+    ssl_ca_certs: str | None = None  # CA bundle PEM that client certificates must chain to
+    ssl_cert_reqs: str = "none"  # client certificates: "none", "optional" or "required"
+    ssl_ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2; None = forward-secret AEAD suites only
+    ssl_minimum_version: str = "TLSv1.2"  # "TLSv1.2" or "TLSv1.3"
+    # App listeners that serve TLS: addresses as `corral status` shows them ("0.0.0.0:443"),
+    # ":PORT" (any host) or systemd socket names (FileDescriptorName=). None = every app listener.
+    ssl_listeners: tuple[str, ...] | None = None
+
     def __post_init__(self) -> None:
         for name in ("max_request_line", "max_header_count", "max_header_size",
                      "max_connections", "body_buffer_size", "write_buffer_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_body_size is not None and (isinstance(self.max_body_size, bool)
-                                               or not isinstance(self.max_body_size, int)
-                                               or self.max_body_size < 0):
+        # Values come from YAML: each is checked as the object it is, whatever its annotation says.
+        body_limit: object = self.max_body_size
+        if body_limit is not None and (isinstance(body_limit, bool) or not isinstance(body_limit, int)
+                                       or body_limit < 0):
             raise ValueError(f"max_body_size must be a number of bytes >= 0 or null (no limit), "
-                             f"got {self.max_body_size!r}")
+                             f"got {body_limit!r}")
         for name in ("header_timeout", "keepalive_timeout", "body_timeout", "write_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
-        if self.request_timeout is not None and (isinstance(self.request_timeout, bool)
-                                                 or not isinstance(self.request_timeout, (int, float))
-                                                 or self.request_timeout <= 0):
+        request_timeout: object = self.request_timeout
+        if request_timeout is not None and (isinstance(request_timeout, bool)
+                                            or not isinstance(request_timeout, (int, float))
+                                            or request_timeout <= 0):
             raise ValueError(f"request_timeout must be a number of seconds > 0 or null (off), "
-                             f"got {self.request_timeout!r}")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 0 <= self.threads <= 1024:
+                             f"got {request_timeout!r}")
+        threads: object = self.threads
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= 1024:
             raise ValueError(f"threads must be 0 (WSGI app inline on the event loop) or a thread count "
-                             f"from 1 to 1024, got {self.threads!r}")
-        if isinstance(self.wsgi_spool_threshold, bool) or not isinstance(self.wsgi_spool_threshold, int) \
-                or self.wsgi_spool_threshold < 0:
-            raise ValueError(f"wsgi_spool_threshold must be a number of bytes >= 0, got {self.wsgi_spool_threshold!r}")
-        if self.wsgi_spool_max is not None and (isinstance(self.wsgi_spool_max, bool)
-                                                or not isinstance(self.wsgi_spool_max, int)
-                                                or self.wsgi_spool_max < 1):
+                             f"from 1 to 1024, got {threads!r}")
+        spool_threshold: object = self.wsgi_spool_threshold
+        if isinstance(spool_threshold, bool) or not isinstance(spool_threshold, int) or spool_threshold < 0:
+            raise ValueError(f"wsgi_spool_threshold must be a number of bytes >= 0, got {spool_threshold!r}")
+        spool_max: object = self.wsgi_spool_max
+        if spool_max is not None and (isinstance(spool_max, bool) or not isinstance(spool_max, int)
+                                      or spool_max < 1):
             raise ValueError(f"wsgi_spool_max must be a number of bytes > 0 (what one worker may hold of "
                              f"unfinished request bodies in inline mode) or null (no limit), "
-                             f"got {self.wsgi_spool_max!r}")
+                             f"got {spool_max!r}")
         self._check_ws()
         if self.lifespan not in LIFESPAN_MODES:
             raise ValueError(f"lifespan must be one of {', '.join(LIFESPAN_MODES)}, got {self.lifespan!r}")
@@ -114,16 +129,34 @@ class EngineSettings:
                              f"got {self.root_path!r}")
         if self.server_header is not None and any(c in self.server_header for c in "\r\n\0"):
             raise ValueError("server_header must not contain CR, LF or NUL")
-        if isinstance(self.forwarded_allow_ips, str):
+        allow_ips: object = self.forwarded_allow_ips
+        if isinstance(allow_ips, str):
             raise ValueError("forwarded_allow_ips must be a list of addresses, not a string; "
                              "write e.g. ['127.0.0.1', '10.0.0.0/8']")
         # Import here: proxy imports nothing from settings, and this keeps the
         # validation of addresses next to the code that uses them.
         from corral.engine.proxy import TrustedPeers
-        if isinstance(self.forwarded_headers, str):
+        proxy_headers: object = self.forwarded_headers
+        if isinstance(proxy_headers, str):
             raise ValueError("forwarded_headers must be a list of header names, not a string; "
                              "write e.g. ['x-forwarded-for', 'x-forwarded-proto']")
         TrustedPeers(self.forwarded_allow_ips, self.forwarded_headers)  # raises ValueError naming the bad entry
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        """Read the TLS files now, so a missing file is a config error (the supervisor's config
+        load, corral check), not a boot failure of every worker. Raises TLSError (a ValueError)
+        starting with the key at fault."""
+        from corral.engine.tlsconfig import check_files
+        if check_files(self) is None:
+            return
+        try:
+            from corral.engine.tls import build_context
+        except ImportError:
+            # No ssl module: the supervisor keeps it out (corral.cli). OpenSSL's checks (the key
+            # matches, the passphrase opens it) then run in corral check and in every worker.
+            return
+        build_context(self)
 
     def _check_ws(self) -> None:
         for name in ("ws", "ws_per_message_deflate"):
@@ -133,9 +166,9 @@ class EngineSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.ws_drain_timeout, bool) or not isinstance(self.ws_drain_timeout, (int, float)) \
-                or self.ws_drain_timeout < 0:
-            raise ValueError(f"ws_drain_timeout must be a number of seconds >= 0, got {self.ws_drain_timeout!r}")
+        drain: object = self.ws_drain_timeout
+        if isinstance(drain, bool) or not isinstance(drain, (int, float)) or drain < 0:
+            raise ValueError(f"ws_drain_timeout must be a number of seconds >= 0, got {drain!r}")
         for name in ("ws_ping_interval", "ws_ping_timeout", "ws_close_timeout"):
             value = getattr(self, name)
             if value is None and name != "ws_close_timeout":
@@ -143,8 +176,3 @@ class EngineSettings:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 off = " or null (off)" if name != "ws_close_timeout" else ""
                 raise ValueError(f"{name} must be a number of seconds > 0{off}, got {value!r}")
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        """The config keys this dataclass accepts (for the config loader's error messages)."""
-        return tuple(f.name for f in fields(cls))

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from corral.engine.cycle import Cycle
+from corral.engine.contracts import Exchange
 
 # Upper bounds (seconds, inclusive) of the request-duration histogram buckets;
 # a last, implicit bucket counts everything slower (+Inf). Fixed, so that
@@ -83,7 +82,7 @@ class EngineStats:
     __slots__ = ("requests_total", "responses", "connections_accepted", "connections_open",
                  "duration_counts", "duration_sum", "wants_recycle", "ws", "_live")
 
-    def __init__(self, live: Callable[[], Iterable[Cycle]] | None = None) -> None:
+    def __init__(self, live: Callable[[], Iterable[Exchange]] | None = None) -> None:
         self.requests_total = 0
         self.responses = [0, 0, 0, 0, 0, 0]
         self.connections_accepted = 0
@@ -100,7 +99,7 @@ class EngineStats:
         self.duration_counts[bisect_left(DURATION_BUCKETS, duration)] += 1
         self.duration_sum += duration
 
-    def _live_cycles(self) -> list[Cycle]:
+    def _live_cycles(self) -> list[Exchange]:
         return list(self._live()) if self._live is not None else []
 
     @property

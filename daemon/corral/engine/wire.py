@@ -37,6 +37,12 @@ _VALUES: set[bytes] = set()
 class InvalidResponse(RuntimeError):
     """The application produced a response we refuse to put on the wire."""
 
+    logged = False  # True once the engine logged it (the interface's error path then does not again)
+
+
+class ClientDisconnected(OSError):
+    """The client closed the connection; raised by ``send()`` (ASGI spec 2.4: an OSError)."""
+
 
 def check_name(name: object) -> bytes:
     """Validate a response header name; return it lower-cased. Memoised by the caller's lookup."""

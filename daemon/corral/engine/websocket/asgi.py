@@ -142,7 +142,7 @@ class WebSocketCycle(Cycle):
             "server": scope["server"],
             "subprotocols": list(result.subprotocols),
             "state": scope["state"],
-            "extensions": {"websocket.http.response": {}},
+            "extensions": {"websocket.http.response": {}, **scope.get("extensions", {})},  # "tls" on TLS
         }
         task = self.task = ctx.loop.create_task(self._main())
         ctx.tasks.add(task)
@@ -171,7 +171,8 @@ class WebSocketCycle(Cycle):
             await self.ctx.app(scope, self.receive, self.send)
         except asyncio.CancelledError:
             self._app_cancelled()
-        except BaseException as exc:  # SystemExit too: an app must not stop the worker's loop
+        # App code may raise anything, SystemExit too: none of it may stop the worker's loop.
+        except BaseException as exc:  # noqa: BLE001 - app code may raise anything
             self._app_failed(exc)
         else:
             self._app_returned()
@@ -241,7 +242,8 @@ class WebSocketCycle(Cycle):
             # Hot path: a message for an accepted WebSocket.
             message = ws.next_message()
             if message is None:
-                message = await ws.wait_message()
+                if ws.code is None:
+                    message = await ws.wait_message()
                 if message is None:
                     return {"type": "websocket.disconnect", "code": ws.code or ABNORMAL, "reason": ws.reason}
             if type(message) is str:
@@ -323,6 +325,7 @@ class WebSocketCycle(Cycle):
         head = handshake.accept_head(hs, message.get("subprotocol"), message.get("headers"),
                                      ctx.default_headers)
         transport = conn.transport
+        assert transport is not None  # the connection is open: self.disconnected was checked above
         transport.write(head)
         self.status = 101
         self.response_started = self.head_sent = self.response_complete = True

@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -66,6 +66,8 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 # Heads of unmasked, unfragmented data frames (RFC 6455 section 5.2), for the send fast path:
 # FIN + opcode, then the payload length in 7, 7+16 or 7+64 bits. Small ones are prebuilt.
 _SMALL_HEADS = {op: [bytes((0x80 | op, n)) for n in range(126)] for op in (1, 2)}
+_TEXT_HEADS = _SMALL_HEADS[1]
+_BINARY_HEADS = _SMALL_HEADS[2]
 _MID_HEAD = struct.Struct("!BBH").pack
 _BIG_HEAD = struct.Struct("!BBQ").pack
 
@@ -91,7 +93,7 @@ class WebSocketConnection(asyncio.Protocol):
         # incoming messages
         "_messages", "_max_queue", "_waiter", "_parts", "_decoder", "_text", "_read_paused", "_closing_sent",
         # outgoing flow control
-        "_write_paused", "_drain_waiters", "_write_deadline",
+        "write_paused", "_drain_waiters", "_write_deadline",
         # timers (time.monotonic(); 0.0 = not armed)
         "_ping_at", "_pong_deadline", "_ping_payload", "_close_deadline", "_drain_at",
         # the end
@@ -120,7 +122,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._text = False
         self._read_paused = False
         self._closing_sent = False  # we started the closing handshake (or failed the connection)
-        self._write_paused = False
+        self.write_paused = False  # over write_buffer_size unsent: send() callers await drained()
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._write_deadline = 0.0
         now = ctx.monotonic()
@@ -149,11 +151,16 @@ class WebSocketConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ the transport's events
 
     def data_received(self, data: bytes) -> None:
-        # Hot path.
+        # Hot path. ServerProtocol's ``events`` and ``writes`` lists are read here directly
+        # (what events_received() and data_to_send() return): most reads yield one data
+        # frame and nothing to write, and the two calls would allocate two new lists each time.
         proto = self.proto
         proto.receive_data(data)
-        events = proto.events_received()
+        # After the handshake ServerProtocol's events are only Frames (Request and Response
+        # in the union are the opening handshake's, which the HTTP engine did).
+        events: list[Frame] = proto.events  # type: ignore[assignment]
         if events:
+            proto.events = []
             nbytes = 0
             for frame in events:
                 opcode = frame.opcode
@@ -178,7 +185,8 @@ class WebSocketConnection(asyncio.Protocol):
                     self._closing()
                 # Pings: ServerProtocol queued the pong (same payload) already.
             self.stats.bytes_in += nbytes
-        self._flush()
+        if proto.writes:
+            self._flush()
 
     def _fragment(self, frame: Any) -> bool:
         """A frame of a fragmented message; False if it failed the connection (bad UTF-8)."""
@@ -242,7 +250,7 @@ class WebSocketConnection(asyncio.Protocol):
         code = self.code or ABNORMAL
         stats.closes[code] = stats.closes.get(code, 0) + 1
         self._wake_reader()
-        self._write_paused = False
+        self.write_paused = False
         waiters, self._drain_waiters = self._drain_waiters, []
         for fut in waiters:
             if not fut.done():
@@ -252,11 +260,11 @@ class WebSocketConnection(asyncio.Protocol):
         ctx.connection_closed()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
         self._write_deadline = self.ctx.monotonic() + self.ctx.write_timeout
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         self._write_deadline = 0.0
         waiters, self._drain_waiters = self._drain_waiters, []
         for fut in waiters:
@@ -274,10 +282,6 @@ class WebSocketConnection(asyncio.Protocol):
     def lost(self) -> bool:
         return self._lost
 
-    @property
-    def write_paused(self) -> bool:
-        return self._write_paused
-
     def next_message(self) -> str | bytes | None:
         """The oldest unread message, or None if none is queued."""
         messages = self._messages
@@ -294,40 +298,43 @@ class WebSocketConnection(asyncio.Protocol):
         """No more messages will come (a close frame came, the connection failed or is gone)."""
         return self.code is not None
 
-    async def wait_message(self) -> str | bytes | None:
-        """The next message, waiting for it if none is queued; None once no more will come."""
-        message = self.next_message()
-        if message is not None or self.code is not None:
-            return message
+    def wait_message(self) -> asyncio.Future[str | bytes | None]:
+        """A future for the next message, to await once ``next_message()`` found none queued
+        and the connection has not ``ended``: it gets the message (from ``_push``) or None
+        when no more will come (``_wake_reader``).
+
+        A plain future, not a coroutine: one frame less on every message's way to the app.
+        If the app's task is cancelled, the cancelled future stays here until ``_push``
+        (which then queues the message) or the next call replaces it.
+        """
         waiter = self._waiter = self.ctx.loop.create_future()
-        try:
-            return await waiter  # a message (from _push), or None (from _wake_reader)
-        finally:
-            self._waiter = None
+        return waiter
 
     def send(self, data: str | bytes) -> None:
         """Write one message (hot path). Raises ClientDisconnected if it can no longer be sent."""
         proto = self.proto
         if self._lost or proto.state is not _OPEN:
             raise ClientDisconnected("the WebSocket connection is closed")
-        if type(data) is str:
-            data = data.encode()
-            opcode = 1
+        if isinstance(data, str):
+            payload = data.encode()
+            heads = _TEXT_HEADS
         else:
-            opcode = 2
-        n = len(data)
+            payload = data
+            heads = _BINARY_HEADS
+        n = len(payload)
         if proto.extensions:
             # permessage-deflate: websockets compresses and frames it.
-            if opcode == 1:
-                proto.send_text(data)
+            if heads is _TEXT_HEADS:
+                proto.send_text(payload)
             else:
-                proto.send_binary(data)
+                proto.send_binary(payload)
             self._flush()
         else:
             # A server's frame without extensions is a head and the payload as is: writing
             # it here saves websockets' Frame object and its serializer's copies (~1 us a
             # message). ServerProtocol keeps no state about data frames it did not write.
-            self.transport.write(frame_head(opcode, n) + data)
+            head = heads[n] if n < 126 else frame_head(heads[0][0] & 0x0F, n)
+            self.transport.write(head + payload)
         self.bytes_out += n
         stats = self.stats
         stats.messages_out += 1
@@ -337,7 +344,7 @@ class WebSocketConnection(asyncio.Protocol):
         """Wait while the transport holds more than ``write_buffer_size`` unsent bytes."""
         if self._lost:
             raise ClientDisconnected("the WebSocket connection is closed")
-        if self._write_paused:
+        if self.write_paused:
             fut = self.ctx.loop.create_future()
             self._drain_waiters.append(fut)
             await fut
@@ -378,8 +385,9 @@ class WebSocketConnection(asyncio.Protocol):
                          self.peer, self.ctx.settings.ws_ping_timeout)
                 self._fail(_INTERNAL_ERROR, "keepalive ping timeout")
             return
-        if self._ping_at and self._ping_at <= now and self.proto.state is _OPEN:
-            self._ping_at = now + self.ctx.settings.ws_ping_interval
+        interval = self.ctx.settings.ws_ping_interval
+        if self._ping_at and self._ping_at <= now and interval and self.proto.state is _OPEN:
+            self._ping_at = now + interval
             self._ping_payload = random.getrandbits(32).to_bytes(4, "big")
             self.proto.send_ping(self._ping_payload)
             self._flush()

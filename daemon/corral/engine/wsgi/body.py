@@ -155,7 +155,7 @@ class EmptyInput:
     def read(self, size: int | None = -1) -> bytes:
         return b""
 
-    def read1(self, size: int = -1) -> bytes:
+    def read1(self, size: int | None = -1) -> bytes:
         return b""
 
     def readline(self, size: int | None = -1) -> bytes:
@@ -337,7 +337,7 @@ class StreamingInput:
                 self._wait()
             return self._take(min(size, len(self._buf)))
 
-    def read1(self, size: int = -1) -> bytes:
+    def read1(self, size: int | None = -1) -> bytes:
         """Whatever is buffered (at least one byte unless at EOF), up to ``size``."""
         with self._cond:
             while not self._buf and not self._eof:
@@ -365,7 +365,7 @@ class StreamingInput:
             return self._take(end)
 
     def readlines(self, hint: int = -1) -> list[bytes]:
-        lines = []
+        lines: list[bytes] = []
         total = 0
         while True:
             line = self.readline()

@@ -25,6 +25,7 @@ for regular files go out with ``os.sendfile``.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import sys
@@ -32,19 +33,16 @@ import threading
 import traceback
 from asyncio import _set_running_loop
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote_to_bytes
 
 from corral.engine.cycle import ClientDisconnected, Cycle
 from corral.engine.wire import STATUS_LINES, InvalidResponse
-from corral.engine.wsgi.body import EMPTY_INPUT, SpooledBody, SpoolRefusal, StreamingInput
+from corral.engine.wsgi.body import EMPTY_INPUT, SpoolBudget, SpooledBody, SpoolRefusal, StreamingInput
 from corral.engine.wsgi.environ import ConnectionEnviron, build_environ
 from corral.engine.wsgi.filewrapper import FileWrapper
 from corral.engine.wsgi.head import WSGIHead, encode_head
 from corral.engine.wsgi.sendfile import SendfileJob
-
-if TYPE_CHECKING:
-    from corral.engine.wsgi.interface import WSGIInterface
 
 log = logging.getLogger("corral.engine.wsgi")
 
@@ -101,12 +99,36 @@ def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+class WSGIHost(Protocol):
+    """What a cycle needs of its interface (``corral.engine.wsgi.interface.WSGIInterface``)."""
+
+    app: Any  # the WSGI callable
+    threads: int  # 0: inline mode
+    spool_threshold: int
+    spool_budget: SpoolBudget
+    inline_current: WSGICycle | None  # the request an inline app is running now
+    call_soon_threadsafe: Callable[..., Any]  # the loop's, once started
+
+    def base_for(self, client: Any, server: Any, scheme: str) -> dict[str, Any]:
+        """The per-(client, server, scheme) part of the environ."""
+        ...
+
+    def submit(self, cycle: ThreadedCycle, wsgi_input: Any) -> None:
+        """Give a request to the thread pool (loop thread)."""
+
+    def job_done(self, ctx: Any) -> None:
+        """A pool thread finished a request (loop thread)."""
+
+    def request_recycle(self, ctx: Any, reason: str) -> None:
+        """Ask for this worker to be replaced gracefully."""
+
+
 class WSGICycle(Cycle):
     """What both execution modes share: environ, start_response, committing the head, errors."""
 
     # No __slots__ here: the per-request fields below are class-level defaults
     # until a request sets them, so a cycle needs no __init__ of its own (hot path).
-    _head: WSGIHead | None = None  # from start_response
+    _wsgi_head: WSGIHead | None = None  # from start_response (the base cycle's _head is the encoded head)
     _sent = False  # the head was handed over for writing (exc_info may no longer replace it)
     _result: Any = None  # the app's response iterable, until closed
     _sendfile: SendfileJob | None = None  # the running sendfile, if any
@@ -117,7 +139,7 @@ class WSGICycle(Cycle):
     # a scope or the base cycle's state (inline mode); None once it is a full cycle.
     _simple: tuple[str, bytes, bytes] | None = None
 
-    iface: WSGIInterface  # set on the per-interface subclass
+    iface: WSGIHost  # set on the per-interface subclass
 
     def request_line(self) -> str:
         simple = self._simple
@@ -148,20 +170,23 @@ class WSGICycle(Cycle):
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None  # no reference cycle through the traceback
-        elif self._head is not None:
+        elif self._wsgi_head is not None:
             raise AssertionError("start_response() called a second time without exc_info; "
                                  "only an error handler passing exc_info may replace the response head")
-        self._head = encode_head(status, headers)
+        self._wsgi_head = encode_head(status, headers)
         return self._write_legacy
 
     def _write_legacy(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def _no_start_response(self) -> NoReturn:
+        raise InvalidResponse(f"the WSGI app produced a body without calling start_response() "
+                              f"({self.request_line()})")
+
     def commit_head(self, head: WSGIHead | None) -> None:
         """Hand the head recorded by start_response to the base cycle (loop thread; hot path)."""
         if head is None:
-            raise InvalidResponse(f"the WSGI app produced a body without calling start_response() "
-                                  f"({self.request_line()})")
+            self._no_start_response()
         code, encoded, length, close, flags, _plain = head
         # WSGI headers were validated and encoded by encode_head.
         self.set_encoded_head(code, encoded, length, flags, close)
@@ -195,7 +220,7 @@ class WSGICycle(Cycle):
 
         Returns False (nothing done, head not sent) when the file must instead
         be iterated: the connection has unsent bytes queued, so writing to the
-        socket directly could reorder them.
+        socket directly could reorder them, or it is a TLS connection.
         """
         if head is None:
             raise InvalidResponse(f"the WSGI app returned a file without calling start_response() "
@@ -203,6 +228,8 @@ class WSGICycle(Cycle):
         transport = self.conn.transport
         if transport is None or transport.get_write_buffer_size():
             return False
+        if transport.get_extra_info("ssl_object") is not None:
+            return False  # TLS: the bytes must go through the TLS layer, not around it with sendfile
         fd, offset, size = span
         code, encoded, length, close, flags, plain = head
         if length is None and code not in (204, 304):
@@ -275,14 +302,14 @@ class InlineCycle(WSGICycle):
         iface = cls.iface
         state = conn.interface_state
         if state is None:
-            state = conn.interface_state = ConnectionEnviron(iface.base_for(conn.client, conn.server, "http"))
+            state = conn.interface_state = ConnectionEnviron(iface.base_for(conn.client, conn.server, conn.scheme))
         environ = state.environ(method, raw_path, query, headers, EMPTY_INPUT)
         cycle.start = start = ctx.monotonic()
         iface.inline_current = cycle
         _no_loop(None)
         try:
             result = iface.app(environ, cycle.wsgi_start_response)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (app code may raise anything: answered 500)
             _no_loop(ctx.loop)
             iface.inline_current = None
             cycle._leave_simple()
@@ -292,7 +319,7 @@ class InlineCycle(WSGICycle):
             _no_loop(ctx.loop)  # SystemExit, KeyboardInterrupt: the engine still needs its loop
             raise
         _no_loop(ctx.loop)
-        head = cycle._head
+        head = cycle._wsgi_head
         if head is not None and type(result) is list and len(result) == 1 and cycle._simple is not None:
             code, encoded, length, _close, _flags, plain = head
             body = result[0]
@@ -424,7 +451,7 @@ class InlineCycle(WSGICycle):
         _no_loop(None)
         try:
             result = iface.app(environ, self.wsgi_start_response)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (app code may raise anything: answered 500)
             _no_loop(loop)
             iface.inline_current = None
             self.app_failed(exc)
@@ -443,13 +470,13 @@ class InlineCycle(WSGICycle):
             # Hot path: the whole body in one piece, one write with the head.
             iface.inline_current = None
             try:
-                head = self._head
+                head = self._wsgi_head
                 if head is None:
-                    self.commit_head(head)  # raises: no start_response()
+                    self._no_start_response()
                 self.set_encoded_head(head[0], head[1], head[2], head[4], head[3])
                 self._sent = True
                 self.write_body(result[0], False)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (the app's head or body may be invalid in any way: answered 500)
                 self.app_failed(exc)
             if self._body is not None:
                 self._done()
@@ -458,7 +485,7 @@ class InlineCycle(WSGICycle):
         try:
             if type(result) is FileWrapper:
                 span = result.sendfile_span()
-                if span is not None and self.serve_file(self._head, span, self._file_done):
+                if span is not None and self.serve_file(self._wsgi_head, span, self._file_done):
                     iface.inline_current = None
                     return
             _no_loop(None)
@@ -466,7 +493,7 @@ class InlineCycle(WSGICycle):
                 self._iter = iter(result)  # the app's own __iter__ may run here
             finally:
                 _no_loop(self.ctx.loop)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (the app's __iter__ may raise anything: answered 500)
             iface.inline_current = None
             self.app_failed(exc)
             self._done()
@@ -478,7 +505,7 @@ class InlineCycle(WSGICycle):
 
     def _write(self, chunk: bytes, more: bool) -> None:
         if not self._sent:
-            self.commit_head(self._head)
+            self.commit_head(self._wsgi_head)
             self._sent = True
         self.write_body(chunk, more)
 
@@ -494,12 +521,12 @@ class InlineCycle(WSGICycle):
         it = self._iter
         if it is None:
             return  # already finished (aborted while this step was queued)
-        if self.response_complete or self.disconnected:
+        if self._is_gone():
             self.abort_response()
             self._done()
             return
         iface = self.iface
-        transport = self.conn.transport
+        transport: asyncio.Transport = self.conn.transport  # type: ignore[assignment]  # set: the connection is open
         budget = _PUMP_BUDGET
         iface.inline_current = self
         loop = self.ctx.loop
@@ -514,7 +541,7 @@ class InlineCycle(WSGICycle):
                 if self.is_head:
                     self.write_body(b"", False)  # HEAD: the rest would be dropped anyway
                     break
-                if self.conn._write_paused:
+                if self.conn.write_paused:
                     waiter = self.drain()
                     if waiter is not None:
                         waiter.add_done_callback(self._resume)
@@ -530,7 +557,7 @@ class InlineCycle(WSGICycle):
                     return
             else:
                 self._write(b"", False)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (the app's iterable may raise anything: answered 500 or a close)
             self.app_failed(exc)
         finally:
             _no_loop(loop)
@@ -633,13 +660,13 @@ class ThreadedCycle(WSGICycle):
         self._ident = _get_ident()
         try:
             result = iface.app(self.make_environ(wsgi_input), self.wsgi_start_response)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (app code may raise anything: the loop answers 500)
             post(self._finish, None, b"", exc)
             return
-        if type(result) is list and len(result) == 1 and not self._sent and self._head is not None:
+        if type(result) is list and len(result) == 1 and not self._sent and self._wsgi_head is not None:
             # Hot path: the whole body in one piece; one hop to the loop.
             self._sent = True
-            post(self._finish, self._head, result[0], None)
+            post(self._finish, self._wsgi_head, result[0], None)
             return
         error: BaseException | None = None
         try:
@@ -652,12 +679,12 @@ class ThreadedCycle(WSGICycle):
                     self._send(chunk)
                     if self.is_head:
                         break  # HEAD: the head is out; the rest would be dropped anyway
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (the app's iterable may raise anything: the loop answers it)
             error = exc
         close_iterable(result, self)
         head = None
         if not self._sent and error is None:
-            head = self._head
+            head = self._wsgi_head
             if head is None:
                 error = InvalidResponse(f"the WSGI app returned without calling start_response() "
                                         f"({self.request_line()})")
@@ -671,7 +698,7 @@ class ThreadedCycle(WSGICycle):
         self._check_live()
         head = None
         if not self._sent:
-            head = self._head
+            head = self._wsgi_head
             if head is None:
                 raise InvalidResponse(f"the WSGI app produced a body without calling start_response() "
                                       f"({self.request_line()})")
@@ -714,13 +741,17 @@ class ThreadedCycle(WSGICycle):
             return False
         event = self._file_event = threading.Event()
         outcome: list[Any] = []
-        head = self._head
+        head = self._wsgi_head
         self._sent = True
+
+        def finished(error: BaseException | None) -> None:
+            outcome.append(error)
+            event.set()
 
         def start() -> None:
             try:
-                started = self.serve_file(head, span, lambda error: (outcome.append(error), event.set()))
-            except Exception as exc:
+                started = self.serve_file(head, span, finished)
+            except Exception as exc:  # noqa: BLE001  (whatever failed is raised in the app thread, which waits for it)
                 outcome.append(exc)
                 event.set()
                 return
@@ -744,17 +775,17 @@ class ThreadedCycle(WSGICycle):
     def _write_chunk(self, head: Any, chunk: bytes) -> None:
         n = len(chunk)
         try:
-            if self.response_complete or self.disconnected or self.conn.transport.is_closing():
+            if self.response_complete or self.disconnected or self.conn.transport.is_closing():  # type: ignore[union-attr]  # set: the connection is open
                 raise ClientDisconnected("the client closed the connection")
             if head is not None:
                 self.commit_head(head)
             self.write_body(chunk, True)
-            if self.conn._write_paused:
+            if self.conn.write_paused:
                 waiter = self.drain()
                 if waiter is not None:
                     waiter.add_done_callback(lambda w: self._drained(w, n))
                     return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (whatever failed is raised in the app thread, from its next write)
             self._error = exc
         self._ack(n)
 
@@ -764,10 +795,10 @@ class ThreadedCycle(WSGICycle):
         self._ack(n)
 
     def _ack(self, n: int) -> None:
-        cond = self._cond
-        with cond:  # type: ignore[union-attr]
+        cond = self._cond  # made by _send() before it handed over the chunk acknowledged here
+        with cond:  # type: ignore[union-attr]  # set (above)
             self._unacked -= n
-            cond.notify()  # type: ignore[union-attr]
+            cond.notify()  # type: ignore[union-attr]  # set (above)
 
     def _wake_thread(self) -> None:
         cond = self._cond
@@ -795,7 +826,7 @@ class ThreadedCycle(WSGICycle):
                     if head is not None:
                         self.commit_head(head)
                     self.write_body(chunk, False)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (the app's last bytes may be invalid in any way: answered 500)
             self.app_failed(exc)
         self.iface.job_done(self.ctx)
 

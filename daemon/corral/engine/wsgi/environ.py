@@ -197,7 +197,7 @@ _HOST_CACHE: dict[str, tuple[str, str]] = {}
 
 def _host_parts(host: str) -> tuple[str, str]:
     name, port = split_host(host, "")
-    if port in ("80", "443") and not (host.endswith(":80") or host.endswith(":443")):
+    if port in ("80", "443") and not host.endswith((":80", ":443")):
         port = ""  # no port in the header: the scheme's default, filled in per request
     if len(_HOST_CACHE) >= _KEY_CACHE_MAX:
         _HOST_CACHE.clear()

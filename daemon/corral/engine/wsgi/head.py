@@ -12,8 +12,9 @@ scans instead of one regex per value.
 from __future__ import annotations
 
 import re
+from typing import Any, cast
 
-from corral.engine.cycle import _F_DATE, _F_SERVER  # the base cycle's "app sent Date/Server" flags
+from corral.engine.contracts import HEAD_DATE, HEAD_SERVER  # HeadFlag bits: the app sent its own Date/Server
 from corral.engine.wire import STATUS_LINES, InvalidResponse
 
 _CACHE_LIMIT = 4096
@@ -21,8 +22,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Control characters other than HTAB, CR and LF (those two are counted separately).
 _CTL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
-# status string -> (code, status line bytes)
-_STATUS: dict[str, tuple[int, bytes]] = {}
+# status string -> (code, status line bytes); typed by what is looked up (anything an app passes)
+_STATUS: dict[object, tuple[int, bytes]] = {}
 # header name as given -> lower-cased name (only validated names get in)
 _NAMES: dict[str, str] = {}
 
@@ -35,7 +36,7 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", 
 
 def encode_status(status: object) -> tuple[int, bytes]:
     """``"404 Not Found"`` -> (404, b"HTTP/1.1 404 Not Found\\r\\n"). Hot path (memoised)."""
-    known = _STATUS.get(status)  # type: ignore[arg-type]
+    known = _STATUS.get(status)
     if known is not None:
         return known
     if type(status) is not str:
@@ -88,7 +89,7 @@ Head = tuple[bytes, "int | None", bool, int]
 
 # tuple(response_headers) -> encode_headers() result. Many responses repeat a
 # header list exactly (same type, same length); those skip all the work below.
-_HEADERS: dict[tuple, Head] = {}
+_HEADERS: dict[tuple[Any, ...], Head] = {}
 _HEADERS_LIMIT = 1024
 
 
@@ -103,9 +104,10 @@ def encode_headers(headers: object) -> Head:
     if type(headers) is not list:
         raise InvalidResponse(f"WSGI response_headers must be a list of (name, value) tuples, "
                               f"not {type(headers).__name__}")
+    key: tuple[Any, ...] | None
     try:
-        key: tuple | None = tuple(headers)
-        known = _HEADERS.get(key)  # type: ignore[arg-type]
+        key = tuple(headers)
+        known = _HEADERS.get(key)
     except TypeError:  # unhashable items (lists): validate without memoising
         key = known = None
     if known is not None:
@@ -118,17 +120,16 @@ def encode_headers(headers: object) -> Head:
     return result
 
 
-def _encode_headers(headers: list) -> Head:
+def _encode_headers(headers: list[Any]) -> Head:
     names = _NAMES
     parts = []
     content_length: int | None = None
     close = False
     flags = 0
     for item in headers:
-        if type(item) is not tuple or len(item) != 2:
-            # PEP 3333 says tuples; a two-item list is accepted as gunicorn does.
-            if type(item) is not list or len(item) != 2:
-                raise InvalidResponse(f"WSGI response header {item!r} must be a (name, value) tuple")
+        # PEP 3333 says tuples; a two-item list is accepted as gunicorn does.
+        if (type(item) is not tuple or len(item) != 2) and (type(item) is not list or len(item) != 2):
+            raise InvalidResponse(f"WSGI response header {item!r} must be a (name, value) tuple")
         name, value = item
         lower = names.get(name)
         if lower is None:
@@ -150,9 +151,9 @@ def _encode_headers(headers: list) -> Head:
                 continue
             content_length = int(length)
         elif lower == "date":
-            flags |= _F_DATE
+            flags |= HEAD_DATE
         elif lower == "server":
-            flags |= _F_SERVER
+            flags |= HEAD_SERVER
         parts.append(f"{name}: {value}")
     block = "\r\n".join(parts)
     separators = max(0, len(parts) - 1)
@@ -168,7 +169,7 @@ def _encode_headers(headers: list) -> Head:
 WSGIHead = tuple[int, bytes, "int | None", bool, int, bool]
 
 # (status, tuple(response_headers)) -> encode_head() result.
-_HEADS: dict[tuple, WSGIHead] = {}
+_HEADS: dict[tuple[Any, ...], WSGIHead] = {}
 
 
 def encode_head(status: object, headers: object) -> WSGIHead:
@@ -183,8 +184,8 @@ def encode_head(status: object, headers: object) -> WSGIHead:
     head seen before costs one lookup.
     """
     try:
-        key: tuple | None = (status, tuple(headers)) if type(headers) is list else None  # type: ignore[arg-type]
-        known = _HEADS.get(key) if key is not None else None  # type: ignore[arg-type]
+        key: tuple[Any, ...] | None = (status, tuple(headers)) if type(headers) is list else None
+        known = _HEADS.get(key) if key is not None else None
     except TypeError:  # unhashable items (lists): validate without memoising
         key = known = None
     if known is not None:
@@ -194,7 +195,7 @@ def encode_head(status: object, headers: object) -> WSGIHead:
     if code == 204 and length is not None:
         # RFC 9110 8.6: never a Content-Length on a 204.
         block, length, close, flags = encode_headers(
-            [h for h in headers if str(h[0]).lower() != "content-length"])  # type: ignore[union-attr]
+            [h for h in cast("list[Any]", headers) if str(h[0]).lower() != "content-length"])  # checked a list above
     plain = not close and not flags and code != 204 and code != 304
     result = (code, line + block + b"\r\n" if block else line, length, close, flags, plain)
     if key is not None:

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from corral.engine.settings import EngineSettings
 from corral.engine.wsgi.body import SpoolBudget
@@ -41,7 +41,9 @@ _BASES_LIMIT = 4096
 
 
 class WSGIInterface:
-    """``cycle_class``, ``state``, ``startup()``, ``shutdown()``: the engine's interface contract."""
+    """The WSGI adapter (``corral.engine.contracts.InterfaceAdapter``)."""
+
+    websocket_class = None  # WSGI has no WebSockets: an Upgrade: websocket request is plain HTTP
 
     def __init__(self, app: Any, settings: EngineSettings) -> None:
         if not callable(app):
@@ -56,9 +58,10 @@ class WSGIInterface:
         self.script_name = script_name_for(settings.root_path)
         base_class: type[WSGICycle] = ThreadedCycle if self.threads else InlineCycle
         # A subclass per interface: the cycle finds its interface as a class attribute.
-        self.cycle_class = type(base_class.__name__, (base_class,), {"__slots__": (), "iface": self})
+        self.cycle_class = cast("type[WSGICycle]",
+                                type(base_class.__name__, (base_class,), {"__slots__": (), "iface": self}))
         # Inline mode answers simple requests without a full cycle (the engine's shortcut).
-        self.serve_simple = None if self.threads else self.cycle_class.serve_simple
+        self.serve_simple = None if self.threads else cast("type[InlineCycle]", self.cycle_class).serve_simple
         self.bases: dict[tuple[Any, Any, str], dict[str, Any]] = {}
         self.pool: ThreadPool | None = None
         self.watch: DeadlineWatch | None = None
@@ -121,7 +124,7 @@ class WSGIInterface:
         if self.active >= self.threads and not self.saturated:
             self.saturated = True
             cycle.ctx.set_saturated(True)
-        self.pool.submit(cycle.thread_main, wsgi_input)  # type: ignore[union-attr]
+        self.pool.submit(cycle.thread_main, wsgi_input)  # type: ignore[union-attr]  # threads mode: made by startup()
 
     def job_done(self, ctx: Any) -> None:
         """A pool thread finished a request (loop thread; hot path)."""
