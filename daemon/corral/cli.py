@@ -1,14 +1,18 @@
 """The ``corral`` command line.
 
     corral run    [--config FILE] [-n/--name NAME] [-b/--bind ADDR]... [-w/--workers N]
-                  [--interface auto|asgi|wsgi] [APP]
+                  [--interface auto|asgi|wsgi] [--KEY VALUE]... [APP]
     corral check  (the same options)   validate the config and import the app, then exit
     corral status [--config FILE] [-n/--name NAME] [--control-socket PATH] [--json]
     corral reload [--config FILE] [-n/--name NAME] [--control-socket PATH]
 
 ``APP`` is ``MODULE:ATTR`` or ``MODULE:FUNC()`` (a factory); it may also come
-from the config's ``app:`` key. Flags override the config file and ``CORRAL_*``
-environment variables.
+from the config's ``app:`` key. Every config key is a flag of ``run`` and ``check``,
+built from the key table (``corral.config``): ``max_requests`` is ``--max-requests``,
+a boolean ``access_log`` is ``--access-log``/``--no-access-log``, a list key is
+repeated (``-b A -b B``). Flags override the config file and ``CORRAL_*``
+environment variables; their values are checked by the key's own kind, so a bad
+one gets the message a bad YAML value gets, naming the flag.
 """
 
 from __future__ import annotations
@@ -19,15 +23,21 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from corral import __version__
 from corral.config import (
+    SUPERVISOR_KEYS,
+    BoolKind,
     Config,
     ConfigError,
+    Group,
+    KeySpec,
+    SequenceKind,
     check_app_dir,
     default_control_socket,
     default_name,
+    engine_keys,
     load,
     read_file,
     runtime_dir,
@@ -37,28 +47,79 @@ from corral.logs import print_error
 EXIT_USAGE = 2
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+class _Section(Protocol):
+    """An argparse argument group (argparse names its class privately)."""
+
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action: ...
+
+
+def _config_file(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", metavar="FILE", default=os.environ.get("CORRAL_CONFIG"),
                         help="YAML config file (default: $CORRAL_CONFIG, else none)")
-    parser.add_argument("-n", "--name", metavar="NAME",
-                        help="instance name, which names the control socket (default: the config file's "
-                             "name, else the app directory's: two apps on one machine get two names)")
+
+
+def config_keys() -> list[KeySpec]:
+    """Every config key, each of which is a flag of `corral run` and `corral check`."""
+    return [*SUPERVISOR_KEYS.values(), *engine_keys().values()]
 
 
 def _serving_options(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
-    parser.add_argument("-b", "--bind", action="append", metavar="ADDR",
-                        help="address to listen on, repeatable: HOST:PORT, [V6]:PORT, unix:PATH, fd:N "
-                             "(default 127.0.0.1:8000; ignored when systemd passes sockets)")
-    parser.add_argument("-w", "--workers", metavar="N", help="worker processes, or 'auto' (one per CPU)")
-    parser.add_argument("--interface", choices=("auto", "asgi", "wsgi"), help="how to call the app")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"))
-    parser.add_argument("app", nargs="?", metavar="MODULE:ATTR",
-                        help="the app, e.g. myproject.asgi:application or myproject.app:create_app()")
+    """The config file, then one flag per config key, grouped as conf/corral.yaml groups the keys."""
+    _config_file(parser)
+    keys = config_keys()
+    for group in Group:
+        section = parser.add_argument_group(f"{group.value} (config keys)")
+        for spec in keys:
+            if spec.group is group:
+                _add_key(section, spec)
+
+
+def _add_key(section: _Section, spec: KeySpec) -> None:
+    """The flag of one config key. The value stays as typed: load() checks it with the key's
+    kind, as it checks the file's (so the error names the key, the flag and what is accepted)."""
+    help_text = _help(spec)
+    if spec.positional:
+        section.add_argument(spec.name, nargs="?", metavar=spec.value_name, help=help_text)
+        return
+    names = [spec.short, spec.flag] if spec.short else [spec.flag]
+    if isinstance(spec.kind, BoolKind):
+        section.add_argument(*names, dest=spec.name, action=argparse.BooleanOptionalAction, default=None,
+                             help=help_text)
+    elif isinstance(spec.kind, SequenceKind):
+        section.add_argument(*names, dest=spec.name, action="append", metavar=spec.value_name,
+                             help=f"{help_text}; repeat the flag for each item")
+    else:
+        section.add_argument(*names, dest=spec.name, metavar=spec.value_name, help=help_text)
+
+
+def _help(spec: KeySpec) -> str:
+    shown = _as_yaml(spec.default)
+    text = f"{spec.doc} (default: {shown})" if spec.doc else f"default: {shown}"
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def _as_yaml(value: Any) -> str:
+    """A default as the config file would write it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) or "none"
+    return str(value)
+
+
+def key_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the command line gave, by key name (for config.load's overrides)."""
+    return {spec.name: getattr(args, spec.name) for spec in config_keys()
+            if getattr(args, spec.name, None) is not None}
 
 
 def _control_options(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    _config_file(parser)
+    parser.add_argument("-n", "--name", metavar="NAME",
+                        help="instance name, which names the control socket (default: the config file's "
+                             "name, else the app directory's: two apps on one machine get two names)")
     parser.add_argument("--control-socket", metavar="PATH", help="the supervisor's control socket")
 
 
@@ -76,15 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     _control_options(reload)
     reload.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
     return parser
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"app": args.app, "name": args.name, "bind": args.bind, "workers": args.workers,
-            "interface": args.interface, "log_level": args.log_level}
-
-
-def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Config:
-    return load(args.config, overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from corral.supervisor.sockets import secure_standard_fds
+    from corral.supervisor.listeners import secure_standard_fds
 
     secure_standard_fds()  # before anything opens a file: `corral run <&-` must not put a socket on fd 0
     # The supervisor never speaks TLS, but asyncio imports ssl when it can, which maps
@@ -119,7 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # built without ssl is a supported asyncio configuration; this makes ours one.
     if "ssl" not in sys.modules:
         sys.modules["ssl"] = None  # type: ignore[assignment]
-    overrides = _overrides(args)
+    overrides = key_values(args)
     try:
         config = load(args.config, overrides)
     except ConfigError as exc:
@@ -143,7 +195,7 @@ def _config_after_reexec(error: ConfigError) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load(args.config, _overrides(args))
+    config = load(args.config, key_values(args))
     if not config.app:
         print("corral: no app given: pass MODULE:ATTR or set app: in the config", file=sys.stderr)
         return EXIT_USAGE
@@ -277,7 +329,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
         # As an ExecReload= process (NotifyAccess=exec), announce the reload ourselves and wait
         # until PID 1 has seen it, so that `systemctl reload` waits for the supervisor's READY=1.
         notifier.reloading()
-        notified = bool(notifier.socket_path) and barrier(notifier.socket_path)
+        path = notifier.socket_path
+        notified = barrier(path) if path else False
     try:
         reply = _request(args, {"cmd": "reload", "notified": notified}, timeout=args.timeout)
     except BaseException as exc:

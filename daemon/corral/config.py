@@ -2,24 +2,30 @@
 
 Two families of keys share one flat namespace:
 
-* the supervisor's own keys, declared in ``SUPERVISOR_KEYS`` below;
+* the supervisor's own keys: each field of ``Config`` declared with ``_key(...)``
+  (kind, default, meaning, group, command-line spelling) is one, and
+  ``SUPERVISOR_KEYS`` is derived from them;
 * the HTTP engine's keys: every field of ``corral.engine.settings.EngineSettings``
   is a config key of the same name, validated from the field's annotation, so an
   engine option never has to be declared twice.
 
-Every error names the key, where the value came from and what would be accepted;
-an unknown key suggests the nearest valid one.
+Every key is also a ``CORRAL_<KEY>`` environment variable and a command-line flag
+(``corral.cli`` builds them from the table). Every error names the key, where the
+value came from and what would be accepted; an unknown key suggests the nearest one.
 
 This module is imported by the supervisor, which must never import uvloop,
-httptools or the app: the engine's settings module is loaded on its own, without
-the engine package's ``__init__``.
+httptools or the app: ``corral.engine.settings`` is a plain dataclass, and the
+engine package imports its server lazily. It is imported by the worker too, under
+the app's interpreter, which may lack PyYAML: YAML is parsed only where text is read.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
-import importlib.util
+import enum
+import functools
 import math
 import os
 import re
@@ -31,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from corral.engine.settings import EngineSettings
 
 ENV_PREFIX = "CORRAL_"
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -39,6 +45,14 @@ DEFAULT_BIND = "127.0.0.1:8000"
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the key and the fix."""
+
+
+def _yaml(text: str) -> Any:
+    """YAML text as data. Imported here, not at the top: the worker reads its config as JSON,
+    under the app's interpreter, which may not have PyYAML."""
+    import yaml
+
+    return yaml.safe_load(text)
 
 
 # --------------------------------------------------------------------------- value kinds
@@ -50,10 +64,12 @@ class Kind:
     ``coerce(value, text=False)`` returns the normalised value or raises
     ``ValueError`` whose message is the *expected* description. ``text=True`` means
     the value came from an environment variable or a command-line flag, so it is a
-    string that may need parsing ("4" for an int, "a,b" for a list).
+    string that may need parsing ("4" for an int, "a,b" for a list). ``metavar`` is how
+    ``corral run --help`` shows the value of the key's flag.
     """
 
     expected = "a value"
+    metavar = "VALUE"
 
     def coerce(self, value: Any, text: bool = False) -> Any:
         raise NotImplementedError
@@ -64,14 +80,16 @@ class Kind:
 
 class AnyKind(Kind):
     expected = "any value"
+    metavar = "YAML"
 
     def coerce(self, value: Any, text: bool = False) -> Any:
-        return yaml.safe_load(value) if text else value
+        return _yaml(value) if text else value
 
 
 class BoolKind(Kind):
     expected = "a boolean (true or false)"
-    _TEXT = {"1": True, "true": True, "yes": True, "on": True,
+    metavar = "BOOL"
+    _TEXT: typing.ClassVar[dict[str, bool]] = {"1": True, "true": True, "yes": True, "on": True,
              "0": False, "false": False, "no": False, "off": False}
 
     def coerce(self, value: Any, text: bool = False) -> bool:
@@ -83,6 +101,8 @@ class BoolKind(Kind):
 
 
 class IntKind(Kind):
+    metavar = "N"
+
     def __init__(self, minimum: int | None = None) -> None:
         self.minimum = minimum
         self.expected = "an integer" if minimum is None else f"an integer >= {minimum}"
@@ -103,6 +123,8 @@ class IntKind(Kind):
 class FloatKind(Kind):
     """A finite number: NaN compares false with every limit, so it would slip past each check."""
 
+    metavar = "NUMBER"
+
     def __init__(self, minimum: float | None = None) -> None:
         self.minimum = minimum
         self.expected = "a number, finite" if minimum is None else f"a number >= {minimum:g}, finite"
@@ -116,12 +138,12 @@ class FloatKind(Kind):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail()
         try:
-            value = float(value)
+            number = float(value)
         except OverflowError:  # an int beyond float range
             self.fail()
-        if not math.isfinite(value) or (self.minimum is not None and value < self.minimum):
+        if not math.isfinite(number) or (self.minimum is not None and number < self.minimum):
             self.fail()
-        return value
+        return number
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h|d)?\s*$")
@@ -132,6 +154,7 @@ class DurationKind(Kind):
     """Seconds, as a number or with a unit: ``30``, ``2.5``, ``500ms``, ``10m``, ``1h``."""
 
     expected = "a duration in seconds (e.g. 30, 2.5, 500ms, 10m, 1h), finite and not negative"
+    metavar = "SECONDS"
 
     def coerce(self, value: Any, text: bool = False) -> float:
         if isinstance(value, bool):
@@ -162,6 +185,7 @@ class SizeKind(Kind):
     """Bytes, as a number or with a unit: ``536870912``, ``512MiB``, ``1G``, ``300M``."""
 
     expected = "a size in bytes (e.g. 536870912, 512MiB, 1GiB, 300M)"
+    metavar = "BYTES"
 
     def coerce(self, value: Any, text: bool = False) -> int:
         if isinstance(value, bool):
@@ -182,6 +206,7 @@ class SizeKind(Kind):
 
 class StrKind(Kind):
     expected = "a string"
+    metavar = "TEXT"
 
     def coerce(self, value: Any, text: bool = False) -> str:
         if isinstance(value, str):
@@ -193,6 +218,7 @@ class ChoiceKind(Kind):
     def __init__(self, *choices: Any) -> None:
         self.choices = choices
         self.expected = "one of " + ", ".join(repr(c) for c in choices)
+        self.metavar = "{" + ",".join(str(c) for c in choices) + "}"
 
     def coerce(self, value: Any, text: bool = False) -> Any:
         for choice in self.choices:
@@ -207,6 +233,7 @@ class OptionalKind(Kind):
     def __init__(self, inner: Kind) -> None:
         self.inner = inner
         self.expected = f"{inner.expected}, or null"
+        self.metavar = inner.metavar
 
     def coerce(self, value: Any, text: bool = False) -> Any:
         if value is None or (text and value.strip().lower() in ("", "null", "none", "~")):
@@ -221,6 +248,7 @@ class UnionKind(Kind):
     def __init__(self, *kinds: Kind) -> None:
         self.kinds = kinds
         self.expected = " or ".join(k.expected for k in kinds)
+        self.metavar = "|".join(k.metavar for k in kinds)
 
     def coerce(self, value: Any, text: bool = False) -> Any:
         for kind in self.kinds:
@@ -239,6 +267,7 @@ class SequenceKind(Kind):
         self.item = item
         self.container = container
         self.expected = expected or f"a list of {_plural(item.expected)}"
+        self.metavar = item.metavar
 
     def coerce(self, value: Any, text: bool = False) -> Any:
         if isinstance(value, str):
@@ -260,10 +289,11 @@ class MappingKind(Kind):
     """A mapping of strings to strings (e.g. extra environment variables)."""
 
     expected = "a mapping of names to strings"
+    metavar = "YAML"
 
     def coerce(self, value: Any, text: bool = False) -> dict[str, str]:
         if text and isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else {}
+            value = _yaml(value) if value.strip() else {}
         if not isinstance(value, Mapping):
             self.fail()
         out: dict[str, str] = {}
@@ -276,6 +306,7 @@ class MappingKind(Kind):
 
 class WorkersKind(Kind):
     expected = "a number of workers >= 1, or 'auto' (one per CPU corral may use)"
+    metavar = "N|auto"
 
     def coerce(self, value: Any, text: bool = False) -> int | str:
         if isinstance(value, str) and value.strip().lower() == "auto":
@@ -303,6 +334,7 @@ class BindSpec:
 
 
 class BindKind(Kind):
+    metavar = "ADDR"
     expected = ("an address such as '127.0.0.1:8000', '[::]:8000', 'unix:/run/app.sock' or 'fd:3', "
                 "or a mapping {address: 'unix:/run/app.sock', mode: 0o660, owner: www-data, group: www-data}")
 
@@ -337,14 +369,14 @@ class BindKind(Kind):
     def _address(self, value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
             self.fail()
-        value = value.strip()
-        from corral.supervisor.addresses import parse_address  # stdlib-only helper
+        address = value.strip()
+        from corral.addresses import parse_address
 
         try:
-            parse_address(value)
+            parse_address(address)
         except ValueError as exc:
             raise ValueError(str(exc)) from None
-        return value
+        return address
 
 
 class HealthCheckKind(Kind):
@@ -353,10 +385,11 @@ class HealthCheckKind(Kind):
     expected = ("a mapping {path: '/healthz', expect_status: 200, timeout: 10} (path required; "
                 "expect_status defaults to 200, timeout to 10s, host to 'localhost'), or null")
     FIELDS = ("path", "expect_status", "timeout", "host")
+    metavar = "YAML"
 
     def coerce(self, value: Any, text: bool = False) -> dict[str, Any] | None:
         if text and isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else None
+            value = _yaml(value) if value.strip() else None
         if value is None:
             return None
         if not isinstance(value, Mapping):
@@ -396,11 +429,12 @@ class WarmupKind(Kind):
                 "host null: one the app accepts, from Django's ALLOWED_HOSTS, else 'localhost'), "
                 "or false to switch the warm-up off")
     FIELDS = ("path", "host", "max_status", "timeout")
-    DEFAULT: dict[str, Any] = {"path": "/", "host": None, "max_status": 499, "timeout": 30.0}
+    metavar = "YAML|false"
+    DEFAULT: typing.ClassVar[dict[str, Any]] = {"path": "/", "host": None, "max_status": 499, "timeout": 30.0}
 
     def coerce(self, value: Any, text: bool = False) -> dict[str, Any] | None:
         if text and isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else None
+            value = _yaml(value) if value.strip() else None
         if value is None or value is False:
             return None
         if value is True:
@@ -481,129 +515,229 @@ class _InstanceKind(Kind):
         self.fail()
 
 
-# --------------------------------------------------------------------------- the supervisor's keys
+# --------------------------------------------------------------------------- the key table
+
+
+class Group(enum.Enum):
+    """The sections of conf/corral.yaml: README's list of keys and `corral run --help` follow them."""
+
+    APP = "the app"
+    SOCKETS = "sockets"
+    WORKERS = "workers"
+    RELOAD = "reload (deploys)"
+    POLICIES = "health policies"
+    SUPERVISOR = "the supervisor"
+    ENGINE = "the HTTP engine"
 
 
 @dataclass(frozen=True)
 class KeySpec:
+    """One config key: how its value is checked, its default, what it means, where it is shown.
+
+    Every key is also a command-line flag, spelt from its name (``max_requests`` ->
+    ``--max-requests``); ``short`` is a short spelling beside it (``-w``), and a
+    ``positional`` key is the command line's bare argument instead (``APP``).
+    ``group`` is its section in conf/corral.yaml and in ``corral run --help``.
+    """
+
     name: str
     kind: Kind
     default: Any
     doc: str
+    group: Group
+    short: str | None = None
+    positional: bool = False
+    metavar: str | None = None  # the flag's value in --help, when the kind's own says too little
+
+    @property
+    def value_name(self) -> str:
+        return self.metavar or self.kind.metavar
+
+    @property
+    def flag(self) -> str:
+        """The key on the command line: ``--max-requests``, or ``APP`` for the positional key."""
+        return self.name.upper() if self.positional else "--" + self.name.replace("_", "-")
+
+    @property
+    def spelling(self) -> str:
+        """Every way the command line spells the key, for messages: ``-w/--workers``."""
+        return f"{self.short}/{self.flag}" if self.short else self.flag
 
 
-def _keys(*specs: KeySpec) -> dict[str, KeySpec]:
-    return {s.name: s for s in specs}
+_SPEC = "corral.config.key"  # the metadata entry that makes a Config field a config key
 
 
-SUPERVISOR_KEYS: dict[str, KeySpec] = _keys(
-    KeySpec("app", OptionalKind(StrKind()), None,
-            "the app: MODULE:ATTR, or MODULE:FUNC() for a factory (the command line's APP wins)"),
-    KeySpec("interface", ChoiceKind("auto", "asgi", "wsgi"), "auto", "how to call the app"),
-    KeySpec("app_dir", OptionalKind(StrKind()), None,
-            "directory put first on the app's sys.path and used as its working directory (default: corral's cwd)"),
-    KeySpec("name", OptionalKind(StrKind()), None,
-            "instance name, used in the control socket path (default: the config file's stem, else the "
-            "app directory's name)"),
-    KeySpec("bind", SequenceKind(BindKind(), container=tuple,
-                                 expected="a list of addresses (e.g. ['127.0.0.1:8000', 'unix:/run/app.sock'])"),
-            (BindSpec(DEFAULT_BIND),),
-            "addresses to listen on when systemd passes no sockets"),
-    KeySpec("metrics_bind", SequenceKind(BindKind(), container=tuple,
-                                         expected="a list of addresses (e.g. ['127.0.0.1:9100'])"), (),
-            "addresses for the Prometheus /metrics endpoint when systemd passes no 'metrics' socket"),
-    KeySpec("backlog", IntKind(minimum=1), 2048, "listen() backlog of sockets corral binds itself"),
-    KeySpec("reuse_port", BoolKind(), False,
-            "bind one SO_REUSEPORT socket per worker slot instead of one shared socket"),
-    KeySpec("workers", WorkersKind(), "auto", "number of worker processes"),
-    KeySpec("python", OptionalKind(StrKind()), None, "the app's Python interpreter"),
-    KeySpec("virtualenv", OptionalKind(StrKind()), None, "the app's virtualenv (uses VIRTUALENV/bin/python)"),
-    KeySpec("environment", MappingKind(), {}, "extra environment variables for the workers"),
-    KeySpec("timeout", DurationKind(), 30.0,
-            "a worker whose event loop sends no heartbeat for this long is hung: traceback logged, killed, replaced"),
-    KeySpec("boot_timeout", DurationKind(), 60.0, "a worker must import the app and finish lifespan startup within this"),
-    KeySpec("graceful_timeout", DurationKind(), 30.0, "how long in-flight requests may take to finish on stop or recycle"),
-    KeySpec("drain_linger", DurationKind(), 1.0,
-            "on a graceful stop, keep idle keep-alive connections open this long (answering their next "
-            "request with Connection: close) before closing them; 0: close them at once"),
-    KeySpec("reload_strategy", ChoiceKind("surge", "rolling"), "surge",
-            "surge: a reload starts every new worker at once; rolling: reload_batch at a time"),
-    KeySpec("reload_batch", IntKind(minimum=1), 1, "workers replaced at a time by a rolling reload"),
-    KeySpec("reload_timeout", DurationKind(), 60.0,
-            "a reload's new workers (each batch, when rolling) must be ready within this, or it rolls back"),
-    KeySpec("health_check", HealthCheckKind(), None,
-            "a request each new worker must answer through the app before it counts as ready"),
-    KeySpec("warmup", WarmupKind(), dict(WarmupKind.DEFAULT),
-            "a request each new worker sends its app before it counts as ready, so lazy imports (Django's "
-            "URLconf, views) run: a reload whose new code answers above max_status is refused; false: off"),
-    KeySpec("reload_rollback", ChoiceKind("full", "partial"), "full",
-            "rolling: full keeps replaced old workers parked until the last batch is ready, so a failure "
-            "brings the old code back on every slot; partial lets them exit (less memory, no way back)"),
-    KeySpec("max_memory", SizeKind(), 0, "recycle a worker whose memory stays above this (0: off)"),
-    KeySpec("memory_metric", ChoiceKind("uss", "rss"), "uss", "which memory figure max_memory applies to"),
-    KeySpec("max_fds", IntKind(minimum=0), 0, "recycle a worker with more open fds than this (0: off)"),
-    KeySpec("max_requests", IntKind(minimum=0), 0, "recycle a worker after this many requests (0: off)"),
-    KeySpec("max_requests_jitter", IntKind(minimum=0), 0, "random 0..N added to max_requests per worker"),
-    KeySpec("max_lifetime", DurationKind(), 0.0, "recycle a worker older than this (0: off)"),
-    KeySpec("max_lifetime_jitter", DurationKind(), 0.0, "random 0..N seconds added to max_lifetime per worker"),
-    KeySpec("policy_breaches", IntKind(minimum=1), 3,
-            "consecutive samples over max_memory / max_fds before a worker is recycled"),
-    KeySpec("policy_interval", DurationKind(), 1.0, "how often worker memory and fds are sampled"),
-    KeySpec("accept_balance", BoolKind(), True,
-            "a worker holding more than its share of connections pauses accepting until the others catch up"),
-    KeySpec("control_socket", OptionalKind(StrKind()), None,
-            "path of the control socket used by `corral status` (default: in the runtime directory)"),
-    KeySpec("log_level", ChoiceKind("debug", "info", "warning", "error", "critical"), "info", "log level"),
-)
+def _key(kind: Kind, default: Any, group: Group, doc: str, *, short: str | None = None,
+         positional: bool = False, metavar: str | None = None) -> dict[str, KeySpec]:
+    """The metadata of a Config field that is a config key of the same name."""
+    return {_SPEC: KeySpec("", kind, default, doc, group, short, positional, metavar)}
+
+
+_BIND_LIST = "a list of addresses (e.g. ['127.0.0.1:8000', 'unix:/run/app.sock'])"
+_METRICS_LIST = "a list of addresses (e.g. ['127.0.0.1:9100'])"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration, and the table of the supervisor's config keys.
+
+    A field declared with ``_key(...)`` is a config key of the same name: its kind, default,
+    meaning and command-line flag are declared once, here, and ``SUPERVISOR_KEYS``, the
+    environment variables, the CLI flags and ``from_json`` all derive from it. A few keys are
+    resolved on load, so the field holds more than the key's kind: ``app_dir`` (absolute),
+    ``name`` and ``control_socket`` (their defaults filled in), ``workers`` (``auto`` counted),
+    ``python`` (from ``virtualenv``, or found on PATH).
+
+    Engine keys live in ``engine`` (only those set explicitly); ``source`` is the config
+    file, ``explicit`` the keys set anywhere, ``overrides`` the command line's values as given
+    (so that ``load_again`` loads the config as it was loaded).
+    """
+
+    app: str | None = field(metadata=_key(
+        OptionalKind(StrKind()), None, Group.APP,
+        "the app: MODULE:ATTR, or MODULE:FUNC() for a factory (the command line's APP wins)", positional=True,
+        metavar="MODULE:ATTR"))
+    interface: str = field(metadata=_key(ChoiceKind("auto", "asgi", "wsgi"), "auto", Group.APP, "how to call the app"))
+    app_dir: str = field(metadata=_key(
+        OptionalKind(StrKind()), None, Group.APP,
+        "directory put first on the app's sys.path and used as its working directory (null: corral's cwd)",
+        metavar="DIR"))
+    name: str = field(metadata=_key(
+        OptionalKind(StrKind()), None, Group.SUPERVISOR,
+        "instance name, used in the control socket path (null: the config file's stem, else the "
+        "app directory's name: two apps on one machine get two names)", short="-n", metavar="NAME"))
+    bind: tuple[BindSpec, ...] = field(metadata=_key(
+        SequenceKind(BindKind(), container=tuple, expected=_BIND_LIST), (BindSpec(DEFAULT_BIND),), Group.SOCKETS,
+        "addresses to listen on when systemd passes no sockets: HOST:PORT, [V6]:PORT, unix:PATH, fd:N",
+        short="-b"))
+    metrics_bind: tuple[BindSpec, ...] = field(metadata=_key(
+        SequenceKind(BindKind(), container=tuple, expected=_METRICS_LIST), (), Group.SOCKETS,
+        "addresses for the Prometheus /metrics endpoint when systemd passes no 'metrics' socket"))
+    backlog: int = field(metadata=_key(IntKind(minimum=1), 2048, Group.SOCKETS,
+                                       "listen() backlog of sockets corral binds itself"))
+    reuse_port: bool = field(metadata=_key(
+        BoolKind(), False, Group.SOCKETS, "bind one SO_REUSEPORT socket per worker slot instead of one shared socket"))
+    workers: int = field(metadata=_key(WorkersKind(), "auto", Group.WORKERS,
+                                       "number of worker processes, or 'auto' (one per CPU)", short="-w"))
+    python: str = field(metadata=_key(OptionalKind(StrKind()), None, Group.APP,
+                                      "the app's Python interpreter (null: corral's own)", metavar="PYTHON"))
+    virtualenv: str | None = field(metadata=_key(
+        OptionalKind(StrKind()), None, Group.APP, "the app's virtualenv (uses VIRTUALENV/bin/python)", metavar="DIR"))
+    environment: dict[str, str] = field(metadata=_key(
+        MappingKind(), {}, Group.APP, "extra environment variables for the workers"))
+    timeout: float = field(metadata=_key(
+        DurationKind(), 30.0, Group.WORKERS,
+        "a worker whose event loop sends no heartbeat for this long is hung: traceback logged, killed, replaced"))
+    boot_timeout: float = field(metadata=_key(
+        DurationKind(), 60.0, Group.WORKERS, "a worker must import the app and finish lifespan startup within this"))
+    graceful_timeout: float = field(metadata=_key(
+        DurationKind(), 30.0, Group.WORKERS, "how long in-flight requests may take to finish on stop or recycle"))
+    drain_linger: float = field(metadata=_key(
+        DurationKind(), 1.0, Group.WORKERS,
+        "on a graceful stop, keep idle keep-alive connections open this long (answering their next "
+        "request with Connection: close) before closing them; 0: close them at once"))
+    reload_strategy: str = field(metadata=_key(
+        ChoiceKind("surge", "rolling"), "surge", Group.RELOAD,
+        "surge: a reload starts every new worker at once; rolling: reload_batch at a time"))
+    reload_batch: int = field(metadata=_key(IntKind(minimum=1), 1, Group.RELOAD,
+                                            "workers replaced at a time by a rolling reload"))
+    reload_timeout: float = field(metadata=_key(
+        DurationKind(), 60.0, Group.RELOAD,
+        "a reload's new workers (each batch, when rolling) must be ready within this, or it rolls back"))
+    health_check: dict[str, Any] | None = field(metadata=_key(
+        HealthCheckKind(), None, Group.RELOAD,
+        "a request each new worker must answer through the app before it counts as ready"))
+    warmup: dict[str, Any] | None = field(metadata=_key(
+        WarmupKind(), dict(WarmupKind.DEFAULT), Group.RELOAD,
+        "a request each new worker sends its app before it counts as ready, so lazy imports (Django's "
+        "URLconf, views) run: a reload whose new code answers above max_status is refused; false: off"))
+    reload_rollback: str = field(metadata=_key(
+        ChoiceKind("full", "partial"), "full", Group.RELOAD,
+        "rolling: full keeps replaced old workers parked until the last batch is ready, so a failure "
+        "brings the old code back on every slot; partial lets them exit (less memory, no way back)"))
+    max_memory: int = field(metadata=_key(SizeKind(), 0, Group.POLICIES,
+                                          "recycle a worker whose memory stays above this (0: off)"))
+    memory_metric: str = field(metadata=_key(ChoiceKind("uss", "rss"), "uss", Group.POLICIES,
+                                             "which memory figure max_memory applies to"))
+    max_fds: int = field(metadata=_key(IntKind(minimum=0), 0, Group.POLICIES,
+                                       "recycle a worker with more open fds than this (0: off)"))
+    max_requests: int = field(metadata=_key(IntKind(minimum=0), 0, Group.POLICIES,
+                                            "recycle a worker after this many requests (0: off)"))
+    max_requests_jitter: int = field(metadata=_key(IntKind(minimum=0), 0, Group.POLICIES,
+                                                   "random 0..N added to max_requests per worker"))
+    max_lifetime: float = field(metadata=_key(DurationKind(), 0.0, Group.POLICIES,
+                                              "recycle a worker older than this (0: off)"))
+    max_lifetime_jitter: float = field(metadata=_key(DurationKind(), 0.0, Group.POLICIES,
+                                                     "random 0..N seconds added to max_lifetime per worker"))
+    policy_breaches: int = field(metadata=_key(
+        IntKind(minimum=1), 3, Group.POLICIES, "consecutive samples over max_memory / max_fds before a worker is recycled"))
+    policy_interval: float = field(metadata=_key(DurationKind(), 1.0, Group.POLICIES,
+                                                 "how often worker memory and fds are sampled"))
+    accept_balance: bool = field(metadata=_key(
+        BoolKind(), True, Group.SOCKETS,
+        "a worker holding more than its share of connections pauses accepting until the others catch up"))
+    control_socket: str = field(metadata=_key(
+        OptionalKind(StrKind()), None, Group.SUPERVISOR,
+        "path of the control socket `corral status` and `corral reload` use (null: in the runtime directory)",
+        metavar="PATH"))
+    log_level: str = field(metadata=_key(ChoiceKind("debug", "info", "warning", "error", "critical"), "info",
+                                         Group.SUPERVISOR, "log level"))
+    engine: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+    explicit: frozenset[str] = frozenset()
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as plain JSON data, as sent to each worker (``from_json`` reads it back)."""
+        out = dataclasses.asdict(self)
+        out["bind"] = [dataclasses.asdict(b) for b in self.bind]
+        out["metrics_bind"] = [dataclasses.asdict(b) for b in self.metrics_bind]
+        out["explicit"] = sorted(self.explicit)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Config:
+        """The Config whose ``to_json()`` gave ``data`` (a worker's hello, a re-exec's state).
+
+        Each value is decoded by its key's kind, so the receiver holds the types the sender
+        held (tuples, BindSpec). A key the sender did not know (older code) gets its default.
+        """
+        values = {name: _decode(spec, data[name]) if name in data else copy.deepcopy(spec.default)
+                  for name, spec in SUPERVISOR_KEYS.items()}
+        engine_specs = _engine_keys()
+        engine = {name: _decode(engine_specs[name], value) if name in engine_specs else value
+                  for name, value in (data.get("engine") or {}).items()}
+        return cls(**values, engine=engine, source=data.get("source"),
+                   explicit=frozenset(data.get("explicit") or ()), overrides=dict(data.get("overrides") or {}))
+
+
+def _decode(spec: KeySpec, value: Any) -> Any:
+    try:
+        return spec.kind.coerce(value)
+    except ValueError as exc:
+        raise ConfigError(f"config key {spec.name!r} (in the config sent as JSON): expected {exc}, "
+                          f"got {value!r}") from None
+
+
+def _supervisor_keys() -> dict[str, KeySpec]:
+    return {f.name: dataclasses.replace(f.metadata[_SPEC], name=f.name)
+            for f in dataclasses.fields(Config) if _SPEC in f.metadata}
+
+
+SUPERVISOR_KEYS: dict[str, KeySpec] = _supervisor_keys()
 
 
 # --------------------------------------------------------------------------- the engine's keys
-
-
-def engine_settings_class() -> type | None:
-    """``corral.engine.settings.EngineSettings``, loaded without the engine package.
-
-    The engine package's ``__init__`` may import uvloop and httptools, which the
-    supervisor must never load; its settings module is a plain dataclass, so it is
-    executed on its own under its real name.
-    """
-    module = _engine_module("settings")
-    return getattr(module, "EngineSettings", None) if module is not None else None
-
-
-def _engine_module(stem: str) -> types.ModuleType | None:
-    """``corral.engine.<stem>``, executed on its own (without the package's ``__init__``)."""
-    name = f"corral.engine.{stem}"
-    module = sys.modules.get(name)
-    if module is None:
-        path = Path(__file__).resolve().parent / "engine" / f"{stem}.py"
-        if not path.exists():
-            return None
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            return None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses and get_type_hints look the module up by name
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return module
 
 
 def _check_engine_values(engine: Mapping[str, Any], origin: Mapping[str, str]) -> None:
     """Build the engine's settings as every worker will, so that a value of the right type
     that makes no sense (``max_connections: 0``) is a config error naming its key, not a
     boot failure of every worker."""
-    cls = engine_settings_class()
-    if cls is None or not engine:
+    if not engine:
         return
-    # EngineSettings checks forwarded_allow_ips with the engine's proxy module: load it on its
-    # own too, or the import would pull in the engine package (uvloop, httptools).
-    _engine_module("proxy")
     try:
-        cls(**engine)
+        EngineSettings(**engine)
     except (TypeError, ValueError) as exc:
         message = str(exc)
         # The engine's messages start with the field's name ("max_connections must be ...").
@@ -615,85 +749,37 @@ def _check_engine_values(engine: Mapping[str, Any], origin: Mapping[str, str]) -
         raise ConfigError(f"config key {key!r} ({origin.get(key)}): {message}") from None
 
 
-def engine_keys() -> dict[str, KeySpec]:
-    """One KeySpec per EngineSettings field, typed from its annotation."""
-    cls = engine_settings_class()
-    if cls is None:
-        return {}
-    hints = typing.get_type_hints(cls)
+@functools.cache
+def _engine_keys() -> dict[str, KeySpec]:
+    hints = typing.get_type_hints(EngineSettings)
     keys: dict[str, KeySpec] = {}
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(EngineSettings):
         if not f.init or f.name.startswith("_"):
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         else:
             default = None
         keys[f.name] = KeySpec(f.name, kind_from_annotation(hints.get(f.name, Any)), default,
-                               str(f.metadata.get("doc", "")))
+                               str(f.metadata.get("doc", "")), Group.ENGINE)
     return keys
+
+
+def engine_keys() -> dict[str, KeySpec]:
+    """One KeySpec per EngineSettings field, typed from its annotation."""
+    return dict(_engine_keys())
 
 
 def all_keys() -> dict[str, KeySpec]:
     """Every valid config key; a name in both families is validated as the supervisor's."""
-    keys = dict(engine_keys())
+    keys = engine_keys()
     keys.update(SUPERVISOR_KEYS)
     return keys
 
 
-# --------------------------------------------------------------------------- the resolved config
-
-
-@dataclass(frozen=True)
-class Config:
-    """The resolved configuration. Engine keys live in ``engine`` (only those set explicitly)."""
-
-    app: str | None
-    interface: str
-    app_dir: str
-    name: str
-    bind: tuple[BindSpec, ...]
-    metrics_bind: tuple[BindSpec, ...]
-    backlog: int
-    reuse_port: bool
-    workers: int
-    python: str
-    environment: dict[str, str]
-    timeout: float
-    boot_timeout: float
-    graceful_timeout: float
-    drain_linger: float
-    reload_strategy: str
-    reload_batch: int
-    reload_timeout: float
-    health_check: dict[str, Any] | None
-    warmup: dict[str, Any] | None
-    reload_rollback: str
-    max_memory: int
-    memory_metric: str
-    max_fds: int
-    max_requests: int
-    max_requests_jitter: int
-    max_lifetime: float
-    max_lifetime_jitter: float
-    policy_breaches: int
-    policy_interval: float
-    accept_balance: bool
-    control_socket: str
-    log_level: str
-    engine: dict[str, Any] = field(default_factory=dict)
-    source: str | None = None
-    explicit: frozenset[str] = frozenset()
-
-    def to_json(self) -> dict[str, Any]:
-        """The config as plain JSON data, as sent to each worker."""
-        out = dataclasses.asdict(self)
-        out["bind"] = [dataclasses.asdict(b) for b in self.bind]
-        out["metrics_bind"] = [dataclasses.asdict(b) for b in self.metrics_bind]
-        out["explicit"] = sorted(self.explicit)
-        return out
+# --------------------------------------------------------------------------- loading
 
 
 @dataclass
@@ -728,6 +814,8 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from None
+    import yaml  # here, not at the top: see _yaml()
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -748,7 +836,8 @@ def load(path: str | os.PathLike[str] | None = None,
          environ: Mapping[str, str] | None = None) -> Config:
     """Resolve the configuration: defaults < file < CORRAL_* environment < overrides.
 
-    ``overrides`` are command-line values (already typed or strings).
+    ``overrides`` are the command line's values by key (strings as typed, lists of them for a
+    repeated flag, booleans; or already typed), checked by each key's kind as the file's are.
     """
     keys = all_keys()
     raw = _Raw()
@@ -765,33 +854,35 @@ def load(path: str | os.PathLike[str] | None = None,
             raise ConfigError(f"unknown environment variable {env_name}"
                               f"{_suggest(env_name, env_keys)} (unset it, or name a config key)")
         _set(raw, keys, name, value, f"from environment variable {env_name}", text=True)
-    for name, value in (overrides or {}).items():
-        if value is not None:
-            _set(raw, keys, name, value, "from the command line", text=isinstance(value, str))
-    return _resolve(raw, keys, path)
+    given = {name: value for name, value in (overrides or {}).items() if value is not None}
+    for name, value in given.items():
+        spelling = f", {keys[name].spelling}" if name in keys else ""
+        _set(raw, keys, name, value, f"from the command line{spelling}", text=isinstance(value, str))
+    return _resolve(raw, path, given)
 
 
-def _resolve(raw: _Raw, keys: Mapping[str, KeySpec], path: str | os.PathLike[str] | None) -> Config:
-    values = {name: spec.default for name, spec in SUPERVISOR_KEYS.items()}
+def load_again(data: Mapping[str, Any]) -> Config:
+    """Load the configuration as the one whose ``to_json()`` is ``data`` was loaded: the same
+    file and command-line values, with the environment of now. A re-exec's preflight runs it
+    with the new code, to learn whether that code accepts the running service's config."""
+    return load(data.get("source"), data.get("overrides") or {})
+
+
+def _resolve(raw: _Raw, path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) -> Config:
+    values = {name: copy.deepcopy(spec.default) for name, spec in SUPERVISOR_KEYS.items()}
     values.update({k: v for k, v in raw.values.items() if k in SUPERVISOR_KEYS})
-    engine_names = set(keys) - set(SUPERVISOR_KEYS) | (set(SUPERVISOR_KEYS) & set(engine_keys()))
-    engine = {k: v for k, v in raw.values.items() if k in engine_names}
+    engine = {k: v for k, v in raw.values.items() if k not in SUPERVISOR_KEYS}
 
     if values["python"] and values["virtualenv"]:
         raise ConfigError("set either 'python' or 'virtualenv', not both "
                           f"({raw.origin['python']}, {raw.origin['virtualenv']})")
-    python = _python(values, raw)
-    app_dir = os.path.abspath(values["app_dir"] or os.getcwd())
-    name = values["name"] or default_name(path, app_dir)
-    if not re.fullmatch(r"[A-Za-z0-9_.@-]+", name) or not name.strip("."):
-        raise ConfigError(f"config key 'name' ({raw.origin.get('name', 'from the config file name')}): "
-                          f"{name!r} may only contain letters, digits, '_', '.', '@' and '-' (and not be "
-                          "only dots); pass -n NAME")
-    control_socket = values["control_socket"] or default_control_socket(name)
-    _check_control_socket(control_socket, raw.origin.get("control_socket"))
-    workers = values["workers"]
-    if workers == "auto":
-        workers = cpu_count()
+    values["python"] = _python(values, raw)
+    values["app_dir"] = os.path.abspath(values["app_dir"] or os.getcwd())
+    values["name"] = _name(values["name"] or default_name(path, values["app_dir"]), raw.origin.get("name"))
+    values["control_socket"] = values["control_socket"] or default_control_socket(values["name"])
+    _check_control_socket(values["control_socket"], raw.origin.get("control_socket"))
+    if values["workers"] == "auto":
+        values["workers"] = cpu_count()
     for key in ("timeout", "boot_timeout", "policy_interval", "reload_timeout"):
         if values[key] <= 0:
             raise ConfigError(f"config key {key!r} ({raw.origin.get(key)}): must be greater than 0")
@@ -799,32 +890,22 @@ def _resolve(raw: _Raw, keys: Mapping[str, KeySpec], path: str | os.PathLike[str
     # checks metrics_bind against it when corral binds it itself.
     _check_addresses(values["bind"] if "bind" in raw.values else (), values["metrics_bind"], raw.origin)
     _check_engine_values(engine, raw.origin)
-    return Config(
-        app=values["app"], interface=values["interface"], app_dir=app_dir, name=name,
-        bind=tuple(values["bind"]), metrics_bind=tuple(values["metrics_bind"]), backlog=values["backlog"], reuse_port=values["reuse_port"],
-        workers=workers, python=python, environment=dict(values["environment"]),
-        timeout=values["timeout"], boot_timeout=values["boot_timeout"],
-        graceful_timeout=values["graceful_timeout"], drain_linger=values["drain_linger"],
-        reload_strategy=values["reload_strategy"], reload_batch=values["reload_batch"],
-        reload_timeout=values["reload_timeout"], health_check=values["health_check"],
-        warmup=values["warmup"], reload_rollback=values["reload_rollback"],
-        max_memory=values["max_memory"],
-        memory_metric=values["memory_metric"], max_fds=values["max_fds"],
-        max_requests=values["max_requests"], max_requests_jitter=values["max_requests_jitter"],
-        max_lifetime=values["max_lifetime"], max_lifetime_jitter=values["max_lifetime_jitter"],
-        policy_breaches=values["policy_breaches"], policy_interval=values["policy_interval"],
-        accept_balance=values["accept_balance"],
-        control_socket=control_socket,
-        log_level=values["log_level"], engine=engine,
-        source=None if path is None else os.path.abspath(path),
-        explicit=frozenset(raw.values),
-    )
+    return Config(**values, engine=engine, source=None if path is None else os.path.abspath(path),
+                  explicit=frozenset(raw.values), overrides=dict(overrides))
+
+
+def _name(name: str, origin: str | None) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]+", name) or not name.strip("."):
+        raise ConfigError(f"config key 'name' ({origin or 'from the config file name'}): "
+                          f"{name!r} may only contain letters, digits, '_', '.', '@' and '-' (and not be "
+                          "only dots); pass -n NAME")
+    return name
 
 
 def _check_addresses(bind: Iterable[BindSpec], metrics_bind: Iterable[BindSpec], origin: Mapping[str, str]) -> None:
     """Refuse an address listed twice, or a metrics address that overlaps an app address:
     binding it would fail later with "address in use" blaming corral's own pid."""
-    from corral.supervisor.addresses import overlap  # stdlib-only helper
+    from corral.addresses import overlap
 
     seen: list[tuple[str, BindSpec]] = []
     for key, specs in (("bind", bind), ("metrics_bind", metrics_bind)):
@@ -869,14 +950,13 @@ def check_app_dir(config: Config) -> None:
 
 def _python(values: Mapping[str, Any], raw: _Raw) -> str:
     if values["virtualenv"]:
-        venv = Path(values["virtualenv"])
-        python = venv / "bin" / "python"
-        if not python.exists():
-            raise ConfigError(f"config key 'virtualenv' ({raw.origin['virtualenv']}): {python} does not exist; "
-                              "point it at a virtualenv directory (the one holding bin/python)")
-        return str(python)
+        venv_python = Path(values["virtualenv"]) / "bin" / "python"
+        if not venv_python.exists():
+            raise ConfigError(f"config key 'virtualenv' ({raw.origin['virtualenv']}): {venv_python} does not "
+                              "exist; point it at a virtualenv directory (the one holding bin/python)")
+        return str(venv_python)
     if values["python"]:
-        python = values["python"]
+        python: str = values["python"]
         if os.sep not in python:
             import shutil
 
