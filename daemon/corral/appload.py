@@ -63,7 +63,8 @@ def load_app(spec: str, *, app_dir: str | None = None) -> Callable[..., Any]:
         obj = obj()
     if not callable(obj):
         raise AppLoadError(f"app {spec!r} is a {type(obj).__name__}, not a callable ASGI or WSGI app")
-    return obj
+    app: Callable[..., Any] = obj  # checked callable just above
+    return app
 
 
 def detect_interface(app: Callable[..., Any]) -> str:
@@ -77,8 +78,8 @@ def detect_interface(app: Callable[..., Any]) -> str:
     cannot tell, such as ``def app(*args)`` wrappers without
     ``functools.wraps``. Set ``interface:`` explicitly when the guess is wrong.
     """
-    call = getattr(app, "__call__", None)
-    if inspect.iscoroutinefunction(app) or (call is not None and inspect.iscoroutinefunction(call)):
+    # The __call__ Python runs for an instance is its class's: ``async def __call__`` is ASGI 3.
+    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(type(app).__call__):
         return "asgi"
     try:
         # signature() sees through functools.partial, __wrapped__ and __call__.

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import json
-import os
-import signal
 import socket
 import subprocess
 import threading
@@ -15,9 +12,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import httpx
-import yaml
 
-from util import CORRAL, REPO, free_port, stop_process, wait_until
+import util
+from util import REPO
 
 
 def _load_promtext_parse() -> Any:
@@ -174,56 +171,18 @@ class Scraper:
             self._stop.wait(self.interval)
 
 
-class CorralProcess:
-    """``corral run`` without systemd, from a config in ``tmp_path``; always stopped and reaped."""
+class CorralProcess(util.Corral):
+    """``corral run`` serving tests/observability/apps (``util.Corral``); on entry every worker is ready."""
 
-    def __init__(self, tmp_path: Path, **config: Any) -> None:
-        self.tmp = tmp_path
-        self.port = free_port()
-        self.control = str(tmp_path / "control.sock")
-        self.config_path = tmp_path / "corral.yaml"
-        self.log_path = tmp_path / "corral.log"
-        self.config: dict[str, Any] = {"app": "obsapp:app", "app_dir": str(APPS), "workers": 2,
-                                       "bind": [f"127.0.0.1:{self.port}"], "control_socket": self.control,
-                                       "graceful_timeout": 10, **config}
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, tmp_path: Path, app: str = "obsapp:app", workers: int = 2, **config: Any) -> None:
+        super().__init__(tmp_path, app, APPS, workers, **config)
 
-    def __enter__(self) -> CorralProcess:
-        self.config_path.write_text(yaml.safe_dump(self.config))
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([CORRAL, "run", "--config", str(self.config_path)], stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_workers(self.config["workers"])
+    def start(self, wait: bool = True) -> CorralProcess:
+        super().start(wait=False)
+        if wait:
+            self.wait_workers(self.config["workers"])
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        try:
-            stop_process(self.proc, signal.SIGTERM, 30)
-        finally:
-            self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def status(self, json_output: bool = True) -> Any:
-        out = subprocess.run([CORRAL, "status", "--control-socket", self.control,
-                              *(["--json"] if json_output else [])], capture_output=True, text=True, timeout=30)
-        if out.returncode != 0:
-            raise RuntimeError(out.stderr)
-        return json.loads(out.stdout) if json_output else out.stdout
-
     def wait_workers(self, count: int) -> dict[str, Any]:
-        def ready() -> dict[str, Any] | None:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"corral exited with {self.proc.returncode}:\n{self.log()}")
-            data = self.status()
-            serving = [w for w in data["workers"] if w["state"] == "ready"]
-            return data if data["phase"] == "running" and len(serving) == len(data["workers"]) == count else None
-
-        return wait_until(ready, 60, 0.1, f"{count} ready workers")
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
+        """``count`` workers, all ready, and no other (none booting or draining)."""
+        return self.wait_ready(count, 60, exact=True)

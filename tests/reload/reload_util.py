@@ -1,26 +1,22 @@
 """Shared pieces of the reload tests: a deployable app, an httpx load generator, the units.
 
-The load is closed-loop: ``clients`` threads, each with its own httpx client and
-one keep-alive connection (some threads open a new connection per request, so
-the accept path is exercised too). Every request is recorded with when it was
-sent, what came back (status, the app version that answered, the worker pid)
-or how it failed (reset, refused, timeout, other). Nothing is retried: httpx's
-transport retries are off, so a failed request is counted as one.
+The load is the shared closed-loop ``util.Load`` (every request recorded with
+when it was sent, what came back or how it failed; nothing retried), with some
+clients opening a new connection per request so the accept path is exercised too.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import httpx
 
+import util
 from util import CORRAL, wait_until
 
 APP_TEMPLATE = '''\
@@ -72,116 +68,11 @@ def write_app(directory: Path, version: str, *, startup_delay: float = 0.0, impo
 
 
 @dataclass
-class Result:
-    sent: float  # time.monotonic() when the request was sent
-    finished: float = 0.0  # ... and when it completed or failed
-    status: int | None = None
-    version: str | None = None
-    pid: int | None = None
-    error: str | None = None  # "reset", "refused", "timeout" or "other: ..."
+class Load(util.Load):
+    """The shared closed-loop load (``util.Load``); in the reload suites every 4th client opens a
+    new connection per request, so a reload is seen by the accept path as well as by kept-alive ones."""
 
-
-@dataclass
-class Load:
-    """Closed-loop httpx load against 127.0.0.1:port until stopped."""
-
-    port: int
-    clients: int = 8
-    fresh_every: int = 4  # every Nth client opens a new connection per request (0: none)
-    path: str = "/"
-    timeout: float = 60.0
-    results: list[Result] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> Load:
-        for index in range(self.clients):
-            fresh = self.fresh_every > 0 and index % self.fresh_every == self.fresh_every - 1
-            thread = threading.Thread(target=self._run, args=(fresh,), daemon=True, name=f"load-{index}")
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self.timeout + 10)
-
-    # -- counts ----------------------------------------------------------------------------
-
-    def done(self) -> list[Result]:
-        return list(self.results)
-
-    def ok(self) -> int:
-        return sum(1 for r in self.done() if r.status is not None and 200 <= r.status < 300)
-
-    def failures(self) -> list[Result]:
-        return [r for r in self.done() if r.status is None or not 200 <= r.status < 300]
-
-    def count(self, error: str) -> int:
-        return sum(1 for r in self.done() if r.error == error)
-
-    def ok_between(self, start: float, end: float) -> int:
-        """Successful requests sent within [start, end)."""
-        return sum(1 for r in self.done() if start <= r.sent < end and r.status is not None
-                   and 200 <= r.status < 300)
-
-    def longest_gap(self, start: float, end: float) -> float:
-        """The longest time within [start, end] in which no request completed successfully."""
-        times = sorted(r.finished for r in self.done() if r.status is not None and 200 <= r.status < 300
-                       and start <= r.finished <= end)
-        points = [start, *times, end]
-        return max(b - a for a, b in zip(points, points[1:]))
-
-    def wait_for_more(self, n: int, timeout: float = 60.0) -> None:
-        """Wait until ``n`` more requests succeeded than now (service is flowing)."""
-        base = self.ok()
-        wait_until(lambda: self.ok() >= base + n, timeout, 0.02, f"{n} more successful requests")
-
-    def summary(self) -> dict[str, Any]:
-        done = self.done()
-        return {"sent": len(done), "ok": self.ok(), "failed": len(self.failures()),
-                "reset": self.count("reset"), "refused": self.count("refused"), "timeout": self.count("timeout")}
-
-    # -- the client threads -------------------------------------------------------------------
-
-    def _run(self, fresh: bool) -> None:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=0 if fresh else 1)
-        transport = httpx.HTTPTransport(retries=0, limits=limits)
-        with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", transport=transport,
-                          timeout=self.timeout) as client:
-            while not self._stop.is_set():
-                result = Result(sent=time.monotonic())
-                try:
-                    response = client.get(self.path)
-                    result.status = response.status_code
-                    result.version = response.headers.get("x-app-version")
-                    result.pid = int(response.headers.get("x-worker-pid", "0"))
-                except httpx.TimeoutException:
-                    result.error = "timeout"
-                except httpx.ConnectError as exc:
-                    result.error = "refused" if _errno(exc) == errno.ECONNREFUSED else f"other: {exc!r}"
-                except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
-                    # The server dropped the connection under the request: RST or EOF mid-exchange.
-                    result.error = "reset" if _errno(exc) in (errno.ECONNRESET, errno.EPIPE, None) \
-                        else f"other: {exc!r}"
-                except httpx.HTTPError as exc:
-                    result.error = f"other: {exc!r}"
-                result.finished = time.monotonic()
-                self.results.append(result)
-
-
-def _errno(exc: BaseException) -> int | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno is not None:
-            return exc.errno
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return None
+    fresh_every: int = 4
 
 
 # --------------------------------------------------------------------------- units
@@ -302,80 +193,36 @@ class Site:
 # --------------------------------------------------------------------------- corral without systemd
 
 
-class LocalCorral:
-    """`corral run` as a plain child process (no systemd), always stopped and reaped."""
+class LocalCorral(util.Corral):
+    """`corral run` as a plain child process (no systemd) serving the deployable app (``util.Corral``).
 
-    def __init__(self, tmp_path: Path, **config: Any) -> None:
-        from util import free_port
+    ``start(version)`` deploys that version first; use ``with LocalCorral(...).start("v1") as corral``.
+    """
 
-        self.tmp = tmp_path
-        self.port = free_port()
-        self.app_dir = tmp_path / "app"
-        self.control = str(tmp_path / "control.sock")
-        self.config_path = tmp_path / "corral.json"
-        self.config: dict[str, Any] = {"bind": [f"127.0.0.1:{self.port}"], **config}
-        self.log_path = tmp_path / "corral.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+    config_name = "corral.json"
+
+    def __init__(self, tmp_path: Path, app: str = "deployapp:app", workers: int = 2, graceful_timeout: float = 30,
+                 **config: Any) -> None:
+        super().__init__(tmp_path, app, tmp_path / "app", workers, graceful_timeout=graceful_timeout, **config)
 
     def configure(self, **changes: Any) -> None:
         self.config.update(changes)
-        write_config(self.config_path, self.app_dir, self.control, **self.config)
+        self.config_path.write_text(json.dumps(self.config))  # JSON is YAML
+
+    def write_config(self, **changes: Any) -> None:
+        self.configure(**changes)
 
     def deploy(self, version: str, **app: Any) -> None:
         write_app(self.app_dir, version, **app)
 
-    def start(self, version: str = "v1", **app: Any) -> LocalCorral:
+    def start(self, version: str = "v1", **app: Any) -> LocalCorral:  # type: ignore[override]  # deploys first
         self.deploy(version, **app)
-        self.configure()
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([CORRAL, "run", "--config", str(self.config_path)], stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        super().start(wait=False)
         self.wait_serving()
         return self
 
-    def __enter__(self) -> LocalCorral:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        import os
-        import signal
-
-        from util import stop_process
-
-        if self.proc is None:
-            return
-        children = []
-        try:
-            import psutil
-
-            children = [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
-        except Exception:
-            pass
-        try:
-            stop_process(self.proc, signal.SIGTERM, 60)
-        finally:
-            for pid in children:  # workers left behind by a failed test, by pid
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            self._log.close()
-            self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def status(self) -> dict[str, Any]:
-        out = subprocess.run([CORRAL, "status", "--json", "--control-socket", self.control],
-                             capture_output=True, text=True, timeout=30)
-        if out.returncode != 0:
-            raise RuntimeError(out.stderr)
-        return json.loads(out.stdout)
-
     def wait_serving(self, timeout: float = 90) -> dict[str, Any]:
+        """Every wanted worker is ready (a reload's new generation included)."""
         def serving() -> dict[str, Any] | None:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"corral exited with {self.proc.returncode}:\n{self.log()}")
@@ -383,11 +230,3 @@ class LocalCorral:
             return data if data["phase"] == "running" and data["workers_ready"] == data["workers_wanted"] else None
 
         return wait_until(serving, timeout, 0.1, "all workers ready")
-
-    def reload(self, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CORRAL, "reload", "--control-socket", self.control], capture_output=True,
-                              text=True, timeout=timeout)
-
-    def reload_async(self) -> subprocess.Popen[str]:
-        return subprocess.Popen([CORRAL, "reload", "--control-socket", self.control], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)

@@ -61,15 +61,15 @@ def test_the_same_config_run_by_hand_is_refused_before_it_binds(tmp_path):
     same port and take connections from the service; it must fail before binding anything."""
     with Corral(tmp_path, workers=2, reuse_port=True) as first:
         with Load(first.port, clients=4) as load:
-            wait_until(lambda: load.ok >= 50, 60, 0.05, "requests served")
+            wait_until(lambda: load.ok() >= 50, 60, 0.05, "requests served")
             second = subprocess.run([CORRAL, "run", "--config", str(first.config_path)], capture_output=True,
                                     text=True, timeout=60)
-            served = load.ok
-            wait_until(lambda: load.ok >= served + 50, 60, 0.05, "more requests served")
+            served = load.ok()
+            wait_until(lambda: load.ok() >= served + 50, 60, 0.05, "more requests served")
         assert second.returncode == 1, second.stderr
         assert "another corral is running with control socket" in second.stderr
         assert "listening on" not in second.stderr  # it never bound the port
-        assert load.failed == 0, load.errors[:5]
+        assert load.failed() == 0, load.errors()[:5]
         assert first.status()["pid"] == first.proc.pid
         assert _reload(first.control).returncode == 0
 

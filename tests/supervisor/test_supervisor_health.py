@@ -33,12 +33,12 @@ def test_killed_worker_is_replaced_fast_and_only_its_requests_fail(tmp_path):
             new = wait_until(lambda: {w["pid"] for w in corral.status_fast()["workers"]
                                       if w["state"] == "ready"} - before, 30, 0.005, "a replacement worker")
             recovery = time.monotonic() - killed_at
-            ok_at_recovery = load.ok
-            wait_until(lambda: load.ok > ok_at_recovery + 200, 60, 0.05, "load continuing")
-        print(f"replacement ready {recovery:.3f}s after SIGKILL; {load.failed} failed of {load.total()} "
+            ok_at_recovery = load.ok()
+            wait_until(lambda: load.ok() > ok_at_recovery + 200, 60, 0.05, "load continuing")
+        print(f"replacement ready {recovery:.3f}s after SIGKILL; {load.failed()} failed of {load.total()} "
               f"(killed worker held {held} connections)")
         assert len(new) == 1
-        assert load.failed <= max(held, 1) and load.failed <= load.clients, load.errors[:5]
+        assert load.failed() <= max(held, 1) and load.failed() <= load.clients, load.errors()[:5]
         assert corral.status()["restarts"].get("crash") == 1
         assert "was killed by SIGKILL" in corral.log()
 
@@ -64,14 +64,14 @@ def test_crash_loop_backs_off_while_others_serve(tmp_path):
 def test_hung_worker_traceback_logged_killed_and_replaced_under_load(tmp_path):
     with Corral(tmp_path, workers=2, timeout=2) as corral:
         with Load(corral.port, clients=4) as load:
-            wait_until(lambda: load.ok > 100, 60, 0.05, "load running")
+            wait_until(lambda: load.ok() > 100, 60, 0.05, "load running")
             blocker = threading.Thread(target=lambda: _quiet(corral.get, "/block?s=60", 90), daemon=True)
             blocker.start()
             wait_until(lambda: corral.status()["restarts"].get("hung") == 1, 60, 0.1, "hung worker detected")
             wait_until(lambda: len(_pids(corral)) == 2, 30, 0.05, "replacement ready")
             wait_until(lambda: "hung) was killed by SIGKILL" in corral.log(), 30, 0.1, "the hung worker killed")
-            ok = load.ok
-            wait_until(lambda: load.ok > ok + 100, 60, 0.05, "load continuing")
+            ok = load.ok()
+            wait_until(lambda: load.ok() > ok + 100, 60, 0.05, "load continuing")
         log = corral.log()
         assert "sent no heartbeat" in log
         # faulthandler's dump shows where the loop was stuck: the app's time.sleep.
@@ -90,15 +90,15 @@ def _quiet(fn, *args):
 def test_leaking_worker_is_recycled_without_failing_a_request(tmp_path):
     with Corral(tmp_path, workers=2, max_memory="60MiB", policy_interval=0.2, policy_breaches=3) as corral:
         with Load(corral.port, clients=6) as load:
-            wait_until(lambda: load.ok > 100, 60, 0.05, "load running")
+            wait_until(lambda: load.ok() > 100, 60, 0.05, "load running")
             leaker = int(corral.get("/leak?mb=80")[2]["x-worker-pid"])
             wait_until(lambda: corral.status()["restarts"].get("memory") == 1, 60, 0.1, "memory recycle")
             wait_until(lambda: not psutil.pid_exists(leaker) or
                        psutil.Process(leaker).status() == psutil.STATUS_ZOMBIE, 60, 0.1, "leaker gone")
             wait_until(lambda: len(_pids(corral)) == 2, 30, 0.05, "two workers again")
-            ok = load.ok
-            wait_until(lambda: load.ok > ok + 100, 60, 0.05, "load continuing")
-        assert load.failed == 0, load.errors[:5]
+            ok = load.ok()
+            wait_until(lambda: load.ok() > ok + 100, 60, 0.05, "load continuing")
+        assert load.failed() == 0, load.errors()[:5]
         log = corral.log()
         assert "recycling worker" in log and "max_memory" in log
 
@@ -108,7 +108,7 @@ def test_max_requests_recycles_with_replacement_ready_first(tmp_path):
         with Load(corral.port, clients=4) as load:
             wait_until(lambda: corral.status()["restarts"].get("max_requests", 0) >= 2, 90, 0.1,
                        "two max_requests recycles")
-        assert load.failed == 0, load.errors[:5]
+        assert load.failed() == 0, load.errors()[:5]
         # Capacity kept: a replacement was ready before its predecessor drained.
         log = corral.log().splitlines()
         assert any("recycling worker" in line and "max_requests" in line for line in log)
@@ -151,16 +151,16 @@ def test_sighup_restarts_workers_gracefully_new_generation_first(tmp_path):
     with Corral(tmp_path, workers=2, env={"PROBE_STARTUP_DELAY": "0.5"}) as corral:
         old = _pids(corral)
         with Load(corral.port, clients=6) as load:
-            wait_until(lambda: load.ok > 100, 60, 0.05, "load running")
+            wait_until(lambda: load.ok() > 100, 60, 0.05, "load running")
             corral.proc.send_signal(signal.SIGHUP)
             data = wait_until(lambda: (d := corral.status())["generation"] == 2 and d, 60, 0.05, "generation 2")
             new = {w["pid"] for w in data["workers"] if w["generation"] == 2}
             assert len(new) == 2 and not new & old
             wait_until(lambda: not _pids(corral) & old and len(corral.status()["workers"]) == 2, 60, 0.1,
                        "old generation gone")
-            ok = load.ok
-            wait_until(lambda: load.ok > ok + 100, 60, 0.05, "load continuing")
-        assert load.failed == 0, load.errors[:5]
+            ok = load.ok()
+            wait_until(lambda: load.ok() > ok + 100, 60, 0.05, "load continuing")
+        assert load.failed() == 0, load.errors()[:5]
         log = corral.log()
         # The new generation was ready before the old one was told to drain.
         first_drained = min(log.index(f"(pid {pid}, reload) exited") for pid in old)

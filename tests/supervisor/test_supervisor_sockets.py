@@ -14,9 +14,9 @@ import pytest
 from supervisor_util import APPS
 from util import CORRAL, free_port, stop_process, wait_until
 
+from corral.addresses import parse_address
 from corral.config import BindSpec
-from corral.supervisor.addresses import parse_address
-from corral.supervisor.sockets import SocketError, bind_all, bind_error_message
+from corral.supervisor.listeners import SocketError, bind_all, bind_error_message
 
 # Execs corral with the given listening sockets at fds 3.. and LISTEN_PID set to its own pid,
 # exactly as systemd's socket activation does (execve keeps the pid).
@@ -141,7 +141,7 @@ def test_permission_denied_below_1024_suggests_a_socket_unit():
 def test_permission_denied_for_real_as_an_unprivileged_user(tmp_path):
     # Import first (the interpreter may live under /root), then drop privileges and bind.
     code = ("import os\n"
-            "from corral.supervisor.sockets import bind_all, SocketError\n"
+            "from corral.supervisor.listeners import bind_all, SocketError\n"
             "from corral.config import BindSpec\n"
             "os.setgid(65534); os.setuid(65534)\n"
             "try:\n    bind_all([BindSpec('127.0.0.1:81')], 16)\n"

@@ -198,11 +198,11 @@ def test_killed_worker_replaced_and_only_its_requests_fail(app):
                                 if w["state"] == "ready" and w["pid"] not in before]) == 1, 30, 0.02,
                    "a replacement worker ready")
         recovery = time.monotonic() - started
-        ok = load.ok
-        wait_until(lambda: load.ok > ok + 200, 60, 0.05, "load continuing")
+        ok = load.ok()
+        wait_until(lambda: load.ok() > ok + 200, 60, 0.05, "load continuing")
     print(f"systemd: replacement ready {recovery:.3f}s after SIGKILL (as seen through `corral status`); "
-          f"{load.failed} failed of {load.total()}, the killed worker held {held} connections")
-    assert load.failed <= max(held, 1), load.errors[:5]
+          f"{load.failed()} failed of {load.total()}, the killed worker held {held} connections")
+    assert load.failed() <= max(held, 1), load.errors()[:5]
     assert app.show("ActiveState") == "active"
 
 
@@ -210,21 +210,21 @@ def test_hung_and_leaking_workers_replaced_under_load(app):
     app.restart_fresh(timeout=2, max_memory="60MiB", policy_interval=0.2, policy_breaches=3)
     app.start_and_wait()
     with Load(app.port, clients=6) as load:
-        wait_until(lambda: load.ok > 100, 60, 0.05, "load running")
+        wait_until(lambda: load.ok() > 100, 60, 0.05, "load running")
         # Leaking: recycled (replacement first, then drain) without failing a request.
         app.get("/leak?mb=80")
         wait_until(lambda: app.status()["restarts"].get("memory") == 1, 60, 0.1, "memory recycle")
         wait_until(lambda: [w["state"] for w in app.status()["workers"]] == ["ready", "ready"], 60, 0.1,
                    "two ready workers after the recycle")
-        failed_after_leak = load.failed
+        failed_after_leak = load.failed()
         # Hung: its event loop blocks; it is killed and replaced.
         threading.Thread(target=lambda: _quiet(app.get, "/block?s=60", 90), daemon=True).start()
         wait_until(lambda: app.status()["restarts"].get("hung") == 1, 60, 0.1, "hung worker detected")
         wait_until(lambda: [w["state"] for w in app.status()["workers"]] == ["ready", "ready"], 60, 0.1,
                    "two ready workers after the hang")
-        ok = load.ok
-        wait_until(lambda: load.ok > ok + 100, 60, 0.05, "load continuing")
-    assert failed_after_leak == 0, load.errors[:5]
+        ok = load.ok()
+        wait_until(lambda: load.ok() > ok + 100, 60, 0.05, "load continuing")
+    assert failed_after_leak == 0, load.errors()[:5]
     console = app.ns.console()
     assert "sent no heartbeat" in console and "max_memory" in console
 

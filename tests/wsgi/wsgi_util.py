@@ -7,7 +7,6 @@ The server is the engine tests' ``tests/engine/serve.py`` run with
 
 from __future__ import annotations
 
-import json
 import socket
 import weakref
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import psutil
 
 from engine.engine_util import EngineProc  # tests/ is on sys.path; tests/engine is a namespace package
-from util import wait_until
+from util import Response, wait_until
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,29 +34,6 @@ class WSGIProc(EngineProc):
 
     def rss(self) -> int:
         return psutil.Process(self.proc.pid).memory_info().rss
-
-
-class Response:
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes,
-                 raw: bytes, complete: bool) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.body = body
-        self.raw = raw
-        self.complete = complete  # the body ended as its framing said (not cut by a close)
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
-
-    def header_names(self) -> list[str]:
-        return [key.lower() for key, _ in self.headers]
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 # Bytes read past the end of a response (pipelining), kept per socket for the next call.
@@ -81,9 +57,9 @@ def recv_response(sock: socket.socket, head_only: bool = False) -> Response:
         buf += data
     head, _, rest = buf.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    _version, status, *reason = lines[0].split(" ", 2)
+    _version, status, *_reason = lines[0].split(" ", 2)
     headers = [tuple(line.split(": ", 1)) for line in lines[1:]]
-    resp = Response(int(status), reason[0] if reason else "", headers, b"", head + b"\r\n\r\n", True)  # type: ignore[arg-type]
+    resp = Response(int(status), headers, complete=True, raw=head + b"\r\n\r\n")  # type: ignore[arg-type]  # (name, value) pairs
     if head_only or resp.status in (204, 304) or 100 <= resp.status < 200:
         _LEFTOVER[sock] = rest
         return resp

@@ -8,5 +8,7 @@ imports this and must stay small.
 - ``queue``: accept-queue depth of listening TCP and unix sockets;
 - ``status_line``: the one-line summary for ``STATUS=`` and ``corral status``;
 - ``server.MetricsServer``: ``GET /metrics`` on asyncio;
-- ``looplag.LoopLagMonitor``: the supervisor's event-loop lag.
+- ``looplag.LoopLagMonitor``: the supervisor's event-loop lag;
+- ``probes``: ``/livez``, ``/readyz`` and HAProxy agent answers from a ``HostState`` (pure);
+- ``agent.AgentServer``: HAProxy's ``agent-check`` on asyncio, one line per connection.
 """

@@ -9,6 +9,7 @@ Format reference: https://prometheus.io/docs/instrumenting/exposition_formats/
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,7 +48,7 @@ class Histogram:
         if len(self.counts) != len(self.bounds) + 1:
             raise ValueError(f"histogram has {len(self.bounds)} bounds but {len(self.counts)} "
                              f"counts; expected one count per bound plus one for +Inf")
-        if not all(a < b for a, b in zip(self.bounds, self.bounds[1:])) or not all(
+        if not all(a < b for a, b in itertools.pairwise(self.bounds)) or not all(
                 math.isfinite(b) for b in self.bounds):
             raise ValueError(f"histogram bounds must be finite and increase strictly (+Inf is "
                              f"implied): {list(self.bounds)}")
@@ -132,7 +133,7 @@ def _label_text(labels: Labels, extra: tuple[str, str] | None = None) -> str:
 
 def _render_histogram(out: list[str], name: str, labels: Labels, h: Histogram) -> None:
     cumulative = 0
-    for bound, count in zip(h.bounds, h.counts):
+    for bound, count in zip(h.bounds, h.counts[:-1], strict=True):  # the last count is +Inf's, below
         cumulative += count
         out.append(f"{name}_bucket{_label_text(labels, ('le', format_value(float(bound))))} "
                    f"{cumulative}")

@@ -21,13 +21,14 @@ request. Nothing here needs privileges.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import itertools
 import os
 import socket
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 __all__ = ["QueueDepth", "accept_queue", "tcp_accept_queue", "unix_accept_queue"]
 
@@ -138,14 +139,15 @@ def unix_accept_queue(sock: socket.socket | int) -> QueueDepth | None:
         while True:
             data = nl.recv(8192)
             result = _parse_unix_diag_reply(data, seq, inode)
-            if result is not _KEEP_READING:
+            if result is not _Reply.KEEP_READING:
                 return result
 
 
-_KEEP_READING = object()
+class _Reply(enum.Enum):
+    KEEP_READING = enum.auto()  # this datagram held no answer for our request: read the next
 
 
-def _parse_unix_diag_reply(data: bytes, seq: int, inode: int) -> QueueDepth | object | None:
+def _parse_unix_diag_reply(data: bytes, seq: int, inode: int) -> QueueDepth | Literal[_Reply.KEEP_READING] | None:
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         length, kind, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
@@ -188,4 +190,4 @@ def _parse_unix_diag_reply(data: bytes, seq: int, inode: int) -> QueueDepth | ob
             attr += (alen + 3) & ~3
         raise OSError(errno.EPROTO, "sock_diag reply lacks UNIX_DIAG_RQLEN; kernel too old "
                                     "for unix accept-queue metrics (needs Linux >= 3.3)")
-    return _KEEP_READING
+    return _Reply.KEEP_READING

@@ -203,6 +203,31 @@ class _Reloads:
         self.last_time = 0.0
 
 
+_CARRIED = (WorkerCounters, WsCounters, _Reloads)  # slotted figures that carried() nests
+
+
+def _slots_to_json(obj: WorkerCounters | WsCounters | _Reloads) -> dict[str, Any]:
+    """Every slot of a figures object (nested ones too): a new slot is carried without more code."""
+    out: dict[str, Any] = {}
+    for name in obj.__slots__:
+        value = getattr(obj, name)
+        out[name] = _slots_to_json(value) if isinstance(value, _CARRIED) else value
+    return out
+
+
+def _slots_from_json(obj: WorkerCounters | WsCounters | _Reloads, data: Mapping[str, Any]) -> None:
+    for name in obj.__slots__:
+        if name not in data:
+            continue  # written by an older image: keep the default
+        current, value = getattr(obj, name), data[name]
+        if isinstance(current, _CARRIED):
+            _slots_from_json(current, value)
+        elif name == "duration_bounds":
+            setattr(obj, name, tuple(value) if value is not None else None)
+        else:
+            setattr(obj, name, value)
+
+
 def listener_address(sock: socket.socket) -> str:
     """How an address reads in labels and logs: ``127.0.0.1:8000``, ``[::]:8000``, ``unix:/run/x.sock``."""
     name = sock.getsockname()
@@ -282,14 +307,14 @@ class Metrics:
             return
         r, c = self._retired, w.counters
         r.requests += c.requests
-        r.responses = [a + b for a, b in zip(r.responses, c.responses)]
+        r.responses = [a + b for a, b in zip(r.responses, c.responses, strict=True)]
         r.connections_accepted += c.connections_accepted
         r.ws.add(c.ws, gauge=False)  # its connections are closed: only the counters carry over
         if c.duration_counts is not None and c.duration_bounds is not None \
                 and self._histogram_matches(c):
             if r.duration_counts is None:
                 r.duration_counts = [0] * len(c.duration_counts)
-            r.duration_counts = [a + b for a, b in zip(r.duration_counts, c.duration_counts)]
+            r.duration_counts = [a + b for a, b in zip(r.duration_counts, c.duration_counts, strict=True)]
             r.duration_sum += c.duration_sum
         self._retired_cpu += w.cpu_seconds or 0.0
 
@@ -317,6 +342,24 @@ class Metrics:
     def remove_listener(self, sock: socket.socket) -> None:
         self._listeners = [li for li in self._listeners if li.sock is not sock]
 
+    # ---- across an in-place re-exec (corral.supervisor.reexec) -------------------------
+
+    def carried(self) -> dict[str, Any]:
+        """The cumulative figures that no live worker reports again (exited workers' totals,
+        restarts, reloads, the histogram bounds) as JSON data, for the next image of this
+        process: an in-place upgrade must not restart the counters."""
+        return {"retired": _slots_to_json(self._retired), "retired_cpu": self._retired_cpu,
+                "restarts": dict(self._restarts), "reloads": _slots_to_json(self._reloads),
+                "bounds": list(self._bounds) if self._bounds is not None else None}
+
+    def carry_on(self, data: Mapping[str, Any]) -> None:
+        """Take the figures ``carried()`` wrote in the previous image (on a fresh registry)."""
+        _slots_from_json(self._retired, data["retired"])
+        self._retired_cpu = float(data["retired_cpu"])
+        self._restarts.update({k: int(v) for k, v in data["restarts"].items() if k in self._restarts})
+        _slots_from_json(self._reloads, data["reloads"])
+        self._bounds = tuple(data["bounds"]) if data.get("bounds") is not None else self._bounds
+
     # ---- per heartbeat -----------------------------------------------------------------
 
     def worker_heartbeat(self, pid: int, stats: Mapping[str, Any]) -> None:
@@ -326,7 +369,7 @@ class Metrics:
         old = w.counters
         # Counters only grow; clamping keeps totals monotonic even if a heartbeat is stale.
         new.requests = max(new.requests, old.requests)
-        new.responses = [max(a, b) for a, b in zip(new.responses, old.responses)]
+        new.responses = [max(a, b) for a, b in zip(new.responses, old.responses, strict=True)]
         new.connections_accepted = max(new.connections_accepted, old.connections_accepted)
         new.ws.clamp(old.ws)
         # The engine may send its bucket bounds once (or in every heartbeat): remember them.
@@ -339,7 +382,7 @@ class Metrics:
                              f"{len(new.duration_bounds)} bucket bounds; expected one per bound "
                              f"plus one for +Inf")
         elif old.duration_counts is not None and len(old.duration_counts) == len(new.duration_counts):
-            new.duration_counts = [max(a, b) for a, b in zip(new.duration_counts, old.duration_counts)]
+            new.duration_counts = [max(a, b) for a, b in zip(new.duration_counts, old.duration_counts, strict=True)]
             new.duration_sum = max(new.duration_sum, old.duration_sum)
         if self._bounds is None and new.duration_bounds is not None:
             self._bounds = new.duration_bounds
@@ -440,7 +483,7 @@ class Metrics:
 
     def status_line(self) -> str:
         """The STATUS= line; ``status()["status_line"]`` when the JSON is wanted too."""
-        return self.status()["status_line"]
+        return str(self.status()["status_line"])
 
     def _worker_status(self, w: _Worker, now: float) -> dict[str, Any]:
         c = w.counters
@@ -480,7 +523,7 @@ class Metrics:
         total = self._total()
         requests = ex.counter("corral_requests_total",
                               "Responses sent by all workers (including exited ones), by status class.")
-        for cls, n in zip(STATUS_CLASSES, total.responses):
+        for cls, n in zip(STATUS_CLASSES, total.responses, strict=True):
             requests.add(n, {"status": cls})
         received = ex.counter("corral_requests_received_total",
                               "Requests received by all workers, including exited ones.")
@@ -528,7 +571,7 @@ class Metrics:
         for w in sorted(self._workers.values(), key=lambda w: (w.slot, w.pid)):
             lb = {"worker": str(w.slot), "pid": str(w.pid)}
             c = w.counters
-            for cls, n in zip(STATUS_CLASSES, c.responses):
+            for cls, n in zip(STATUS_CLASSES, c.responses, strict=True):
                 f["req"].add(n, {**lb, "status": cls})
             f["in_flight"].add(c.in_flight, lb)
             age = 0.0
@@ -659,14 +702,14 @@ class Metrics:
         for w in self._workers.values():
             c = w.counters
             t.requests += c.requests
-            t.responses = [a + b for a, b in zip(t.responses, c.responses)]
+            t.responses = [a + b for a, b in zip(t.responses, c.responses, strict=True)]
             t.in_flight += c.in_flight
             t.connections_open += c.connections_open
             t.connections_accepted += c.connections_accepted
             t.ws.add(c.ws)
             if c.duration_counts is not None and t.duration_counts is not None \
                     and c.duration_bounds is not None and self._histogram_matches(c):
-                t.duration_counts = [a + b for a, b in zip(t.duration_counts, c.duration_counts)]
+                t.duration_counts = [a + b for a, b in zip(t.duration_counts, c.duration_counts, strict=True)]
                 t.duration_sum += c.duration_sum
         return t
 

@@ -12,10 +12,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from corral.config import Config
-    from corral.supervisor.sockets import Listeners
 
-# Imported lazily: corral.config imports corral.supervisor.addresses, which loads this
-# package, and the CLI must be able to keep ssl out of asyncio first (see cli.cmd_run).
+# Imported lazily: the CLI must be able to keep ssl out of asyncio first (see cli.cmd_run).
 
 log = logging.getLogger("corral.supervisor")
 
@@ -33,8 +31,8 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
     from corral.logs import print_error, setup_logging
     from corral.supervisor import reexec, rundir
     from corral.supervisor.control import ControlError
+    from corral.supervisor.listeners import SocketError, acquire
     from corral.supervisor.notify import Notifier
-    from corral.supervisor.sockets import SocketError
     from corral.supervisor.supervisor import Supervisor
 
     setup_logging(config.log_level, role="corral")
@@ -57,7 +55,7 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
             rundir.claim_for(config)
         else:
             rundir.resume(state["control"].get("claim"), config)
-        listeners = reexec.listeners_from(state) if state is not None else _listeners(config)
+        listeners = reexec.listeners_from(state) if state is not None else acquire(config)
         if not listeners.http():
             if not listeners.from_systemd:
                 raise StartupError("nothing to listen on: the bind list is empty; give at least one address "
@@ -77,32 +75,3 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
     finally:
         rundir.release()  # the lock file and the (empty) directories this corral made
 
-
-def _listeners(config: Config) -> Listeners:
-    """The listening sockets: a socket unit's, our own handed back by systemd's fd store, or bound now."""
-    from corral.supervisor import fdstore
-    from corral.supervisor.sockets import bind_all, from_systemd
-
-    listeners = from_systemd()
-    if listeners is None:
-        listeners = bind_all(config.bind, config.backlog, reuse_port=config.reuse_port,
-                             slots=config.workers, metrics=config.metrics_bind)
-        fdstore.store(listeners)
-        return listeners
-    stored = fdstore.adopt(listeners)
-    if stored and len(stored) == len(listeners.items):
-        # Only sockets we bound ourselves before a restart: they are ours, and bind: applies.
-        listeners.from_systemd = False
-        log.info("took %d listening socket(s) back from systemd's fd store", len(stored))
-        fdstore.reconcile(listeners, config.bind, config.backlog, reuse_port=config.reuse_port,
-                          slots=config.workers)
-        if config.metrics_bind and not listeners.role("metrics"):
-            listeners.items.extend(bind_all([], config.backlog, metrics=config.metrics_bind).items)
-            fdstore.store(listeners)
-        return listeners
-    if "bind" in config.explicit:
-        log.info("using the %d socket(s) passed by systemd; bind: is ignored", len(listeners.items))
-    if config.metrics_bind and not listeners.role("metrics"):
-        extra = bind_all([], config.backlog, metrics=config.metrics_bind)
-        listeners.items.extend(extra.items)
-    return listeners

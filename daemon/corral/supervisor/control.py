@@ -22,19 +22,19 @@ connections of reload requests still waiting to the new image, which answers the
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import socket
 import stat
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from corral.config import socket_path_too_long
 from corral.supervisor import rundir
-
-if TYPE_CHECKING:
-    from corral.supervisor.supervisor import Supervisor
+from corral.supervisor.state import ReloadOutcome
+from corral.supervisor.status import Reporting, snapshot
 
 log = logging.getLogger("corral.control")
 
@@ -45,14 +45,20 @@ class ControlError(Exception):
     """The control socket cannot be reached or answered with an error; the message says why."""
 
 
+class Controlled(Reporting, Protocol):
+    """What the control socket needs of the supervisor: its report, and reloads."""
+
+    def start_reload(self, waiter: asyncio.Future[ReloadOutcome] | None = None, notify: bool = True) -> None: ...
+
+
 class ControlServer:
-    def __init__(self, supervisor: Supervisor, path: str) -> None:
+    def __init__(self, supervisor: Controlled, path: str) -> None:
         self.supervisor = supervisor
         self.path = path
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
         # reload requests waiting for their outcome -> the fd of the client's connection
         # (handed over to the new image by an in-place re-exec, which answers them)
-        self.waiting: dict[asyncio.Future[Any], int] = {}
+        self.waiting: dict[asyncio.Future[ReloadOutcome], int] = {}
         # (st_dev, st_ino) of the socket file this process made (or adopted): close() removes
         # that file and nothing else, never another corral's socket at the same path.
         self.made: tuple[int, int] | None = None
@@ -97,13 +103,13 @@ class ControlServer:
         """fds of the connections whose reload request has no answer yet."""
         return [fd for waiter, fd in self.waiting.items() if not waiter.done()]
 
-    def adopt_waiting(self, clients: list[socket.socket]) -> list[asyncio.Future[Any]]:
+    def adopt_waiting(self, clients: list[socket.socket]) -> list[asyncio.Future[ReloadOutcome]]:
         """Reload requests a previous image of this process accepted: one waiter each, answered
         on the client's connection once the reload is over."""
         waiters = []
         for client in clients:
-            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            waiter.add_done_callback(lambda done, c=client: _answer(c, done.result()))
+            waiter: asyncio.Future[ReloadOutcome] = asyncio.get_running_loop().create_future()
+            waiter.add_done_callback(functools.partial(_answer_when_done, client))
             waiters.append(waiter)
         return waiters
 
@@ -146,8 +152,6 @@ class ControlServer:
             writer.close()
 
     async def _handle(self, request: dict[str, Any], client_fd: int | None = None) -> dict[str, Any]:
-        from corral.supervisor.status import snapshot
-
         cmd = request.get("cmd")
         sup = self.supervisor
         if cmd == "status":
@@ -155,7 +159,7 @@ class ControlServer:
         if cmd == "ping":
             return {"ok": True, "pid": os.getpid()}
         if cmd == "reload":
-            waiter: asyncio.Future = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[ReloadOutcome] = asyncio.get_running_loop().create_future()
             if client_fd is not None:
                 self.waiting[waiter] = client_fd
             try:
@@ -166,12 +170,16 @@ class ControlServer:
         return {"ok": False, "error": f"unknown command {cmd!r}; use status, reload or ping"}
 
 
-def _outcome_reply(outcome: Any) -> dict[str, Any]:
+def _outcome_reply(outcome: ReloadOutcome) -> dict[str, Any]:
     return {"ok": outcome.ok, "generation": outcome.generation, "message": outcome.message,
             "duration": outcome.duration}
 
 
-def _answer(client: socket.socket, outcome: Any) -> None:
+def _answer_when_done(client: socket.socket, done: asyncio.Future[ReloadOutcome]) -> None:
+    _answer(client, done.result())
+
+
+def _answer(client: socket.socket, outcome: ReloadOutcome) -> None:
     """Answer an adopted reload request (small, so a short blocking send is fine), then hang up."""
     try:
         client.settimeout(5.0)
@@ -324,6 +332,7 @@ def check_reply(path: str, cmd: str, reply: Any) -> dict[str, Any]:
     if problem is not None:
         raise ControlError(f"unexpected reply from the control socket {path}: {problem} (a corral of another "
                            "version, or not corral at all?)")
+    assert isinstance(reply, dict)  # _mismatch() checked that it is an object
     return reply
 
 

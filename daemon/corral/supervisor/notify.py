@@ -14,7 +14,8 @@ import os
 import select
 import socket
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
+from typing import Any
 
 log = logging.getLogger("corral.notify")
 
@@ -33,12 +34,13 @@ def _address(value: str) -> str | None:
 
 
 class Notifier:
-    """sd_notify for the main process; a no-op when NOTIFY_SOCKET is unset."""
+    """sd_notify for the main process; a no-op when NOTIFY_SOCKET is unset.
 
-    def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
-        self.socket_path = environ.get("NOTIFY_SOCKET") or None
-        self._notifier = None
+    It reads the process environment (``os.environ``), as sdnotify does when it sends."""
+
+    def __init__(self) -> None:
+        self.socket_path = os.environ.get("NOTIFY_SOCKET") or None
+        self._notifier: Any = None  # sdnotify.SystemdNotifier (untyped), imported only when needed
         self.status_text = ""
         if self.socket_path:
             address = _address(self.socket_path)
@@ -53,7 +55,7 @@ class Notifier:
                 except OSError as exc:
                     log.error("cannot connect to NOTIFY_SOCKET=%s: %s; systemd will not see READY",
                               self.socket_path, exc)
-        self.watchdog_usec = self._watchdog_usec(environ)
+        self.watchdog_usec = self._watchdog_usec(os.environ)
 
     @staticmethod
     def _watchdog_usec(environ: Mapping[str, str]) -> int:

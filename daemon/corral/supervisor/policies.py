@@ -31,13 +31,14 @@ STOP = "stop"
 
 def jittered_limits(config: Config, rng: random.Random | None = None) -> tuple[int, float]:
     """(max_requests, max_lifetime) for one new worker, each with its random jitter."""
-    rng = rng or random
+    randint = rng.randint if rng is not None else random.randint
+    uniform = rng.uniform if rng is not None else random.uniform
     max_requests = config.max_requests
     if max_requests and config.max_requests_jitter:
-        max_requests += rng.randint(0, config.max_requests_jitter)
+        max_requests += randint(0, config.max_requests_jitter)
     max_lifetime = config.max_lifetime
     if max_lifetime and config.max_lifetime_jitter:
-        max_lifetime += rng.uniform(0, config.max_lifetime_jitter)
+        max_lifetime += uniform(0, config.max_lifetime_jitter)
     return max_requests, max_lifetime
 
 

@@ -10,8 +10,10 @@ supervisor must start running the new code without stopping the service:
    memfd: listening sockets (fd numbers, roles), the control socket, its claim
    (the locked lock file: see ``rundir``) and the
    connections of ``corral reload`` clients waiting for the outcome, the accept
-   balance table, every worker (pid, control-channel fd, slot, generation, state,
-   deadlines, counters) and the slot layout of the serving generation. All those
+   balance table, and the whole ``SupervisorState`` (``state.py``: every worker
+   with its pid, control-channel and in-flight fds, deadlines and last heartbeat;
+   the generations and their slots' backoff; the respawn budget; the counters the
+   metrics and `corral status` report). All those
    fds are made inheritable; the signals the supervisor handles are blocked, so
    one arriving during the exec waits instead of killing the process.
 3. **exec.** ``os.execv`` of the same interpreter and command line, with
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -39,32 +42,65 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any, Protocol
 
 from corral.config import SUPERVISOR_KEYS, BindSpec, Config
-from corral.supervisor import rundir  # now, not in capture(): after an upgrade the disk holds new code
 
-if TYPE_CHECKING:
-    from corral.supervisor.supervisor import Supervisor
+# Now, not in capture()/restore(): after an upgrade the disk holds new code.
+from corral.supervisor import rundir
+from corral.supervisor.listeners import Listeners
+from corral.supervisor.state import SupervisorState, worker_fields
+from corral.supervisor.worker_process import WorkerProcess
+from corral.worker.balance import BalanceTable
+from corral.worker.protocol import Channel
 
 log = logging.getLogger("corral.reexec")
 
 ENV = "_CORRAL_REEXEC_FD"  # not CORRAL_*: those are config keys
-STATE_VERSION = 1
+STATE_VERSION = 2
+ADOPTABLE = (1, STATE_VERSION)  # 1: written by corral before SupervisorState (see _from_version_1)
 PREFLIGHT_TIMEOUT = 60.0
 # Every signal the supervisor handles: blocked across the exec, unblocked once the new image
 # has installed its handlers (a pending one is then delivered to it).
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
            signal.SIGUSR1, signal.SIGCHLD)
 
-WORKER_FIELDS = ("id", "slot", "generation", "balance_cell", "state", "spawned_at", "ready_at",
-                 "last_heartbeat", "stats", "stop_reason", "stop_started", "kill_at", "boot_error",
-                 "max_requests", "max_lifetime", "breaches", "successor_of", "identity")
 
 
 class ReexecError(Exception):
     """The in-place upgrade cannot be done; the message says why (the old code keeps running)."""
+
+
+class ControlHandover(Protocol):
+    def listening_fd(self) -> int | None: ...
+    def waiting_clients(self) -> list[int]: ...
+
+
+class Handing(Protocol):
+    """What ``capture`` reads of the supervisor."""
+
+    @property
+    def state(self) -> SupervisorState: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def listeners(self) -> Listeners: ...
+    @property
+    def control(self) -> ControlHandover | None: ...
+    @property
+    def balance(self) -> BalanceTable | None: ...
+
+
+class Adopting(Protocol):
+    """What ``restore`` gives the supervisor of the new image."""
+
+    @property
+    def state(self) -> SupervisorState: ...
+    @property
+    def balance(self) -> BalanceTable | None: ...
+
+    def adopt(self, state: SupervisorState, balance: BalanceTable | None, resumed: Mapping[str, Any]) -> None: ...
 
 
 # --------------------------------------------------------------------------- the old image
@@ -97,53 +133,31 @@ async def preflight(argv: Sequence[str], state: dict[str, Any], timeout: float =
         raise ReexecError(f"the new corral code cannot take over: {lines[-1] if lines else proc.returncode}")
 
 
-def capture(sup: Supervisor) -> dict[str, Any]:
+def capture(sup: Handing) -> dict[str, Any]:
     """The supervisor's state as JSON data (fds by number); see the module docstring."""
-    generation = sup.generation
-    assert generation is not None, "re-exec only while a generation serves"
-    workers = []
-    for worker in sup.workers.values():
-        entry = {name: getattr(worker, name, None) for name in WORKER_FIELDS}
-        entry["pid"] = worker.pid
-        entry["channel_fd"] = worker.channel.fileno()
-        entry["sample"] = dict(worker.sample)
-        workers.append(entry)
+    assert sup.state.generation is not None, "re-exec only while a generation serves"
     control = sup.control
     claim = rundir.held()
+    state = sup.state.to_json()
+    state["reexecs"] += 1  # the one about to happen
     return {
         "version": STATE_VERSION,
         "config": sup.config.to_json(),
-        "listeners": {
-            "from_systemd": sup.listeners.from_systemd,
-            "items": [{"fd": item.fd, "role": item.role, "source": item.source, "name": item.name,
-                       "unlink_path": item.unlink_path, "group": item.group} for item in sup.listeners.items],
-        },
+        "listeners": sup.listeners.handover(),
         "control": {"fd": control.listening_fd() if control is not None else None,
                     "clients": control.waiting_clients() if control is not None else [],
                     "claim": claim.handover() if claim is not None else None},
         "balance": {"fd": sup.balance.fd} if sup.balance is not None else None,
-        "supervisor": {
-            "started_at": sup.started_at, "next_id": sup.next_id,
-            "generation_counter": sup.generation_counter, "reexecs": getattr(sup, "reexecs", 0) + 1,
-            "last_reload": dataclasses.asdict(sup.last_reload) if sup.last_reload is not None else None,
-            "reload_started": time.monotonic(),
-        },
-        "generation": {
-            "number": generation.number, "started_at": generation.started_at,
-            "slots": [{"index": slot.index, "worker": slot.worker.id if slot.worker else None,
-                       "successor": slot.successor.id if slot.successor else None,
-                       "failures": slot.failures, "restart_at": slot.restart_at, "last_error": slot.last_error}
-                      for slot in generation.slots],
-        },
-        "retiring": [worker.id for worker in sup.retiring],
-        "recycling": sup.recycling.id if sup.recycling is not None else None,
-        "workers": workers,
+        "state": state,
     }
 
 
 def fds_of(state: dict[str, Any]) -> list[int]:
     fds = [item["fd"] for item in state["listeners"]["items"]]
-    fds += [worker["channel_fd"] for worker in state["workers"]]
+    for worker in state["state"]["workers"]:
+        fds.append(worker["channel_fd"])
+        if worker.get("in_flight_fd", -1) >= 0:
+            fds.append(worker["in_flight_fd"])  # its in-flight table: a crash still names its request
     if state["control"]["fd"] is not None:
         fds.append(state["control"]["fd"])
     fds += state["control"]["clients"]
@@ -193,14 +207,13 @@ def exec_in_place(state: dict[str, Any], argv: Sequence[str] | None = None) -> N
 _taken: dict[str, Any] | None = None
 
 
-def take_state(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
+def take_state(environ: MutableMapping[str, str] | None = None) -> dict[str, Any] | None:
     """The state a previous image of this process left, or None on a normal start.
 
     Read once (the variable is removed, so workers never see it); later calls get the same state.
     """
     global _taken
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    value = environ.pop(ENV, None)
+    value = (os.environ if environ is None else environ).pop(ENV, None)
     if value is None:
         return _taken
     fd = int(value)
@@ -211,10 +224,24 @@ def take_state(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
     finally:
         os.close(fd)
     state = json.loads(b"".join(chunks))
-    if state.get("version") != STATE_VERSION:
-        raise ReexecError(f"state version {state.get('version')} from the previous image is not {STATE_VERSION}")
-    _taken = state
+    if not isinstance(state, dict) or state.get("version") not in ADOPTABLE:
+        version = state.get("version") if isinstance(state, dict) else None
+        raise ReexecError(f"state version {version} from the previous image is not one of {ADOPTABLE}")
+    _taken = state = _from_version_1(state) if state["version"] == 1 else state
     return state
+
+
+def _from_version_1(old: dict[str, Any]) -> dict[str, Any]:
+    """The state an image of corral before ``SupervisorState`` wrote, in today's form (it carried
+    no metrics, no respawn budget and no pending generation: those start fresh)."""
+    info = old["supervisor"]
+    generation = old["generation"]
+    state = {"started_at": info["started_at"], "next_id": info["next_id"],
+             "generation_counter": info["generation_counter"], "reexecs": info["reexecs"],
+             "last_reload": info.get("last_reload"), "workers": old["workers"],
+             "generation": {**generation, "config": old["config"]}, "pending": None,
+             "retiring": old["retiring"], "recycling": old["recycling"]}
+    return {**old, "version": STATE_VERSION, "state": state}
 
 
 def unblock_signals() -> None:
@@ -237,16 +264,8 @@ def config_from_json(data: dict[str, Any]) -> Config:
     return Config(**values)
 
 
-def listeners_from(state: dict[str, Any]) -> Any:
-    from corral.supervisor.sockets import Listener, Listeners
-
-    listeners = Listeners(from_systemd=bool(state["listeners"]["from_systemd"]))
-    for item in state["listeners"]["items"]:
-        sock = socket.socket(fileno=item["fd"])
-        os.set_inheritable(item["fd"], False)
-        listeners.items.append(Listener(sock, item["role"], item["source"], name=item["name"] or "",
-                                        unlink_path=item["unlink_path"], group=int(item["group"] or 0)))
-    return listeners
+def listeners_from(state: dict[str, Any]) -> Listeners:
+    return Listeners.from_handover(state["listeners"])
 
 
 class AdoptedProcess:
@@ -273,72 +292,50 @@ class AdoptedProcess:
             if deadline is not None and time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired([str(self.pid)], timeout or 0)
             time.sleep(0.02)
-        return self.returncode  # type: ignore[return-value]
+        assert self.returncode is not None  # the loop above ends only once poll() set it
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Signal it unless it is known to have exited (then its pid may be another process's)."""
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass  # exited just now: the next poll() reaps it
 
 
-def restore(sup: Supervisor, state: dict[str, Any]) -> None:
-    """Adopt the previous image's workers, generation and counters into a fresh Supervisor."""
-    from corral.supervisor.slots import Generation, Slot
-    from corral.supervisor.worker_process import WorkerProcess
-    from corral.worker.protocol import Channel
-
-    info = state["supervisor"]
-    sup.started_at = info["started_at"]
-    sup.next_id = info["next_id"]
-    sup.generation_counter = info["generation_counter"]
-    sup.reexecs = info["reexecs"]
-    if info.get("last_reload"):
-        from corral.supervisor.supervisor import ReloadOutcome
-
-        sup.last_reload = ReloadOutcome(**info["last_reload"])
-    _adopt_balance_table(sup, state)
-    by_id: dict[int, WorkerProcess] = {}
-    for entry in state["workers"]:
-        channel = Channel(socket.socket(fileno=entry["channel_fd"]))
-        os.set_inheritable(entry["channel_fd"], False)
-        worker = WorkerProcess(id=entry["id"], slot=entry["slot"], generation=entry["generation"],
-                               proc=AdoptedProcess(entry["pid"]), channel=channel)  # type: ignore[arg-type]
-        for name in WORKER_FIELDS:
-            if name in entry and hasattr(worker, name):
-                setattr(worker, name, entry[name])
-        worker.sample = entry.get("sample") or {}
-        by_id[worker.id] = worker
-        sup.workers[worker.pid] = worker
-        if sup.cells is not None and worker.balance_cell >= 0:
-            sup.cells.adopt(worker.balance_cell)
-    gen_state = state["generation"]
-    generation = Generation(gen_state["number"], sup.config)
-    generation.started_at = gen_state["started_at"]
-    for slot_state in gen_state["slots"]:
-        slot = Slot(slot_state["index"], worker=by_id.get(slot_state["worker"]),
-                    successor=by_id.get(slot_state["successor"]), failures=slot_state["failures"],
-                    restart_at=slot_state["restart_at"], last_error=slot_state["last_error"])
-        generation.slots.append(slot)
-    sup.generation = generation
-    sup.retiring = [by_id[i] for i in state["retiring"] if i in by_id]
-    sup.recycling = by_id.get(state["recycling"]) if state["recycling"] is not None else None
-    sup.phase = "running"
-    sup.resumed = state
+def restore(sup: Adopting, state: dict[str, Any]) -> None:
+    """Adopt the previous image's workers, generations and counters into a fresh Supervisor."""
+    balance = _balance_table_from(state, sup.balance)
+    restored = SupervisorState.from_json(state["state"], metrics=sup.state.metrics,
+                                         decode_config=config_from_json, adopt=_adopt_worker)
+    sup.adopt(restored, balance, state)
 
 
-def _adopt_balance_table(sup: Supervisor, state: dict[str, Any]) -> None:
-    """Keep the accept-balance table the running workers write to (old and new workers share it)."""
-    from corral.worker.balance import BalanceTable, CellAllocator
+def _adopt_worker(entry: Mapping[str, Any]) -> WorkerProcess:
+    """A worker a previous image started: its process by pid, its channel and in-flight table by fd."""
+    channel = Channel(socket.socket(fileno=entry["channel_fd"]))
+    os.set_inheritable(entry["channel_fd"], False)
+    values = worker_fields(entry)
+    if values.get("in_flight_fd", -1) >= 0:
+        os.set_inheritable(values["in_flight_fd"], False)
+    return WorkerProcess(proc=AdoptedProcess(entry["pid"]), channel=channel, **values)
 
+
+def _balance_table_from(state: dict[str, Any], current: BalanceTable | None) -> BalanceTable | None:
+    """The accept-balance table the running workers write to (old and new workers share it)."""
     info = state["balance"]
     if info is None:
-        return
+        return current
     fd = info["fd"]
-    if sup.balance is None:
+    if current is None:
         os.close(fd)  # accept_balance is off now; the adopted workers keep their own mapping
-        return
-    sup.balance.close()
+        return None
     os.set_inheritable(fd, False)
-    sup.balance = BalanceTable(fd)
-    sup.cells = CellAllocator(sup.balance)
+    return BalanceTable(fd)
 
 
-def control_socket_from(state: dict[str, Any]) -> socket.socket | None:
+def control_socket_from(state: Mapping[str, Any]) -> socket.socket | None:
     fd = state["control"]["fd"]
     if fd is None:
         return None
@@ -346,7 +343,7 @@ def control_socket_from(state: dict[str, Any]) -> socket.socket | None:
     return socket.socket(fileno=fd)
 
 
-def waiting_clients_from(state: dict[str, Any]) -> list[socket.socket]:
+def waiting_clients_from(state: Mapping[str, Any]) -> list[socket.socket]:
     """The ``corral reload`` connections the previous image owed an answer."""
     clients = []
     for fd in state["control"]["clients"]:
@@ -362,21 +359,20 @@ def _preflight_main() -> int:
     """Run by ``preflight()`` with the new code: load the config and parse the state as the new image will."""
     try:
         payload = json.load(sys.stdin)
-        from corral import cli
-        from corral.supervisor import control, supervisor  # noqa: F401  (the modules the new image runs)
+        from corral.config import load_again
+        for module in ("corral.supervisor.control", "corral.supervisor.supervisor"):
+            # The modules the new image runs must load; imported by name, since this check is no
+            # dependency of this module's (a static import would make a cycle of them).
+            importlib.import_module(module)
 
-        args = cli.build_parser().parse_args(payload["argv"])
-        if getattr(args, "command", None) == "run":
-            cli._load(args, cli._overrides(args))
         state = payload["state"]
-        if state.get("version") != STATE_VERSION:
-            raise ReexecError(f"cannot adopt state version {state.get('version')} (this code speaks "
-                              f"{STATE_VERSION}); restart the service instead")
+        if state.get("version") not in ADOPTABLE:
+            raise ReexecError(f"cannot adopt state version {state.get('version')} (this code reads "
+                              f"{', '.join(map(str, ADOPTABLE))}); restart the service instead")
+        # The config as the new image will load it: the running one's file and command-line values.
+        load_again(state["config"])
         config_from_json(state["config"])
-    except SystemExit as exc:
-        print(f"invalid command line {payload.get('argv')!r} ({exc})", file=sys.stderr)
-        return 1
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (new code may fail in any way; each way refuses the upgrade)
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -57,21 +57,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from corral.config import Config, ConfigError
 
 # Imported now, not when a reload needs them: after a package upgrade the files on disk are the
 # new version's, and the running (old) code must not load new modules into itself.
-from corral.supervisor import identity, policies, reexec
+from corral.supervisor import policies, reexec
+from corral.supervisor.identity import CodeIdentity
 from corral.supervisor.slots import Generation, Slot
+from corral.supervisor.state import Phase, ReloadOutcome, SupervisorState
 from corral.supervisor.worker_process import BOOTING, READY, WorkerProcess
+from corral.worker import protocol
+from corral.worker.protocol import Kind
 
-if TYPE_CHECKING:
-    from corral.supervisor.supervisor import Supervisor
+__all__ = ["ReloadHost", "ReloadOutcome", "ReloadResult", "Reloader", "Rollback"]
 
 log = logging.getLogger("corral.reload")
 
@@ -92,12 +95,71 @@ class Rollback(StrEnum):
     PARTIAL = "partial"  # replaced old workers exit at once: less memory, the replaced slots stay new
 
 
-@dataclass
-class ReloadOutcome:
-    ok: bool
-    generation: int
-    message: str
-    duration: float = 0.0
+class ReloadResult(StrEnum):
+    """How a transaction ended, as the metrics count it."""
+
+    SUCCESS = "success"
+    ROLLED_BACK = "rolled_back"  # the new generation failed; the old one serves
+    ABORTED = "aborted"  # nothing was started (config error, refused self-upgrade)
+
+
+class ReloadNotifier(Protocol):
+    """The sd_notify messages a reload sends (``notify.Notifier``)."""
+
+    def ready(self, status: str | None = None) -> None: ...
+    def reloading(self) -> None: ...
+    def extend_timeout(self, seconds: float) -> None: ...
+
+
+class BindsFixed(Protocol):
+    @property
+    def from_systemd(self) -> bool: ...
+
+
+class ReloadHost(Protocol):
+    """What the reloader needs from the supervisor that runs it. The reloader edits the
+    shared ``state`` (generations, retiring workers) and asks the host for every action that
+    touches processes, systemd or metrics."""
+
+    phase: Phase
+
+    @property
+    def state(self) -> SupervisorState: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def reload_config(self) -> Callable[[], Config] | None: ...
+    @property
+    def notifier(self) -> ReloadNotifier: ...
+    @property
+    def listeners(self) -> BindsFixed: ...
+    @property
+    def code_identity(self) -> CodeIdentity: ...
+    @property
+    def argv(self) -> Sequence[str]: ...
+
+    def now(self) -> float:
+        """The supervisor's clock (CLOCK_MONOTONIC)."""
+        ...
+
+    def installed_code(self) -> CodeIdentity:
+        """corral's code on disk now: when it differs from ``code_identity``, the reload upgrades in place."""
+        ...
+
+    def reexec_state(self) -> dict[str, Any]:
+        """Everything a re-executed image needs (``reexec.capture``)."""
+        ...
+
+    def start_worker(self, generation: Generation, slot: Slot) -> WorkerProcess | None: ...
+    def retire(self, worker: WorkerProcess, reason: str) -> None: ...
+    def config_of(self, worker: WorkerProcess) -> Config: ...
+    def generation_serves(self, generation: Generation) -> None:
+        """Cut-over: ``generation`` (the pending one) now serves; the phase is back to running."""
+        ...
+    def reload_finished(self, outcome: ReloadOutcome, result: ReloadResult) -> None: ...
+    def update_status(self, force: bool = False) -> None: ...
+    def status_line(self) -> str: ...
+    def code_description(self, generation: Generation | None = None) -> str: ...
 
 
 @dataclass
@@ -121,7 +183,7 @@ class Transaction:
 class Reloader:
     """Runs reload transactions for one supervisor (all on its event loop)."""
 
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: ReloadHost) -> None:
         self.sup = sup
         self.active: Transaction | None = None
         self.queued = False  # one more transaction once this one (or the start-up) is over
@@ -139,13 +201,13 @@ class Reloader:
         """Start a reload, or queue one; ``waiter`` gets the outcome. ``notify=False``: RELOADING=1
         was already sent (by `corral reload`, as an ExecReload= process)."""
         sup = self.sup
-        if sup.phase == "stopping":
+        if sup.phase is Phase.STOPPING:
             if waiter is not None and not waiter.done():
-                waiter.set_result(ReloadOutcome(False, sup._gen_number(), "corral is stopping"))
+                waiter.set_result(ReloadOutcome(False, sup.state.serving_number(), "corral is stopping"))
             if not notify:
                 sup.notifier.ready(sup.status_line())  # answer the RELOADING=1 sent for us
             return
-        if self.active is not None or sup.phase == "starting":
+        if self.active is not None or sup.phase is Phase.STARTING:
             self.queued = True
             if waiter is not None:
                 self.queued_waiters.append(waiter)
@@ -161,8 +223,8 @@ class Reloader:
         sup = self.sup
         if notify:
             sup.notifier.reloading()
-        txn = self.active = Transaction(time.monotonic(), waiters, may_reexec=may_reexec)
-        sup.phase = "reloading"
+        txn = self.active = Transaction(self.sup.now(), waiters, may_reexec=may_reexec)
+        sup.phase = Phase.RELOADING
         txn.task = asyncio.ensure_future(self._prepare(txn))
 
     async def _prepare(self, txn: Transaction) -> None:
@@ -173,12 +235,12 @@ class Reloader:
                 try:
                     config = sup.reload_config()
                 except ConfigError as exc:
-                    self._finish(txn, ReloadOutcome(False, sup._gen_number(), f"config error: {exc}",
-                                                    time.monotonic() - txn.started), "aborted")
+                    self._finish(txn, ReloadOutcome(False, sup.state.serving_number(), f"config error: {exc}",
+                                                    self.sup.now() - txn.started), ReloadResult.ABORTED)
                     return
             if await self._upgrade_in_place(txn):
                 return  # not reached when the exec succeeds
-            if txn is not self.active or sup.phase == "stopping":
+            if txn is not self.active or sup.phase is Phase.STOPPING:
                 return
             self._start(txn, config)
         except Exception as exc:  # a bug must not leave systemd waiting for READY=1
@@ -192,21 +254,21 @@ class Reloader:
         code = sup.code_identity
         if not txn.may_reexec:
             return False
-        installed = identity.installed()
+        installed = sup.installed_code()
         if installed == code:
             return False
         log.info("reload: corral's code changed on disk (%s -> %s): re-executing the supervisor in place",
                  code.short(), installed.short())
         try:
-            state = reexec.capture(sup)
+            state = sup.reexec_state()
             await reexec.preflight(sup.argv, state)
-            if txn is not self.active or sup.phase == "stopping":
+            if txn is not self.active or sup.phase is Phase.STOPPING:
                 return True
-            state = reexec.capture(sup)  # fresh: workers may have changed during the preflight
+            state = sup.reexec_state()  # fresh: workers may have changed during the preflight
             reexec.exec_in_place(state)
         except reexec.ReexecError as exc:
-            self._finish(txn, ReloadOutcome(False, sup._gen_number(), f"self-upgrade refused: {exc}; still "
-                                            f"running {code.short()}", time.monotonic() - txn.started), "aborted")
+            self._finish(txn, ReloadOutcome(False, sup.state.serving_number(), f"self-upgrade refused: {exc}; still "
+                                            f"running {code.short()}", self.sup.now() - txn.started), ReloadResult.ABORTED)
         return True
 
     # ------------------------------------------------------------------ the new generation
@@ -217,11 +279,12 @@ class Reloader:
             log.warning("reload: bind changed (%s -> %s); listening addresses change only on restart",
                         ", ".join(map(str, sup.config.bind)), ", ".join(map(str, config.bind)))
         txn.config = config
-        txn.old = sup.generation
-        sup.generation_counter += 1
-        generation = Generation(sup.generation_counter, config)
+        state = sup.state
+        txn.old = state.generation
+        state.generation_counter += 1
+        generation = Generation(state.generation_counter, config)
         generation.slots = [Slot(index) for index in range(config.workers)]
-        txn.generation = sup.pending = generation
+        txn.generation = state.pending = generation
         batch = config.workers if _strategy(config) == SURGE else max(1, min(_batch(config), config.workers))
         indices = list(range(config.workers))
         txn.batches = [indices[i:i + batch] for i in range(0, len(indices), batch)]
@@ -234,16 +297,16 @@ class Reloader:
         sup = self.sup
         assert txn.generation is not None and txn.config is not None
         txn.batch = number
-        txn.deadline = time.monotonic() + _reload_timeout(txn.config)
+        txn.deadline = self.sup.now() + _reload_timeout(txn.config)
         for index in txn.batches[number]:
             slot = txn.generation.slots[index]
-            worker = sup._start_worker(txn.generation, slot)
+            worker = sup.start_worker(txn.generation, slot)
             if worker is None:
                 self._rollback(txn, f"cannot start a worker: {slot.last_error}")
                 return
             # Older code serves meanwhile: a failed warm-up must fail this worker's boot.
-            worker.channel.send({"t": "reload_gate"})
-        sup._update_status(force=True)
+            worker.channel.send(protocol.bare(Kind.RELOAD_GATE))
+        sup.update_status(force=True)
 
     def on_ready(self, worker: WorkerProcess) -> None:
         """A worker of the new generation passed the gate."""
@@ -268,8 +331,9 @@ class Reloader:
         if old is None:
             return
         last = txn.batch + 1 >= len(txn.batches)
+        new_slots = len(txn.generation.slots) if txn.generation is not None else 0
         for slot in old.slots:
-            if slot.index in indices or (last and slot.index >= len(txn.generation.slots)):
+            if slot.index in indices or (last and slot.index >= new_slots):
                 for worker in slot.workers():
                     if not last and _parks(txn) and worker is slot.worker and worker.state == READY:
                         self._park(txn, slot.index, worker)
@@ -280,25 +344,26 @@ class Reloader:
 
     def _park(self, txn: Transaction, index: int, worker: WorkerProcess) -> None:
         """Keep a replaced old worker, not accepting, until the reload is decided (``Rollback.FULL``)."""
-        sup = self.sup
-        if sup.recycling is worker:
-            sup.recycling = None
-        worker.channel.send({"t": "park"})
+        state = self.sup.state
+        if state.recycling is worker:
+            state.recycling = None
+        worker.channel.send(protocol.bare(Kind.PARK))
         txn.parked.setdefault(index, []).append(worker)
         log.info("reload: worker %d (pid %d, slot %d) of generation %d parked: it keeps the old code loaded "
                  "until the last batch is ready", worker.id, worker.pid, index, worker.generation)
 
     def _drain(self, txn: Transaction, worker: WorkerProcess) -> None:
         sup = self.sup
-        if sup.recycling is worker:
-            sup.recycling = None
+        state = sup.state
+        if state.recycling is worker:
+            state.recycling = None
         if worker.state == BOOTING:  # a recycle's successor that was still booting
-            worker.stop_fast(policies.RELOAD, time.monotonic())
-            if worker not in sup.retiring:
-                sup.retiring.append(worker)
+            worker.stop_fast(policies.RELOAD, sup.now())
+            if worker not in state.retiring:
+                state.retiring.append(worker)
             return
         worker.stop_reason = worker.stop_reason or policies.RELOAD
-        sup._retire(worker, policies.RELOAD)
+        sup.retire(worker, policies.RELOAD)
         if worker.alive:
             txn.quiescing.add(worker.id)
 
@@ -306,13 +371,8 @@ class Reloader:
         sup = self.sup
         new = txn.generation
         assert new is not None
-        now = time.monotonic()
-        sup.pending = None
-        sup.generation = new
-        sup.config = new.config
-        sup.recycling = None
-        sup.phase = "running"
-        sup._generation_changed(new)
+        now = sup.now()
+        sup.generation_serves(new)
         for worker in [w for parked in txn.parked.values() for w in parked]:
             self._drain(txn, worker)  # the reload is decided: the old code is no longer needed
         txn.parked.clear()
@@ -321,9 +381,14 @@ class Reloader:
                                     + (f" ({identity})" if identity else ""), now - txn.started)
         log.info("reload: generation %d ready in %.2fs%s; draining generation %d", new.number,
                  txn.outcome.duration, f" ({identity})" if identity else "", txn.old.number if txn.old else 0)
-        linger = max([sup._config_of_id(i).drain_linger for i in txn.quiescing] or [0.0])
-        txn.quiesce_deadline = now + linger + QUIESCE_GRACE
+        txn.quiesce_deadline = now + self._linger(txn) + QUIESCE_GRACE
         self._maybe_finish(txn)
+
+    def _linger(self, txn: Transaction) -> float:
+        """The longest drain_linger among the drained workers READY waits for."""
+        lingers = [self.sup.config_of(w).drain_linger for i in txn.quiescing
+                   if (w := self.sup.state.worker_by_id(i)) is not None]
+        return max([*lingers, 0.0])
 
     def on_quiesced(self, worker: WorkerProcess) -> None:
         """A drained worker stopped accepting and closed its idle connections (or exited)."""
@@ -336,12 +401,12 @@ class Reloader:
     def _maybe_finish(self, txn: Transaction) -> None:
         if txn.outcome is None:
             return
-        if txn.quiescing and txn.quiesce_deadline is not None and time.monotonic() < txn.quiesce_deadline:
+        if txn.quiescing and txn.quiesce_deadline is not None and self.sup.now() < txn.quiesce_deadline:
             return
         if txn.quiescing:
             log.warning("reload: %d drained worker(s) did not report closing their idle connections in time; "
                         "sending READY anyway", len(txn.quiescing))
-        self._finish(txn, txn.outcome, "success" if txn.outcome.ok else "rolled_back")
+        self._finish(txn, txn.outcome, ReloadResult.SUCCESS if txn.outcome.ok else ReloadResult.ROLLED_BACK)
 
     # ------------------------------------------------------------------ failure
 
@@ -362,12 +427,13 @@ class Reloader:
 
     def _rollback(self, txn: Transaction, reason: str, exclude: WorkerProcess | None = None) -> None:
         sup = self.sup
-        now = time.monotonic()
+        now = self.sup.now()
         new = txn.generation
-        sup.pending = None
-        sup.phase = "running"
+        sup.state.pending = None
+        sup.phase = Phase.RUNNING
         if new is None:
-            self._finish(txn, ReloadOutcome(False, sup._gen_number(), reason, now - txn.started), "aborted")
+            self._finish(txn, ReloadOutcome(False, sup.state.serving_number(), reason, now - txn.started),
+                         ReloadResult.ABORTED)
             return
         done = [i for batch in txn.batches[:max(txn.batch, 0)] for i in batch]
         booting = txn.batches[txn.batch] if 0 <= txn.batch < len(txn.batches) else []
@@ -376,18 +442,17 @@ class Reloader:
                 if worker is not exclude and worker.alive:
                     worker.stop_reason = ROLLBACK
                     worker.stop_fast(ROLLBACK, now)
-                    if worker not in sup.retiring:
-                        sup.retiring.append(worker)
+                    if worker not in sup.state.retiring:
+                        sup.state.retiring.append(worker)
             new.slots[index].worker = new.slots[index].successor = None
         if not done:
-            log.error("reload: %s; rolling back: generation %d keeps serving", reason, sup._gen_number())
-            message = f"gen {new.number} rolled back, gen {sup._gen_number()} serves: {reason}"
+            log.error("reload: %s; rolling back: generation %d keeps serving", reason, sup.state.serving_number())
+            message = f"gen {new.number} rolled back, gen {sup.state.serving_number()} serves: {reason}"
         else:
             message = self._roll_back_replaced(txn, done, reason)
             log.error("reload: %s", message)
-        txn.outcome = ReloadOutcome(False, sup._gen_number(), message, now - txn.started)
-        linger = max([sup._config_of_id(i).drain_linger for i in txn.quiescing] or [0.0])
-        txn.quiesce_deadline = now + linger + QUIESCE_GRACE
+        txn.outcome = ReloadOutcome(False, sup.state.serving_number(), message, now - txn.started)
+        txn.quiesce_deadline = now + self._linger(txn) + QUIESCE_GRACE
         self._maybe_finish(txn)
 
     def _roll_back_replaced(self, txn: Transaction, done: list[int], reason: str) -> str:
@@ -396,7 +461,8 @@ class Reloader:
         Returns the reload's message."""
         old, new = txn.old, txn.generation
         assert old is not None and new is not None
-        mixed, back = [], 0
+        mixed: list[int] = []
+        back = 0
         for index in done:
             slot = next((s for s in old.slots if s.index == index), None)
             parked = [w for w in txn.parked.pop(index, []) if w.alive and w.state == READY]
@@ -405,7 +471,7 @@ class Reloader:
                 slot.failures, slot.restart_at = 0, None
                 back += 1
                 for worker in parked:
-                    worker.channel.send({"t": "unpark"})
+                    worker.channel.send(protocol.bare(Kind.UNPARK))
                 # Unparked first: the slot's old worker accepts again before its new one stops.
                 self._drain_new(txn, index)
             elif slot is None and _parks(txn):
@@ -438,18 +504,18 @@ class Reloader:
             self._drain(txn, worker)
         slot.worker = slot.successor = None
 
-    def _finish(self, txn: Transaction, outcome: ReloadOutcome, result: str) -> None:
+    def _finish(self, txn: Transaction, outcome: ReloadOutcome, result: ReloadResult) -> None:
         sup = self.sup
         if self.active is txn:
             self.active = None
-        if sup.phase == "reloading":
-            sup.phase = "running"
-        if sup.pending is txn.generation:
-            sup.pending = None
-        self.last = sup.last_reload = outcome
+        if sup.phase is Phase.RELOADING:
+            sup.phase = Phase.RUNNING
+        if sup.state.pending is txn.generation:
+            sup.state.pending = None
+        self.last = sup.state.last_reload = outcome
         if not outcome.ok:
             log.error("reload failed: %s", outcome.message)
-        sup._reload_finished(outcome, result)
+        sup.reload_finished(outcome, result)
         # READY=1 after every RELOADING=1, success or not: systemd 252 hangs otherwise.
         sup.notifier.ready(sup.status_line())
         for waiter in txn.waiters:
@@ -466,7 +532,7 @@ class Reloader:
             txn.task.cancel()
         for waiter in waiters:
             if not waiter.done():
-                waiter.set_result(ReloadOutcome(False, sup._gen_number(), message))
+                waiter.set_result(ReloadOutcome(False, sup.state.serving_number(), message))
 
     # ------------------------------------------------------------------ the periodic tick
 
@@ -483,14 +549,14 @@ class Reloader:
                 self._rollback(txn, f"not ready within reload_timeout={timeout:g}s "
                                     f"({detail or 'no worker started'})")
             elif txn.outcome is not None:
-                txn.quiescing = {i for i in txn.quiescing if sup._worker_by_id(i) is not None}
+                txn.quiescing = {i for i in txn.quiescing if sup.state.worker_by_id(i) is not None}
                 self._maybe_finish(txn)
             if self.active is txn and now - self.last_extend >= EXTEND_EVERY:
                 # A slow boot still progressing: keep systemd's reload timeout (TimeoutStartSec=) ahead.
                 self.last_extend = now
                 left = (txn.deadline - now) if txn.deadline else 0
                 sup.notifier.extend_timeout(max(left, 0) + 15)
-        elif self.queued and sup.phase == "running":
+        elif self.queued and sup.phase is Phase.RUNNING:
             waiters, self.queued_waiters, self.queued = self.queued_waiters, [], False
             self._begin(waiters, True)
 

@@ -60,7 +60,7 @@ class Slot:
         """Delay before the next start: 0.1 s, doubling per consecutive failure, at most 30 s."""
         if self.failures <= 0:
             return 0.0
-        return min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_MAX)
+        return min(BACKOFF_FIRST * 2.0 ** (self.failures - 1), BACKOFF_MAX)
 
     def note_exit(self, worker: WorkerProcess, now: float, served: bool = False) -> ExitVerdict:
         """Schedule the slot's next start after ``worker`` died; ``served``: it answered (or was
@@ -92,8 +92,8 @@ class RespawnBudget:
     updated: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def for_slots(cls, slots: int) -> RespawnBudget:
-        budget = cls()
+    def for_slots(cls, slots: int, now: float | None = None) -> RespawnBudget:
+        budget = cls() if now is None else cls(updated=now)
         budget.resize(slots)
         budget.tokens = budget.burst
         return budget

@@ -12,10 +12,14 @@ import importlib.util
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import corral
-from corral.supervisor.sockets import env_without_systemd
+from corral.config import Config
+from corral.supervisor.listeners import env_without_systemd
+from corral.supervisor.worker_process import WorkerProcess, spawn
 
 BOOT_SCRIPT = str(Path(corral.__file__).resolve().parent / "worker" / "boot.py")
 
@@ -36,7 +40,7 @@ def dependency_paths(python: str) -> list[str]:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             continue
-        site_dir = str(Path(list(spec.submodule_search_locations)[0]).parent)
+        site_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
         if site_dir not in paths:
             paths.append(site_dir)
     return paths
@@ -68,3 +72,31 @@ def worker_env(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str
     env.update(extra)
     env.setdefault("PYTHONUNBUFFERED", "1")  # the app's prints reach the journal promptly
     return env
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    """One worker to start: who it is, with which config, and the fds it inherits."""
+
+    worker_id: int
+    slot: int
+    generation: int
+    config: Config
+    listener_fds: Sequence[int]
+    extra_fds: Sequence[int]  # the accept-balance table, if any
+    in_flight_slots: int
+
+
+class Spawner(Protocol):
+    """Starts a worker process. The supervisor's only way to make one, so that tests can hand it
+    fake processes (tests/supervisor/fakes.py); raises OSError when the process cannot start."""
+
+    def __call__(self, request: SpawnRequest) -> WorkerProcess: ...
+
+
+def spawn_worker(request: SpawnRequest) -> WorkerProcess:
+    """The real spawner: a fresh interpreter (fork+exec) running corral's worker."""
+    config = request.config
+    return spawn(request.worker_id, request.slot, request.generation, worker_argv(config.python, []),
+                 worker_env(os.environ, config.environment), config.app_dir, request.listener_fds,
+                 request.extra_fds, in_flight_slots=request.in_flight_slots)

@@ -5,53 +5,74 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psutil
 
-from corral.supervisor.identity import PACKAGE_DIR
-
-if TYPE_CHECKING:
-    from corral.supervisor.supervisor import Supervisor
+from corral.config import Config
+from corral.supervisor.identity import PACKAGE_DIR, CodeIdentity
+from corral.supervisor.listeners import Listener, Listeners
+from corral.supervisor.slots import Generation
+from corral.supervisor.state import Phase, SupervisorState
 
 _SELF = psutil.Process()
 
 
-def status_line(sup: Supervisor) -> str:
+class Reporting(Protocol):
+    """What the status report reads of the supervisor."""
+
+    @property
+    def phase(self) -> Phase: ...
+    @property
+    def state(self) -> SupervisorState: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def listeners(self) -> Listeners: ...
+    @property
+    def code_identity(self) -> CodeIdentity: ...
+
+    def code_description(self, generation: Generation | None = None) -> str: ...
+
+
+def status_line(sup: Reporting) -> str:
     """One line for systemd's STATUS=, e.g. ``4/4 workers ready · gen 1 · 1.2k req/s · queue 0 · rss 180 MiB``.
 
     The figures come from the metrics registry, as in ``corral status`` and the
     Prometheus scrape; what the supervisor is doing right now is appended.
     """
-    sup.metrics.set_message(_phase_message(sup))
-    return sup.metrics.status_line()
+    metrics = sup.state.metrics
+    metrics.set_message(_phase_message(sup))
+    return metrics.status_line()
 
 
-def _phase_message(sup: Supervisor) -> str | None:
+def _phase_message(sup: Reporting) -> str | None:
     # The app's code identity (``app v1.4.2 git 3f2a9c01de``) comes last: a long failure
     # message may be cut, and it matters more.
     code = sup.code_description()
+    state = sup.state
     parts = []
-    if sup.pending is not None:
-        pending = sup.pending
+    if state.pending is not None:
+        pending = state.pending
         parts.append(f"reloading: gen {pending.number} {len(pending.serving())}/{len(pending.slots)} ready")
-    elif sup.phase == "starting":
+    elif sup.phase is Phase.STARTING:
         parts.append("starting")
-    elif sup.last_reload is not None and not sup.last_reload.ok:
-        parts.append(f"last reload failed: {sup.last_reload.message}")
+    elif state.last_reload is not None and not state.last_reload.ok:
+        parts.append(f"last reload failed: {state.last_reload.message}")
     if code:
         parts.append(f"app {code}")
     return " · ".join(parts) or None
 
 
-def snapshot(sup: Supervisor) -> dict[str, Any]:
+def snapshot(sup: Reporting) -> dict[str, Any]:
     """Everything `corral status --json` shows (plain JSON data)."""
     now = time.monotonic()
-    generation = sup.generation
+    state = sup.state
+    generation = state.generation
     with _SELF.oneshot():
         memory = _SELF.memory_full_info()
     workers = []
-    for worker in sorted(sup.workers.values(), key=lambda w: (w.generation, w.slot, w.id)):
+    for worker in sorted(state.workers.values(), key=lambda w: (w.generation, w.slot, w.id)):
         stats = worker.stats
         workers.append({
             "id": worker.id,
@@ -61,7 +82,7 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
             "state": worker.state,
             "reason": worker.stop_reason,
             "age": round(worker.age(now), 3),
-            "heartbeat_age": None if worker.last_heartbeat is None else round(worker.heartbeat_age(now), 3),
+            "heartbeat_age": _rounded(worker.heartbeat_age(now)),
             "requests": int(stats.get("requests_total", 0) or 0),
             "in_flight": int(stats.get("in_flight", 0) or 0),
             "oldest_in_flight_age": stats.get("oldest_in_flight_age"),
@@ -77,18 +98,18 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
             "identity": worker.identity,
             "stats": stats,
         })
-    figures = sup.metrics.status()
+    figures = state.metrics.status()
     return {
         "name": sup.config.name,
         "pid": os.getpid(),
-        "phase": sup.phase,
+        "phase": str(sup.phase),
         "app": sup.config.app,
         "generation": generation.number if generation else 0,
         "workers_wanted": len(generation.slots) if generation else 0,
         "workers_ready": len(generation.serving()) if generation else 0,
-        "pending_generation": sup.pending.number if sup.pending else None,
+        "pending_generation": state.pending.number if state.pending else None,
         "code": sup.code_description(),
-        "uptime": round(now - sup.started_at, 3),
+        "uptime": round(now - state.started_at, 3),
         "requests_total": figures["requests_total"],
         "requests_per_second": figures["requests_per_second"],
         "in_flight": figures["in_flight"],
@@ -97,26 +118,35 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
         "rss_bytes": figures["rss_bytes"],
         "status": status_line(sup),
         "restarts": {k: v for k, v in figures["restarts"].items() if v},
-        "last_reload": None if sup.last_reload is None else {
-            "ok": sup.last_reload.ok, "generation": sup.last_reload.generation,
-            "message": sup.last_reload.message, "duration": round(sup.last_reload.duration, 3)},
+        "last_reload": None if state.last_reload is None else {
+            "ok": state.last_reload.ok, "generation": state.last_reload.generation,
+            "message": state.last_reload.message, "duration": round(state.last_reload.duration, 3)},
         "listeners": [{"fd": item.fd, "role": item.role, "address": item.address, "source": item.source,
                        "name": item.name, "group": item.group, **_queue(figures, item)}
                       for item in sup.listeners.items],
         "supervisor": {
             # corral's own code this image runs (a reload re-executes when the installed code differs)
             "code": {"path": str(PACKAGE_DIR), "version": sup.code_identity.version,
-                     "digest": sup.code_identity.digest, "reexecs": sup.reexecs},
+                     "digest": sup.code_identity.digest, "reexecs": state.reexecs},
             "rss": memory.rss,
             "uss": memory.uss,
             "python": sys.executable,
             # Top-level packages loaded in the supervisor: proves it never imported the app,
             # uvloop or httptools.
             "modules": sorted({name.partition(".")[0] for name, module in list(sys.modules.items())
-                               if module is not None}),
+                               if _loaded(module)}),
         },
         "workers": workers,
     }
+
+
+def _loaded(module: object) -> bool:
+    """A real module: sys.modules also holds None for an import that is blocked (cli keeps ssl out)."""
+    return module is not None
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def _websockets_open(stats: dict[str, Any]) -> int:
@@ -125,7 +155,7 @@ def _websockets_open(stats: dict[str, Any]) -> int:
     return int(ws.get("open", 0) or 0) if isinstance(ws, dict) else 0
 
 
-def _queue(figures: dict[str, Any], listener: Any) -> dict[str, Any]:
+def _queue(figures: dict[str, Any], listener: Listener) -> dict[str, Any]:
     # Reuse-port sockets share an address: the series name tells them apart (the same
     # rule as Supervisor._watch_listener: role, then /group).
     name = f"{listener.role}/{listener.group}" if listener.group else listener.role

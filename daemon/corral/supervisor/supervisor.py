@@ -5,9 +5,15 @@ state changes happen on it: signal handlers, worker messages, process exits and
 a periodic tick only queue work onto the loop. The supervisor never imports the
 application, uvloop or httptools.
 
-Lifecycle: ``starting`` (generation 1 boots; READY=1 once every worker is ready)
--> ``running`` (health policies, restarts, recycles, reloads) -> ``stopping``
-(TERM: graceful drain; INT/QUIT: fast) -> exit.
+Lifecycle (``Phase``): ``starting`` (generation 1 boots; READY=1 once every worker
+is ready) -> ``running`` (health policies, restarts, recycles, reloads) ->
+``stopping`` (TERM: graceful drain; INT/QUIT: fast) -> exit.
+
+What must survive a self-upgrade lives in ``state`` (``SupervisorState``); the
+reloader, the status report and the control socket see the supervisor through
+small Protocols (``reload.ReloadHost``, ``status.Reporting``, ``control.Controlled``).
+Processes are made by an injected ``Spawner`` and time read from an injected
+clock, so that tests drive this class in-process (tests/supervisor/fakes.py).
 """
 
 from __future__ import annotations
@@ -17,22 +23,28 @@ import functools
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from corral.config import Config, engine_keys
 from corral.logs import print_error, reopen_log_files
 from corral.metrics.registry import RESTART_REASONS, Metrics
-from corral.supervisor import identity, policies
+from corral.supervisor import identity, policies, reexec
+from corral.supervisor.control import ControlServer
+from corral.supervisor.identity import CodeIdentity
+from corral.supervisor.listeners import Listener, Listeners, SocketError, bind_reuse_port_group
 from corral.supervisor.notify import Notifier
-from corral.supervisor.reload import Reloader, ReloadOutcome
+from corral.supervisor.reload import Reloader, ReloadOutcome, ReloadResult
 from corral.supervisor.slots import ExitVerdict, Generation, RespawnBudget, Slot
-from corral.supervisor.sockets import Listeners, bind_reuse_port_group
-from corral.supervisor.spawn import worker_argv, worker_env
+from corral.supervisor.spawn import Spawner, SpawnRequest, spawn_worker
+from corral.supervisor.state import Phase, SupervisorState
+from corral.supervisor.status import status_line
 from corral.supervisor.worker_process import (
     BOOTING,
     DRAINING,
@@ -40,41 +52,53 @@ from corral.supervisor.worker_process import (
     KILLED,
     READY,
     WorkerProcess,
-    spawn,
 )
-from corral.worker import inflight
+from corral.worker import inflight, protocol
 from corral.worker.balance import BalanceTable, CellAllocator
-from corral.worker.protocol import ChannelClosed
+from corral.worker.protocol import ChannelClosed, Kind, Message
+
+if TYPE_CHECKING:  # imported when used: a corral without metrics_bind never loads the server
+    from corral.metrics.looplag import LoopLagMonitor
+    from corral.metrics.server import MetricsServer
 
 log = logging.getLogger("corral.supervisor")
 
 TICK = 0.25
 HUNG_KILL_GRACE = 1.0  # seconds between the traceback request and SIGKILL
 FAST_STOP_GRACE = 5.0
+KILL_WAIT = 5.0  # how long the last SIGKILL is waited for at exit
 EXIT_BOOT_FAILED = 1
+
+
+@dataclass
+class WorkerExit:
+    """What is known of a worker that just exited, for the handler of its case."""
+
+    worker: WorkerProcess
+    now: float
+    description: str  # "exited with status 3", "was killed by SIGKILL"
+    in_flight: list[inflight.InFlight]  # the requests it was serving (maybe the one that killed it)
+    served: bool  # it answered (or was answering) a request since it became ready
 
 
 class Supervisor:
     def __init__(self, config: Config, listeners: Listeners, *,
                  reload_config: Callable[[], Config] | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None,
+                 spawner: Spawner = spawn_worker,
+                 clock: Callable[[], float] = time.monotonic,
+                 installed_code: Callable[[], CodeIdentity] = identity.installed) -> None:
         self.config = config
         self.listeners = listeners
         self.reload_config = reload_config
         self.notifier = notifier or Notifier()
-        self.phase = "starting"
+        self.spawner = spawner
+        self.clock = clock
+        self._installed_code = installed_code
+        self.phase = Phase.STARTING
         self.exit_code = 0
-        self.started_at = time.monotonic()
-        self.generation: Generation | None = None  # serving (or booting at start-up)
-        self.pending: Generation | None = None  # a reload's new generation while it boots
-        self.retiring: list[WorkerProcess] = []  # old workers draining (recycle, reload, scale-down)
-        self.workers: dict[int, WorkerProcess] = {}  # every live process, by pid
-        self.recycling: WorkerProcess | None = None  # the one worker being replaced now
-        self.next_id = 1
-        self.generation_counter = 0
-        # Bounds how fast dead workers are replaced, all slots together (slots.py).
-        self.respawns = RespawnBudget.for_slots(config.workers)
-        self.metrics = Metrics()
+        now = clock()
+        self.state = SupervisorState(started_at=now, respawns=RespawnBudget.for_slots(config.workers, now))
         self._bad_heartbeats: set[int] = set()  # workers whose heartbeat the metrics rejected (logged once)
         self.last_watchdog = 0.0
         self.last_sample = 0.0
@@ -84,13 +108,11 @@ class Supervisor:
         self._last_status = 0.0
         self.fatal_error: str | None = None
         self.reloader = Reloader(self)
-        self.last_reload: ReloadOutcome | None = None
         # corral's own code as it was when this image started: a reload that finds other code on
         # disk re-executes the supervisor in place (reload.py, reexec.py).
-        self.code_identity = identity.installed()
+        self.code_identity = installed_code()
         self.argv = list(sys.argv[1:])  # the command line, for the preflight of an in-place upgrade
-        self.reexecs = 0
-        self.resumed: dict[str, Any] | None = None  # set by reexec.restore(): a re-executed image
+        self.resumed: Mapping[str, Any] | None = None  # set by adopt(): a re-executed image
         # One queue per slot (reuse-port groups) must never be paused: nobody else drains it.
         shared = not any(item.group for item in listeners.http())
         self.balance = BalanceTable.create() if config.accept_balance and shared else None
@@ -98,40 +120,40 @@ class Supervisor:
         self._processes: dict[int, psutil.Process] = {}
         self._done: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.control = None  # set by run(): the control-socket server
-        self.metrics_server = None
-        self._loop_lag = None
+        self.control: ControlServer | None = None  # set by run(): the control-socket server
+        self.metrics_server: MetricsServer | None = None
+        self._loop_lag: LoopLagMonitor | None = None
+        self._handlers: dict[Kind, Callable[[WorkerProcess, Message, float], None]] = {
+            Kind.HEARTBEAT: self._on_heartbeat, Kind.READY: self._on_ready_message,
+            Kind.BOOTED: self._on_booted, Kind.BOOT_ERROR: self._on_boot_error,
+            Kind.DRAINING: self._on_draining, Kind.QUIESCED: self._on_quiesced,
+        }
         for item in listeners.items:
             self._watch_listener(item)
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.state.metrics
+
+    def now(self) -> float:
+        return self.clock()
 
     # ------------------------------------------------------------------ main
 
     async def run(self) -> int:
-        self._loop = asyncio.get_running_loop()
-        self._done = asyncio.Event()
+        self.attach(asyncio.get_running_loop())
+        assert self._done is not None
         self._install_signals()
-        from corral.supervisor.control import ControlServer
-
-        self.control = ControlServer(self, self.config.control_socket)
+        control = self.control = ControlServer(self, self.config.control_socket)
         try:
-            from corral.supervisor import reexec
-
-            await self.control.start(reexec.control_socket_from(self.resumed) if self.resumed else None)
+            await control.start(reexec.control_socket_from(self.resumed) if self.resumed else None)
             self._start_metrics()
-            if self.resumed is not None:
-                self._resume()
-            else:
-                self.generation = self._new_generation(self.config, self.config.workers)
-                self.metrics.set_generation(self.generation.number)
-                self.metrics.set_desired_workers(len(self.generation.slots))
-                log.info("starting %d worker%s (generation %d) for %s", self.config.workers,
-                         "s" if self.config.workers != 1 else "", self.generation.number, self.config.app)
-            self._update_status(force=True)
+            self.begin()
             ticker = asyncio.ensure_future(self._tick_forever())
             await self._done.wait()
             ticker.cancel()
         finally:
-            await self.control.close()
+            await control.close()
             await self._stop_metrics()
             self._kill_everything()
             self.listeners.close()
@@ -141,29 +163,82 @@ class Supervisor:
             print_error(f"corral: {self.fatal_error}")
         return self.exit_code
 
-    def _resume(self) -> None:
-        """After an in-place re-exec: watch the adopted workers, then run the reload that caused it."""
-        from corral.supervisor import reexec
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run on ``loop`` (the running one): worker channels are read and timers set there."""
+        self._loop = loop
+        self._done = asyncio.Event()
 
-        state = self.resumed
-        assert state is not None and self.generation is not None
-        for worker in self.workers.values():
+    @property
+    def done(self) -> bool:
+        """Whether the supervisor has stopped (every worker is gone after a stop)."""
+        return self._done is not None and self._done.is_set()
+
+    def begin(self) -> None:
+        """Start generation 1, or, in a re-executed image, carry on with the adopted workers."""
+        if self.resumed is not None:
+            self._resume(self.resumed)
+        else:
+            generation = self.state.generation = self._new_generation(self.config, self.config.workers)
+            self.metrics.set_generation(generation.number)
+            self.metrics.set_desired_workers(len(generation.slots))
+            log.info("starting %d worker%s (generation %d) for %s", self.config.workers,
+                     "s" if self.config.workers != 1 else "", generation.number, self.config.app)
+        self.update_status(force=True)
+
+    def adopt(self, state: SupervisorState, balance: BalanceTable | None, resumed: Mapping[str, Any]) -> None:
+        """Take the state a previous image of this process handed over (``reexec.restore``)."""
+        if balance is not self.balance:
+            if self.balance is not None:
+                self.balance.close()
+            self.balance = balance
+            self.cells = CellAllocator(balance) if balance is not None else None
+        for worker in state.workers.values():
+            if self.cells is not None and worker.balance_cell >= 0:
+                self.cells.adopt(worker.balance_cell)
+        self.state = state
+        self.phase = Phase.RUNNING
+        self.resumed = resumed
+
+    def _resume(self, resumed: Mapping[str, Any]) -> None:
+        """After an in-place re-exec: watch the adopted workers, then run the reload that caused it."""
+        state = self.state
+        assert state.generation is not None
+        for worker in state.workers.values():
             self.metrics.worker_started(worker.pid, slot=worker.slot, generation=worker.generation)
             if worker.state == READY:
                 self.metrics.worker_ready(worker.pid)
             elif worker.state == DRAINING:
                 self.metrics.worker_draining(worker.pid)
-            self._loop.add_reader(worker.channel.fileno(), self._on_channel, worker)
-        self.metrics.set_generation(self.generation.number)
-        self.metrics.set_desired_workers(len(self.generation.slots))
+            self._seed_metrics(worker)
+            self._watch_channel(worker)
+        self.metrics.set_generation(state.generation.number)
+        self.metrics.set_desired_workers(len(state.generation.slots))
         reexec.unblock_signals()
         log.info("re-executed in place (pid %d, %s): adopted %d workers of generation %d",
-                 os.getpid(), self.code_identity.short(), len(self.workers), self.generation.number)
-        waiters = self.control.adopt_waiting(reexec.waiting_clients_from(state))
+                 os.getpid(), self.code_identity.short(), len(state.workers), state.generation.number)
+        waiters = self.control.adopt_waiting(reexec.waiting_clients_from(resumed)) if self.control else []
         self.reloader.resume(waiters)
         self._reap()  # workers that exited during the exec
 
-    def _watch_listener(self, item: Any) -> None:
+    def _seed_metrics(self, worker: WorkerProcess) -> None:
+        """An adopted worker's last heartbeat and sample, so its figures count before its next one."""
+        try:
+            if worker.stats:
+                self.metrics.worker_heartbeat(worker.pid, worker.stats)
+            sample = worker.sample
+            if "rss" in sample:
+                self.metrics.worker_process(worker.pid, rss_bytes=sample["rss"], uss_bytes=sample.get("uss"),
+                                            cpu_seconds=sample.get("cpu_ms", 0) / 1000, open_fds=sample.get("fds"))
+        except ValueError:
+            pass  # a heartbeat the metrics reject was logged when it came; the next one counts
+
+    def reexec_state(self) -> dict[str, Any]:
+        return reexec.capture(self)
+
+    def installed_code(self) -> CodeIdentity:
+        return self._installed_code()
+
+    def _watch_listener(self, item: Listener) -> None:
         """Export a listener's accept queue. Reuse-port sockets share an address, so their
         series are told apart by group: ``http/1``, ``http/2``, ..."""
         name = f"{item.role}/{item.group}" if item.group else item.role
@@ -178,9 +253,9 @@ class Supervisor:
         if sockets:
             from corral.metrics.server import MetricsServer
 
-            self.metrics_server = MetricsServer(self.metrics.render)
+            server = self.metrics_server = MetricsServer(self.metrics.render)
             for item in sockets:
-                self.metrics_server.serve(item.sock)
+                server.serve(item.sock)
                 log.info("metrics on http://%s/metrics", item.address.removeprefix("unix:"))
 
     async def _stop_metrics(self) -> None:
@@ -188,11 +263,6 @@ class Supervisor:
             self._loop_lag.stop()
         if self.metrics_server is not None:
             await self.metrics_server.close()
-
-    @property
-    def restarts(self) -> dict[str, int]:
-        """Worker restarts by reason (counted when the old worker is gone), non-zero only."""
-        return {k: v for k, v in self.metrics.status()["restarts"].items() if v}
 
     def _install_signals(self) -> None:
         loop = self._loop
@@ -217,52 +287,45 @@ class Supervisor:
     # ------------------------------------------------------------------ spawning
 
     def _new_generation(self, config: Config, count: int) -> Generation:
-        self.generation_counter += 1
-        generation = Generation(self.generation_counter, config)
+        self.state.generation_counter += 1
+        generation = Generation(self.state.generation_counter, config, started_at=self.now())
         for index in range(count):
             slot = Slot(index)
             generation.slots.append(slot)
-            self._start_worker(generation, slot)
+            self.start_worker(generation, slot)
         return generation
 
-    def _start_worker(self, generation: Generation, slot: Slot, successor_of: WorkerProcess | None = None
-                      ) -> WorkerProcess | None:
+    def start_worker(self, generation: Generation, slot: Slot, successor_of: WorkerProcess | None = None
+                     ) -> WorkerProcess | None:
+        """Start the worker of ``slot`` (or, with ``successor_of``, the one replacing it: a recycle).
+        None when the process cannot be started: the slot then backs off."""
         config = generation.config
+        state = self.state
         slot.restart_at = None
         listeners = self.listeners.for_slot(slot.index, len(generation.slots))
-        fds = [item.fd for item in listeners]
-        extra = [self.balance.fd] if self.balance is not None else []
+        request = SpawnRequest(state.next_id, slot.index, generation.number, config,
+                               listener_fds=[item.fd for item in listeners],
+                               extra_fds=[self.balance.fd] if self.balance is not None else [],
+                               in_flight_slots=_in_flight_slots(config))
         try:
-            worker = spawn(self.next_id, slot.index, generation.number,
-                           worker_argv(config.python, []),
-                           worker_env(os.environ, config.environment), config.app_dir, fds, extra,
-                           in_flight_slots=_in_flight_slots(config))
+            worker = self.spawner(request)
         except OSError as exc:
-            slot.failures += 1
-            slot.restart_at = time.monotonic() + slot.backoff()
-            if exc.filename == config.app_dir:  # Popen reports a failed chdir with the directory's name
-                slot.last_error = f"cannot start a worker in app_dir {config.app_dir}: {exc.strerror}"
-            else:
-                slot.last_error = f"cannot start {config.python}: {exc}"
-            log.error("slot %d: %s; retrying in %.1fs", slot.index, slot.last_error, slot.backoff())
+            self._spawn_failed(config, slot, exc)
             return None
-        self.next_id += 1
+        state.next_id += 1
+        worker.spawned_at = self.now()
         worker.max_requests, worker.max_lifetime = policies.jittered_limits(config)
         worker.successor_of = successor_of.id if successor_of else None
         if self.cells is not None:
             worker.balance_cell = self.cells.take()
-        self.workers[worker.pid] = worker
+        state.workers[worker.pid] = worker
         self.metrics.worker_started(worker.pid, slot=slot.index, generation=generation.number)
-        self._loop.add_reader(worker.channel.fileno(), self._on_channel, worker)
-        worker.channel.send({
-            "t": "hello",
-            "config": config.to_json(),
-            "worker": {"id": worker.id, "slot": slot.index, "generation": generation.number},
-            "listeners": [{"fd": item.fd, "role": item.role, "address": item.address} for item in listeners],
-            "balance": {"fd": self.balance.fd, "cell": worker.balance_cell} if self.balance is not None else None,
-            "in_flight": {"fd": worker.in_flight_fd, "slots": worker.in_flight_slots}
-            if worker.in_flight_fd >= 0 else None,
-        })
+        self._watch_channel(worker)
+        worker.channel.send(protocol.hello(
+            config.to_json(), {"id": worker.id, "slot": slot.index, "generation": generation.number},
+            [{"fd": item.fd, "role": item.role, "address": item.address, "name": item.name} for item in listeners],
+            {"fd": self.balance.fd, "cell": worker.balance_cell} if self.balance is not None else None,
+            {"fd": worker.in_flight_fd, "slots": worker.in_flight_slots} if worker.in_flight_fd >= 0 else None))
         if successor_of is not None:
             slot.successor = worker
         else:
@@ -273,6 +336,19 @@ class Supervisor:
             slot.replaces = None
         return worker
 
+    def _spawn_failed(self, config: Config, slot: Slot, exc: OSError) -> None:
+        slot.failures += 1
+        slot.restart_at = self.now() + slot.backoff()
+        if exc.filename == config.app_dir:  # Popen reports a failed chdir with the directory's name
+            slot.last_error = f"cannot start a worker in app_dir {config.app_dir}: {exc.strerror}"
+        else:
+            slot.last_error = f"cannot start {config.python}: {exc}"
+        log.error("slot %d: %s; retrying in %.1fs", slot.index, slot.last_error, slot.backoff())
+
+    def _watch_channel(self, worker: WorkerProcess) -> None:
+        assert self._loop is not None, "attach() the supervisor to its loop first"
+        self._loop.add_reader(worker.channel.fileno(), self._on_channel, worker)
+
     def _start_reason(self, generation: Generation, slot: Slot, successor_of: WorkerProcess | None) -> str:
         """Why a worker is started, for its log line (the exit that caused a restart is logged before)."""
         if successor_of is not None:
@@ -281,57 +357,64 @@ class Supervisor:
             return f"restart, {slot.failures} failure{'s' if slot.failures > 1 else ''} in a row in this slot"
         if slot.replaces:
             return slot.replaces
-        if generation is self.pending:
+        if generation is self.state.pending:
             return "reload"
-        return "start" if self.phase == "starting" else "new slot (TTIN)"
+        return "start" if self.phase is Phase.STARTING else "new slot (TTIN)"
 
     # ------------------------------------------------------------------ worker messages
 
     def _on_channel(self, worker: WorkerProcess) -> None:
         try:
             for message in worker.channel.receive():
-                self._on_message(worker, message)
+                self.on_message(worker, message)
         except ChannelClosed:
-            self._loop.remove_reader(worker.channel.fileno())
+            if self._loop is not None:
+                self._loop.remove_reader(worker.channel.fileno())
             # The process is exiting; SIGCHLD (or the tick) reaps it.
             self._reap()
 
-    def _on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
-        kind = message.get("t")
-        now = time.monotonic()
-        if kind == "hb":
-            worker.last_heartbeat = now
-            stats = message.get("stats")
-            if isinstance(stats, dict):
-                worker.stats = stats
-                try:
-                    self.metrics.worker_heartbeat(worker.pid, stats)
-                except ValueError as exc:
-                    if worker.pid not in self._bad_heartbeats:
-                        self._bad_heartbeats.add(worker.pid)
-                        log.warning("worker %d (pid %d): heartbeat not usable for metrics: %s",
-                                    worker.id, worker.pid, exc)
-        elif kind == "ready":
-            if isinstance(message.get("identity"), dict):
-                worker.identity = message["identity"]
-            if isinstance(message.get("requests"), int):
-                worker.requests_at_ready = message["requests"]
-            self._on_ready(worker, now)
-        elif kind == "booted":
-            worker.last_heartbeat = now
-            log.debug("worker %d (pid %d) imported the app", worker.id, worker.pid)
-        elif kind == "boot_error":
-            worker.boot_error = str(message.get("error", "unknown error"))
-        elif kind == "recycle":
-            reason = str(message.get("reason", policies.DEADLINE))
-            self.recycle(worker, reason, str(message.get("detail", "")))
-        elif kind == "draining":
-            if worker.state == READY:
-                worker.state = DRAINING
-                worker.stop_started = now
-            self.metrics.worker_draining(worker.pid)
-        elif kind == "quiesced":
-            self.reloader.on_quiesced(worker)
+    def on_message(self, worker: WorkerProcess, message: Message) -> None:
+        """One message from a worker's control channel (``corral.worker.protocol``)."""
+        kind = protocol.kind_of(message)
+        handler = self._handlers.get(kind) if kind is not None else None
+        if handler is not None:
+            handler(worker, message, self.now())
+
+    def _on_heartbeat(self, worker: WorkerProcess, message: Message, now: float) -> None:
+        worker.last_heartbeat = now
+        stats = message.get("stats")
+        if not isinstance(stats, dict):
+            return
+        worker.stats = stats
+        try:
+            self.metrics.worker_heartbeat(worker.pid, stats)
+        except ValueError as exc:
+            if worker.pid not in self._bad_heartbeats:
+                self._bad_heartbeats.add(worker.pid)
+                log.warning("worker %d (pid %d): heartbeat not usable for metrics: %s", worker.id, worker.pid, exc)
+
+    def _on_ready_message(self, worker: WorkerProcess, message: Message, now: float) -> None:
+        if isinstance(message.get("identity"), dict):
+            worker.identity = message["identity"]
+        if isinstance(message.get("requests"), int):
+            worker.requests_at_ready = message["requests"]
+        self._on_ready(worker, now)
+
+    def _on_booted(self, worker: WorkerProcess, message: Message, now: float) -> None:
+        worker.last_heartbeat = now
+        log.debug("worker %d (pid %d) imported the app", worker.id, worker.pid)
+
+    def _on_boot_error(self, worker: WorkerProcess, message: Message, now: float) -> None:
+        worker.boot_error = str(message.get("error", "unknown error"))
+
+    def _on_draining(self, worker: WorkerProcess, message: Message, now: float) -> None:
+        if worker.state == READY:
+            worker.state = DRAINING
+            worker.stop_started = now
+        self.metrics.worker_draining(worker.pid)
+
+    def _on_quiesced(self, worker: WorkerProcess, message: Message, now: float) -> None:
+        self.reloader.on_quiesced(worker)
 
     def _on_ready(self, worker: WorkerProcess, now: float) -> None:
         if worker.state != BOOTING:
@@ -342,7 +425,8 @@ class Supervisor:
         self.metrics.worker_ready(worker.pid)
         log.info("worker %d (pid %d) ready in %.2fs (slot %d, generation %d)", worker.id, worker.pid,
                  now - worker.spawned_at, worker.slot, worker.generation)
-        generation = self._generation_of(worker)
+        state = self.state
+        generation = state.generation_of(worker)
         if generation is None:
             return
         slot = generation.slot_of(worker)
@@ -351,45 +435,59 @@ class Supervisor:
             old = slot.worker
             slot.worker, slot.successor = worker, None
             if old is not None and old.alive:
-                self._retire(old, old.stop_reason or policies.RELOAD)
-        if self.phase == "starting" and generation is self.generation:
-            # Slots that failed while nothing was ready may be retried now.
-            for s in generation.slots:
-                if s.worker is None and s.restart_at is None:
-                    s.restart_at = now + s.backoff()
-            if generation.all_ready():
-                self.phase = "running"
-                log.info("all %d workers ready: serving", len(generation.slots))
-                self.notifier.ready(self.status_line())
-        if generation is self.pending:
+                self.retire(old, old.stop_reason or policies.RELOAD)
+        if self.phase is Phase.STARTING and generation is state.generation:
+            self._ready_at_start(generation, now)
+        if generation is state.pending:
             self.reloader.on_ready(worker)
-        self._update_status(force=True)
+        self.update_status(force=True)
 
-    def _generation_of(self, worker: WorkerProcess) -> Generation | None:
-        # By slot, not by number: a rolling reload that stops half-way leaves workers of the new
-        # generation in the old one's slots.
-        for generation in (self.generation, self.pending):
-            if generation is not None and generation.slot_of(worker) is not None:
-                return generation
-        return None
+    def _ready_at_start(self, generation: Generation, now: float) -> None:
+        # Slots that failed while nothing was ready may be retried now.
+        for s in generation.slots:
+            if s.worker is None and s.restart_at is None:
+                s.restart_at = now + s.backoff()
+        if generation.all_ready():
+            self.phase = Phase.RUNNING
+            log.info("all %d workers ready: serving", len(generation.slots))
+            self.notifier.ready(self.status_line())
 
     # ------------------------------------------------------------------ process exits
 
     def _reap(self) -> None:
-        for worker in list(self.workers.values()):
+        for worker in list(self.state.workers.values()):
             if worker.poll() is not None:
                 self._on_exit(worker)
 
     def _on_exit(self, worker: WorkerProcess) -> None:
-        now = time.monotonic()
-        self.workers.pop(worker.pid, None)
+        """A worker exited: forget it, then handle its case (one handler each)."""
+        exit = self._forget(worker)
+        if self.phase is Phase.STOPPING:
+            self._exited_while_stopping(exit)
+            return
+        generation = self.state.generation_of(worker)
+        slot = generation.slot_of(worker) if generation is not None else None
+        if generation is None or slot is None:
+            self._retired_exited(exit)
+        elif generation is self.state.pending and self.reloader.on_lost(worker, exit.description):
+            pass  # a reload's new worker died before it was ready: the reload rolled back
+        elif slot.successor is worker:
+            self._successor_exited(exit, slot)
+        else:
+            self._serving_exited(exit, generation, slot)
+
+    def _forget(self, worker: WorkerProcess) -> WorkerExit:
+        """Drop an exited worker from every table; what it left behind is returned."""
+        state = self.state
+        state.workers.pop(worker.pid, None)
         self._processes.pop(worker.pid, None)
         self._bad_heartbeats.discard(worker.pid)
         worker.state = EXITED
-        try:
-            self._loop.remove_reader(worker.channel.fileno())
-        except (ValueError, OSError):
-            pass
+        if self._loop is not None:
+            try:
+                self._loop.remove_reader(worker.channel.fileno())
+            except (ValueError, OSError):
+                pass  # the channel is already closed: nothing is watched any more
         self._drain_channel(worker)
         # Read before close(): the requests it was serving, maybe the one that killed it.
         in_flight = worker.in_flight()
@@ -398,136 +496,143 @@ class Supervisor:
         if self.cells is not None:
             self.cells.give_back(worker.balance_cell)
         self.metrics.worker_exited(worker.pid, restart_reason=self._restart_reason(worker))
-        if worker in self.retiring:
-            self.retiring.remove(worker)
-        if self.recycling is worker:
-            self.recycling = None
+        if worker in state.retiring:
+            state.retiring.remove(worker)
+        if state.recycling is worker:
+            state.recycling = None
         self.reloader.on_worker_gone(worker)
-        description = _describe_exit(worker.returncode)
-        if self.phase == "stopping":
-            log.info("worker %d (pid %d) %s", worker.id, worker.pid, description)
-            self._check_stopped()
-            return
-        generation = self._generation_of(worker)
-        slot = generation.slot_of(worker) if generation is not None else None
-        if slot is None:
-            # A retired worker (drained after a recycle, reload or scale-down).
-            level = logging.INFO if worker.returncode == 0 or worker.stop_reason else logging.WARNING
-            log.log(level, "worker %d (pid %d, %s) %s", worker.id, worker.pid,
-                    worker.stop_reason or "retired", description)
-            self._update_status(force=True)
-            return
-        if generation is self.pending and self.reloader.on_lost(worker, description):
-            return
-        if slot.successor is worker:
-            # The replacement of a recycle died before it was ready: keep the old one serving.
-            slot.successor = None
-            slot.note_exit(worker, now, served)
-            slot.last_error = worker.boot_error or description
-            if self.recycling is slot.worker:
-                self.recycling = None
-            if slot.worker is not None:
-                slot.worker.stop_reason = None  # it stays: it is not being replaced after all
-            log.error("replacement worker %d (pid %d) %s before it was ready; worker %d keeps serving "
-                      "(recycle retried in %.1fs)%s", worker.id, worker.pid, description,
-                      slot.worker.id if slot.worker else -1, slot.backoff(), _error_suffix(worker))
-            self._update_status(force=True)
-            return
-        # The slot's serving (or first booting) worker is gone.
+        return WorkerExit(worker, self.now(), _describe_exit(worker.returncode), in_flight, served)
+
+    def _exited_while_stopping(self, exit: WorkerExit) -> None:
+        worker = exit.worker
+        log.info("worker %d (pid %d) %s", worker.id, worker.pid, exit.description)
+        self._check_stopped()
+
+    def _retired_exited(self, exit: WorkerExit) -> None:
+        """A retired worker (drained after a recycle, reload or scale-down) is gone."""
+        worker = exit.worker
+        level = logging.INFO if worker.returncode == 0 or worker.stop_reason else logging.WARNING
+        log.log(level, "worker %d (pid %d, %s) %s", worker.id, worker.pid, worker.stop_reason or "retired",
+                exit.description)
+        self.update_status(force=True)
+
+    def _successor_exited(self, exit: WorkerExit, slot: Slot) -> None:
+        """The replacement of a recycle died before it was ready: keep the old one serving."""
+        worker = exit.worker
+        slot.successor = None
+        slot.note_exit(worker, exit.now, exit.served)
+        slot.last_error = worker.boot_error or exit.description
+        if self.state.recycling is slot.worker:
+            self.state.recycling = None
+        if slot.worker is not None:
+            slot.worker.stop_reason = None  # it stays: it is not being replaced after all
+        log.error("replacement worker %d (pid %d) %s before it was ready; worker %d keeps serving "
+                  "(recycle retried in %.1fs)%s", worker.id, worker.pid, exit.description,
+                  slot.worker.id if slot.worker else -1, slot.backoff(), _error_suffix(worker))
+        self.update_status(force=True)
+
+    def _serving_exited(self, exit: WorkerExit, generation: Generation, slot: Slot) -> None:
+        """The slot's serving (or first booting) worker is gone."""
+        worker = exit.worker
         slot.worker = None
-        never_ready = worker.ready_at is None
-        reason = worker.stop_reason or (policies.BOOT_FAILED if never_ready else policies.CRASH)
-        verdict = slot.note_exit(worker, now, served)
-        slot.last_error = worker.boot_error or description
+        verdict = slot.note_exit(worker, exit.now, exit.served)
+        slot.last_error = worker.boot_error or exit.description
         if slot.successor is not None:
             # A recycle was under way: its replacement takes the slot.
             slot.worker, slot.successor = slot.successor, None
             slot.restart_at = None
-        if never_ready and self.phase == "starting" and not self._anything_ready(generation):
-            slot.restart_at = None  # retried once some worker proves the app can boot
-            log.error("worker %d (pid %d) %s before it was ready%s", worker.id, worker.pid, description,
-                      _error_suffix(worker))
-            if all(s.worker is None for s in generation.slots):
-                self.fatal_error = ("no worker could boot: " + (worker.boot_error or description)
-                                    + _boot_fix_hint(worker.boot_error))
-                self.exit_code = EXIT_BOOT_FAILED
-                self.notifier.send(STATUS=self.fatal_error[:400])
-                self.stop(graceful=False)
-            self._update_status(force=True)
+        if worker.ready_at is None and self.phase is Phase.STARTING and not _anything_ready(generation):
+            self._boot_failed_at_start(exit, generation, slot)
+        elif slot.worker is None:
+            self._replace(exit, slot, verdict)
+        self.update_status(force=True)
+
+    def _boot_failed_at_start(self, exit: WorkerExit, generation: Generation, slot: Slot) -> None:
+        """No worker has proved the app can boot yet: retry only once one does; none left: give up."""
+        worker = exit.worker
+        slot.restart_at = None  # retried once some worker proves the app can boot
+        log.error("worker %d (pid %d) %s before it was ready%s", worker.id, worker.pid, exit.description,
+                  _error_suffix(worker))
+        if all(s.worker is None for s in generation.slots):
+            self.fatal_error = ("no worker could boot: " + (worker.boot_error or exit.description)
+                                + _boot_fix_hint(worker.boot_error))
+            self.exit_code = EXIT_BOOT_FAILED
+            self.notifier.send(STATUS=self.fatal_error[:400])
+            self.stop(graceful=False)
+
+    def _replace(self, exit: WorkerExit, slot: Slot, verdict: ExitVerdict) -> None:
+        """Schedule the slot's next worker (at once after a served worker's crash; a boot failure
+        backs off) and say so."""
+        worker, now = exit.worker, exit.now
+        reason = worker.stop_reason or (policies.BOOT_FAILED if worker.ready_at is None else policies.CRASH)
+        slot.replaces = f"replaces worker {worker.id} ({reason})"
+        self._schedule_restart(slot, now)
+        level = logging.INFO if worker.stop_reason == policies.HUNG else logging.ERROR
+        if verdict is ExitVerdict.SERVED:
+            # It served: the app boots, a request (or something else at run time) killed it.
+            serving = f" while serving {inflight.describe(exit.in_flight)}" if exit.in_flight else ""
+            log.log(level, "worker %d (pid %d, slot %d) %s (%s)%s; %s", worker.id, worker.pid, slot.index,
+                    exit.description, reason, serving, self._when(slot.restart_at, now))
             return
-        if slot.worker is None:
-            slot.replaces = f"replaces worker {worker.id} ({reason})"
-            self._schedule_restart(slot, now)
-            if verdict is ExitVerdict.SERVED:
-                # It served: the app boots, a request (or something else at run time) killed it.
-                serving = f" while serving {inflight.describe(in_flight)}" if in_flight else ""
-                log.log(logging.INFO if worker.stop_reason == policies.HUNG else logging.ERROR,
-                        "worker %d (pid %d, slot %d) %s (%s)%s; %s", worker.id, worker.pid, slot.index,
-                        description, reason, serving, self._when(slot.restart_at, now))
-            else:
-                early = "" if never_ready else (f": it died {now - worker.ready_at:.2f}s after it became ready, "
-                                                "before serving a request")
-                log.log(logging.INFO if worker.stop_reason == policies.HUNG else logging.ERROR,
-                        "worker %d (pid %d, slot %d) %s (%s)%s; restarting in %.1fs%s", worker.id, worker.pid,
-                        slot.index, description, reason, early, max(slot.restart_at - now, 0.0),
-                        _error_suffix(worker))
-        self._update_status(force=True)
+        early = "" if worker.ready_at is None else (f": it died {now - worker.ready_at:.2f}s after it became "
+                                                    "ready, before serving a request")
+        delay = max((slot.restart_at or now) - now, 0.0)
+        log.log(level, "worker %d (pid %d, slot %d) %s (%s)%s; restarting in %.1fs%s", worker.id, worker.pid,
+                slot.index, exit.description, reason, early, delay, _error_suffix(worker))
 
     def _schedule_restart(self, slot: Slot, now: float) -> None:
         """Start the slot's next worker when its backoff says, within the global respawn budget."""
         if slot.restart_at is None:
             return
-        slot.restart_at = self.respawns.reserve(slot.restart_at, now)
+        slot.restart_at = self.state.respawns.reserve(slot.restart_at, now)
         self._wake_at(slot.restart_at)
 
     def _when(self, restart_at: float | None, now: float) -> str:
         delay = 0.0 if restart_at is None else restart_at - now
         if delay < 0.05:
             return "replacing it now"
-        return (f"replacing it in {delay:.1f}s (respawn budget: {self.respawns.rate:g} "
+        return (f"replacing it in {delay:.1f}s (respawn budget: {self.state.respawns.rate:g} "
                 "replacements per second; crashes come faster)")
 
     def _wake_at(self, when: float | None) -> None:
         """Run the restart check at ``when`` rather than at the next tick: capacity comes back sooner."""
         if when is not None and self._loop is not None:
-            self._loop.call_later(max(when - time.monotonic(), 0.0), self._restart_due_now)
+            self._loop.call_later(max(when - self.now(), 0.0), self._restart_due_now)
 
     def _restart_due_now(self) -> None:
-        if self.phase != "stopping":
-            self._restart_due(time.monotonic())
+        if self.phase is not Phase.STOPPING:
+            self._restart_due(self.now())
 
     def _restart_reason(self, worker: WorkerProcess) -> str | None:
         """Why a worker was replaced, for the restart counters; None when it was not replaced
         (a stop, a scale-down, a rolled-back generation)."""
-        if self.phase == "stopping" and worker.stop_reason in (None, policies.STOP):
+        if self.phase is Phase.STOPPING and worker.stop_reason in (None, policies.STOP):
             return None
-        if worker.stop_reason is None and self.generation is not None \
-                and worker.generation > self.generation.number:
+        generation = self.state.generation
+        if worker.stop_reason is None and generation is not None and worker.generation > generation.number:
             return None  # a reload's new worker that failed: the reload rolls back, nothing is restarted
         reason = worker.stop_reason or (policies.BOOT_FAILED if worker.ready_at is None else policies.CRASH)
         return reason if reason in RESTART_REASONS else None
 
     def _drain_channel(self, worker: WorkerProcess) -> None:
+        """The last messages of an exited worker: its boot error and final counters."""
         try:
             for message in worker.channel.receive():
-                if message.get("t") == "boot_error":
+                kind = protocol.kind_of(message)
+                if kind is Kind.BOOT_ERROR:
                     worker.boot_error = str(message.get("error"))
-                elif message.get("t") == "hb" and isinstance(message.get("stats"), dict):
+                elif kind is Kind.HEARTBEAT and isinstance(message.get("stats"), dict):
                     worker.stats = message["stats"]
         except (ChannelClosed, OSError):
-            pass
-
-    @staticmethod
-    def _anything_ready(generation: Generation) -> bool:
-        return any(w.ready_at is not None for w in generation.workers())
+            pass  # the end of what it sent
 
     # ------------------------------------------------------------------ the periodic tick
 
     def tick(self) -> None:
-        now = time.monotonic()
+        now = self.now()
         self._reap()
         self._enforce_deadlines(now)
-        if self.phase == "stopping":
+        if self.phase is Phase.STOPPING:
             if now - self.last_extend >= 5.0 and self.stop_deadline:
                 self.last_extend = now
                 self.notifier.extend_timeout(max(self.stop_deadline - now, 0) + 10)
@@ -538,20 +643,20 @@ class Supervisor:
         if now - self.last_sample >= self.config.policy_interval:
             self.last_sample = now
             self._sample(now)
-        if self.phase == "starting" and now - self.last_extend >= 5.0:
+        if self.phase is Phase.STARTING and now - self.last_extend >= 5.0:
             # A slow boot that is still progressing (a worker within its boot_timeout) keeps
             # systemd's start timeout ahead of it; a start that only crash-loops does not.
-            booting = [w for w in self.workers.values() if w.state == BOOTING]
+            booting = [w for w in self.state.workers.values() if w.state == BOOTING]
             if booting:
                 self.last_extend = now
                 left = max(self.config.boot_timeout - min(w.age(now) for w in booting), 0.0)
                 self.notifier.extend_timeout(left + 10)
         self._watchdog(now)
         self.reloader.tick(now)
-        self._update_status()
+        self.update_status()
 
     def _enforce_deadlines(self, now: float) -> None:
-        for worker in list(self.workers.values()):
+        for worker in list(self.state.workers.values()):
             if worker.kill_at is not None and now >= worker.kill_at and worker.poll() is None:
                 if worker.state != KILLED:
                     log.warning("worker %d (pid %d) did not stop in time (%s); killing it", worker.id,
@@ -560,40 +665,45 @@ class Supervisor:
                 worker.kill_at = now + 5.0  # re-sent if it somehow survives
 
     def _restart_due(self, now: float) -> None:
-        for generation in (self.generation, self.pending):
+        for generation in (self.state.generation, self.state.pending):
             if generation is None:
                 continue
             for slot in generation.slots:
                 if slot.worker is None and slot.restart_at is not None and now >= slot.restart_at:
-                    self._start_worker(generation, slot)
+                    self.start_worker(generation, slot)
 
     def _watch_health(self, now: float) -> None:
-        for worker in list(self.workers.values()):
-            if worker.state == BOOTING and worker.age(now) > self._config_of(worker).boot_timeout:
+        for worker in list(self.state.workers.values()):
+            if worker.state == BOOTING and worker.age(now) > self.config_of(worker).boot_timeout:
                 worker.boot_error = worker.boot_error or (
-                    f"not ready after boot_timeout={self._config_of(worker).boot_timeout:g}s "
+                    f"not ready after boot_timeout={self.config_of(worker).boot_timeout:g}s "
                     "(app import + lifespan startup); raise boot_timeout if the app is just slow")
                 log.error("worker %d (pid %d) %s; killing it", worker.id, worker.pid, worker.boot_error)
                 worker.kill_hung(policies.BOOT_TIMEOUT, now, HUNG_KILL_GRACE)
             elif worker.state in (READY, DRAINING):
-                age = worker.heartbeat_age(now)
-                timeout = self._config_of(worker).timeout
-                if age is not None and age > timeout:
-                    in_flight = worker.in_flight()
-                    log.error("worker %d (pid %d) sent no heartbeat for %.1fs (timeout %gs): its event loop "
-                              "is blocked%s; dumping its traceback, then killing it", worker.id, worker.pid,
-                              age, timeout, f" serving {inflight.describe(in_flight)}" if in_flight else "")
-                    self._take_out_of_slot(worker, policies.HUNG, now)
-                    worker.kill_hung(policies.HUNG, now, HUNG_KILL_GRACE)
-            if worker.state == READY and self.phase == "running" and not self.reloader.busy:
+                self._check_heartbeat(worker, now)
+            if worker.state == READY and self.phase is Phase.RUNNING and not self.reloader.busy:
                 verdict = policies.check_counters(worker.stats, worker.age(now), worker.max_requests,
                                                   worker.max_lifetime)
                 if verdict is not None:
                     self.recycle(worker, verdict.reason, verdict.detail)
 
+    def _check_heartbeat(self, worker: WorkerProcess, now: float) -> None:
+        age = worker.heartbeat_age(now)
+        timeout = self.config_of(worker).timeout
+        if age is None or age <= timeout:
+            return
+        in_flight = worker.in_flight()
+        log.error("worker %d (pid %d) sent no heartbeat for %.1fs (timeout %gs): its event loop "
+                  "is blocked%s; dumping its traceback, then killing it", worker.id, worker.pid,
+                  age, timeout, f" serving {inflight.describe(in_flight)}" if in_flight else "")
+        self._take_out_of_slot(worker, policies.HUNG, now)
+        worker.kill_hung(policies.HUNG, now, HUNG_KILL_GRACE)
+
     def _take_out_of_slot(self, worker: WorkerProcess, reason: str, now: float) -> None:
         """A hung worker serves nothing: free its slot and start the replacement right away."""
-        generation = self._generation_of(worker)
+        state = self.state
+        generation = state.generation_of(worker)
         slot = generation.slot_of(worker) if generation else None
         worker.stop_reason = reason
         self.metrics.worker_draining(worker.pid)
@@ -601,18 +711,18 @@ class Supervisor:
             return
         if slot.worker is worker:
             slot.worker, slot.successor = slot.successor, None
-            if self.recycling is worker:
-                self.recycling = None
+            if state.recycling is worker:
+                state.recycling = None
             if slot.worker is None:
                 slot.note_exit(worker, now, worker.served_any())
                 slot.replaces = f"replaces worker {worker.id} ({reason})"
                 self._schedule_restart(slot, now)  # a worker that served is replaced at once
         elif slot.successor is worker:
             slot.successor = None
-        self.retiring.append(worker)
+        state.retiring.append(worker)
 
     def _sample(self, now: float) -> None:
-        for worker in list(self.workers.values()):
+        for worker in list(self.state.workers.values()):
             sample = self._sample_one(worker)
             if sample is None:
                 continue
@@ -622,9 +732,9 @@ class Supervisor:
                                             cpu_seconds=sample["cpu_ms"] / 1000, open_fds=sample["fds"])
             except KeyError:
                 pass  # exited between the sample and now
-            if worker.state != READY or self.phase != "running":
+            if worker.state != READY or self.phase is not Phase.RUNNING:
                 continue
-            verdict = policies.check_sample(self._config_of(worker), sample, worker.breaches)
+            verdict = policies.check_sample(self.config_of(worker), sample, worker.breaches)
             if verdict is not None:
                 self.recycle(worker, verdict.reason, verdict.detail)
 
@@ -641,11 +751,9 @@ class Supervisor:
         except (psutil.Error, OSError):
             return None
 
-    def _config_of(self, worker: WorkerProcess) -> Config:
-        for generation in (self.generation, self.pending):
-            if generation is not None and generation.number == worker.generation:
-                return generation.config
-        return self.config
+    def config_of(self, worker: WorkerProcess) -> Config:
+        """The config ``worker`` was started with (the serving config if its generation is gone)."""
+        return self.state.config_of(worker) or self.config
 
     # ------------------------------------------------------------------ recycling
 
@@ -655,30 +763,32 @@ class Supervisor:
         At most one recycle runs at a time; a policy that trips meanwhile trips again
         on a later sample.
         """
-        if worker.state != READY or self.phase != "running" or self.reloader.busy:
+        state = self.state
+        if worker.state != READY or self.phase is not Phase.RUNNING or self.reloader.busy:
             return False
-        if self.recycling is not None and self.recycling.alive:
+        if state.recycling is not None and state.recycling.alive:
             return False
-        generation = self._generation_of(worker)
+        generation = state.generation_of(worker)
         slot = generation.slot_of(worker) if generation else None
-        if slot is None or slot.worker is not worker or slot.successor is not None:
+        if generation is None or slot is None or slot.worker is not worker or slot.successor is not None:
             return False
-        if slot.restart_at is not None and time.monotonic() < slot.restart_at:
+        if slot.restart_at is not None and self.now() < slot.restart_at:
             return False  # the last replacement failed to boot: back off
         log.info("recycling worker %d (pid %d, slot %d): %s%s", worker.id, worker.pid, slot.index, reason,
                  f" ({detail})" if detail else "")
         worker.stop_reason = reason
-        self.recycling = worker
-        if self._start_worker(generation, slot, successor_of=worker) is None:
-            self.recycling = None
+        state.recycling = worker
+        if self.start_worker(generation, slot, successor_of=worker) is None:
+            state.recycling = None
             worker.stop_reason = None
             return False
         return True
 
-    def _retire(self, worker: WorkerProcess, reason: str) -> None:
-        if worker not in self.retiring:
-            self.retiring.append(worker)
-        worker.stop_gracefully(reason, self._config_of(worker).graceful_timeout, time.monotonic())
+    def retire(self, worker: WorkerProcess, reason: str) -> None:
+        """Drain ``worker`` (SIGTERM): it finishes its requests and exits; it is no longer in a slot."""
+        if worker not in self.state.retiring:
+            self.state.retiring.append(worker)
+        worker.stop_gracefully(reason, self.config_of(worker).graceful_timeout, self.now())
         self.metrics.worker_draining(worker.pid)
         if self.balance is not None and worker.balance_cell >= 0:
             self.balance.set(worker.balance_cell, False, 0)
@@ -694,72 +804,74 @@ class Supervisor:
         """Deploy: a new generation replaces the current one once it passed the gate (reload.py)."""
         self.reloader.request(waiter, notify)
 
-    def _generation_changed(self, generation: Generation) -> None:
-        """A reload's generation now serves."""
+    def generation_serves(self, generation: Generation) -> None:
+        """A reload's generation now serves (its cut-over)."""
+        state = self.state
+        state.pending = None
+        state.generation = generation
+        state.recycling = None
+        self.config = generation.config
+        self.phase = Phase.RUNNING
         self.metrics.set_generation(generation.number)
         self.metrics.set_desired_workers(len(generation.slots))
-        self.respawns.resize(len(generation.slots))
+        state.respawns.resize(len(generation.slots))
 
-    def _reload_finished(self, outcome: ReloadOutcome, result: str) -> None:
+    def reload_finished(self, outcome: ReloadOutcome, result: ReloadResult) -> None:
         self.metrics.reload_finished(result, outcome.duration)
 
     def code_description(self, generation: Generation | None = None) -> str:
         """The app code a generation serves, as its workers reported it (e.g. ``v1.4.2 git 3f2a9c01de``)."""
-        generation = generation or self.generation
+        generation = generation or self.state.generation
         if generation is None:
             return ""
         seen = [identity.describe_app(w.identity) for w in generation.workers() if w.identity]
         return max(set(seen), key=seen.count) if seen else ""
 
-    def _config_of_id(self, worker_id: int) -> Config:
-        worker = self._worker_by_id(worker_id)
-        return self._config_of(worker) if worker is not None else self.config
-
-    def _worker_by_id(self, worker_id: int) -> WorkerProcess | None:
-        return next((w for w in self.workers.values() if w.id == worker_id), None)
-
-    def _gen_number(self) -> int:
-        return self.generation.number if self.generation else 0
-
     # ------------------------------------------------------------------ scaling, logs
 
     def scale(self, delta: int) -> None:
         """TTIN/TTOU: one worker more or fewer in the serving generation (never below one)."""
-        generation = self.generation
-        if generation is None or self.phase not in ("running", "starting"):
+        generation = self.state.generation
+        if generation is None or self.phase not in (Phase.RUNNING, Phase.STARTING):
             return
         if delta > 0:
-            slot = Slot(len(generation.slots))
-            if self.config.reuse_port and not self.listeners.from_systemd:
-                known = {id(item) for item in self.listeners.items}
-                try:
-                    bind_reuse_port_group(self.listeners, self.config.bind, self.config.backlog, slot.index + 1)
-                except Exception as exc:
-                    log.error("TTIN: cannot bind a socket for slot %d: %s", slot.index, exc)
-                    return
-                for item in self.listeners.items:
-                    if id(item) not in known:
-                        self._watch_listener(item)
-            generation.slots.append(slot)
-            self.metrics.set_desired_workers(len(generation.slots))
-            self.respawns.resize(len(generation.slots))
-            log.info("TTIN: adding a worker (now %d)", len(generation.slots))
-            self._start_worker(generation, slot)
+            self._scale_up(generation)
         elif len(generation.slots) > 1:
-            slot = generation.slots.pop()
-            self.metrics.set_desired_workers(len(generation.slots))
-            self.respawns.resize(len(generation.slots))
-            log.info("TTOU: removing the worker of slot %d (now %d)", slot.index, len(generation.slots))
-            for worker in slot.workers():
-                if self.recycling is worker:
-                    self.recycling = None
-                worker.stop_reason = policies.SCALE_DOWN
-                self._retire(worker, policies.SCALE_DOWN)
-            if self.config.reuse_port and not self.listeners.from_systemd:
-                self._close_reuse_port_group(slot.index + 1)
+            self._scale_down(generation)
         else:
             log.info("TTOU: already at one worker")
-        self._update_status(force=True)
+        self.update_status(force=True)
+
+    def _scale_up(self, generation: Generation) -> None:
+        slot = Slot(len(generation.slots))
+        if self.config.reuse_port and not self.listeners.from_systemd:
+            known = {id(item) for item in self.listeners.items}
+            try:
+                bind_reuse_port_group(self.listeners, self.config.bind, self.config.backlog, slot.index + 1)
+            except (SocketError, OSError) as exc:
+                log.error("TTIN: cannot bind a socket for slot %d: %s", slot.index, exc)
+                return
+            for item in self.listeners.items:
+                if id(item) not in known:
+                    self._watch_listener(item)
+        generation.slots.append(slot)
+        self.metrics.set_desired_workers(len(generation.slots))
+        self.state.respawns.resize(len(generation.slots))
+        log.info("TTIN: adding a worker (now %d)", len(generation.slots))
+        self.start_worker(generation, slot)
+
+    def _scale_down(self, generation: Generation) -> None:
+        slot = generation.slots.pop()
+        self.metrics.set_desired_workers(len(generation.slots))
+        self.state.respawns.resize(len(generation.slots))
+        log.info("TTOU: removing the worker of slot %d (now %d)", slot.index, len(generation.slots))
+        for worker in slot.workers():
+            if self.state.recycling is worker:
+                self.state.recycling = None
+            worker.stop_reason = policies.SCALE_DOWN
+            self.retire(worker, policies.SCALE_DOWN)
+        if self.config.reuse_port and not self.listeners.from_systemd:
+            self._close_reuse_port_group(slot.index + 1)
 
     def _close_reuse_port_group(self, group: int) -> None:
         for item in [i for i in self.listeners.items if i.group == group]:
@@ -772,7 +884,7 @@ class Supervisor:
     def reopen_logs(self) -> None:
         """USR1: reopen log files (ours and, by forwarding the signal, the workers')."""
         reopen_log_files()
-        for worker in self.workers.values():
+        for worker in self.state.workers.values():
             worker.signal(signal.SIGUSR1)
         log.info("USR1: log files reopened")
 
@@ -780,48 +892,51 @@ class Supervisor:
 
     def stop(self, graceful: bool) -> None:
         """TERM: graceful (drain within graceful_timeout). INT/QUIT: fast."""
-        now = time.monotonic()
-        if self.phase == "stopping":
+        now = self.now()
+        workers = self.state.workers
+        if self.phase is Phase.STOPPING:
             if not graceful and self.stop_mode == "graceful":
                 log.info("fast stop requested during graceful stop")
                 self.stop_mode = "fast"
-                for worker in list(self.workers.values()):
+                for worker in list(workers.values()):
                     worker.stop_fast(policies.STOP, now, FAST_STOP_GRACE)
             return
-        self.phase = "stopping"
+        self.phase = Phase.STOPPING
         self.stop_mode = "graceful" if graceful else "fast"
         if self.fatal_error is None:
-            log.info("%s stop: stopping %d workers", self.stop_mode, len(self.workers))
+            log.info("%s stop: stopping %d workers", self.stop_mode, len(workers))
         grace = self.config.graceful_timeout if graceful else FAST_STOP_GRACE
         self.stop_deadline = now + grace + 5.0
         self.notifier.stopping(self.fatal_error[:400] if self.fatal_error else
-                               f"stopping: draining {len(self.workers)} workers")
+                               f"stopping: draining {len(workers)} workers")
         self.reloader.abort("corral is stopping")
-        for worker in list(self.workers.values()):
+        for worker in list(workers.values()):
             if worker.state == KILLED:
                 continue
             if graceful and worker.state != BOOTING:
-                worker.stop_gracefully(policies.STOP, self._config_of(worker).graceful_timeout, now)
+                worker.stop_gracefully(policies.STOP, self.config_of(worker).graceful_timeout, now)
             else:
                 worker.stop_fast(policies.STOP, now, FAST_STOP_GRACE)
         self._check_stopped()
 
     def _check_stopped(self) -> None:
         self._reap()
-        if self.phase == "stopping" and not self.workers and self._done is not None:
+        if self.phase is Phase.STOPPING and not self.state.workers and self._done is not None:
             if self.fatal_error is None:
                 log.info("all workers stopped; exiting")
             self._done.set()
 
     def _kill_everything(self) -> None:
-        for worker in list(self.workers.values()):
+        for worker in list(self.state.workers.values()):
             worker.signal(signal.SIGKILL)
             try:
-                worker.proc.wait(5)
-            except Exception:
-                pass
+                worker.proc.wait(KILL_WAIT)
+            except subprocess.TimeoutExpired:
+                # Only a process stuck in the kernel (uninterruptible I/O) outlives SIGKILL.
+                log.error("worker %d (pid %d) is still alive %gs after SIGKILL (stuck in the kernel?); "
+                          "exiting without it", worker.id, worker.pid, KILL_WAIT)
             worker.close()
-        self.workers.clear()
+        self.state.workers.clear()
 
     # ------------------------------------------------------------------ systemd and status
 
@@ -829,24 +944,27 @@ class Supervisor:
         usec = self.notifier.watchdog_usec
         if not usec or now - self.last_watchdog < usec / 2_000_000:
             return
-        fresh = any(w.state == READY and (w.heartbeat_age(now) or 0) < self._config_of(w).timeout
-                    for w in self.workers.values())
+        fresh = any(w.state == READY and (w.heartbeat_age(now) or 0) < self.config_of(w).timeout
+                    for w in self.state.workers.values())
         if fresh:
             self.last_watchdog = now
             self.notifier.watchdog()
 
     def status_line(self) -> str:
-        from corral.supervisor.status import status_line
-
         return status_line(self)
 
-    def _update_status(self, force: bool = False) -> None:
-        now = time.monotonic()
+    def update_status(self, force: bool = False) -> None:
+        """STATUS= for systemd, at most once a second unless ``force``."""
+        now = self.now()
         if not force and now - self._last_status < 1.0:
             return
         self._last_status = now
-        if self.phase != "stopping":
+        if self.phase is not Phase.STOPPING:
             self.notifier.status(self.status_line())
+
+
+def _anything_ready(generation: Generation) -> bool:
+    return any(w.ready_at is not None for w in generation.workers())
 
 
 def _describe_exit(returncode: int | None) -> str:

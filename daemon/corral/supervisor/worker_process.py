@@ -9,10 +9,10 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from corral.supervisor import policies
-from corral.worker import inflight
+from corral.worker import inflight, protocol
 from corral.worker.protocol import Channel, socketpair
 
 log = logging.getLogger("corral.supervisor")
@@ -25,12 +25,28 @@ KILLED = "killed"  # hung or overdue: traceback requested / SIGKILL sent
 EXITED = "exited"
 
 
+class Process(Protocol):
+    """What the supervisor uses of a child process: ``subprocess.Popen``, a process adopted
+    across a re-exec (``reexec.AdoptedProcess``) or a test's fake."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None:
+        """Signal it, unless it is known to have exited (never a recycled pid)."""
+        ...
+
+
 @dataclass
 class WorkerProcess:
     id: int  # unique for the supervisor's lifetime
     slot: int
     generation: int
-    proc: subprocess.Popen
+    proc: Process
     channel: Channel
     balance_cell: int = -1
     state: str = BOOTING
@@ -71,11 +87,11 @@ class WorkerProcess:
         return (now or time.monotonic()) - self.last_heartbeat
 
     def signal(self, sig: int) -> bool:
-        """Send a signal by pid; False if the process is already gone."""
+        """Send a signal; False if the process is already gone."""
         if self.proc.returncode is not None:
             return False
         try:
-            os.kill(self.proc.pid, sig)
+            self.proc.send_signal(sig)
         except ProcessLookupError:
             return False
         return True
@@ -110,7 +126,7 @@ class WorkerProcess:
         at once) or is stopping (1001 Going Away). Sent first on the same ordered channel, so the
         worker has it by the time it handles the signal; a lost message only means 1001."""
         # ``reason``, not stop_reason: a worker being recycled when corral stops is going away.
-        self.channel.send({"t": "retiring", "reason": reason, "restart": reason != policies.STOP})
+        self.channel.send(protocol.retiring(reason, restart=reason != policies.STOP))
 
     def kill_hung(self, reason: str, now: float, grace: float = 1.0) -> None:
         """Ask for a traceback (faulthandler on SIGUSR2), SIGKILL after ``grace``."""
@@ -153,8 +169,8 @@ def spawn(worker_id: int, slot: int, generation: int, argv: Sequence[str], env: 
     parent, child = socketpair()
     table = inflight.create(in_flight_slots) if in_flight_slots > 0 else -1
     try:
-        args = list(argv) + ["--channel-fd", str(child.fileno()), "--slot", str(slot),
-                             "--generation", str(generation)]
+        args = [*argv, "--channel-fd", str(child.fileno()), "--slot", str(slot),
+                "--generation", str(generation)]
         proc = subprocess.Popen(
             args, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
             pass_fds=(child.fileno(), *listener_fds, *extra_fds, *([table] if table >= 0 else [])),

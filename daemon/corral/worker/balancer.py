@@ -45,7 +45,7 @@ class AcceptBalancer:
         self._tick()
 
     def _tick(self) -> None:
-        if not self._running:
+        if not self._running or self._loop is None:  # the loop is set by start(), before running
             return
         self.check()
         self._handle = self._loop.call_later(CHECK_INTERVAL, self._tick)

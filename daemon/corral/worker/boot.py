@@ -32,12 +32,14 @@ def _pin_corral() -> None:
     package_dir = os.path.dirname(here)
     spec = importlib.util.spec_from_file_location(
         "corral", os.path.join(package_dir, "__init__.py"), submodule_search_locations=[package_dir])
+    if spec is None or spec.loader is None:  # only if this file's own directory vanished under us
+        raise ImportError(f"cannot load corral from {package_dir}")
     module = importlib.util.module_from_spec(spec)
     sys.modules["corral"] = module
     spec.loader.exec_module(module)
 
 
-def _take_paths(argv: list) -> list:
+def _take_paths(argv: list[str]) -> list[str]:
     while len(argv) >= 2 and argv[0] == "--path":
         if argv[1] not in sys.path:
             sys.path.append(argv[1])

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import Any
 
-from corral.worker.main import DEPENDENCY_HINT
+from corral.config import Config
+
+# The worker's third-party dependencies, and what to do when the app's interpreter lacks them
+# (said by `corral check` and by a worker that cannot start).
+DEPENDENCY_HINT = ("install uvloop>=0.23 and httptools into the app's environment "
+                   "(pip install 'uvloop>=0.23' httptools), or run the app under corral's own interpreter")
 
 
-def check(config: dict[str, Any]) -> int:
+def check(config: Config) -> int:
     """Import the app named by the config and validate the engine settings; 0 when all is well."""
     problems = 0
     for name in ("uvloop", "httptools"):
@@ -28,7 +32,11 @@ def check(config: dict[str, Any]) -> int:
     try:
         from corral.engine.settings import EngineSettings
 
-        EngineSettings(**config.get("engine", {}))
+        settings = EngineSettings(**config.engine)
+        from corral.engine.tlsconfig import warnings as tls_warnings
+
+        for warning in tls_warnings(settings):  # an expiring certificate, a key others can read
+            print(f"corral: warning: {warning}", file=sys.stderr)
     except (TypeError, ValueError) as exc:
         print(f"corral: invalid engine setting: {exc}", file=sys.stderr)
         problems += 1
@@ -37,23 +45,26 @@ def check(config: dict[str, Any]) -> int:
         problems += 1
     from corral.appload import detect_interface, load_app
 
+    if config.app is None:
+        print("corral: no app given: pass MODULE:ATTR or set app: in the config", file=sys.stderr)
+        return 1
     try:
-        app = load_app(config["app"], app_dir=config.get("app_dir"))
-    except Exception as exc:
+        app = load_app(config.app, app_dir=config.app_dir)
+    except Exception as exc:  # noqa: BLE001  (importing the app runs its code, which may raise anything)
         traceback.print_exception(exc, file=sys.stderr)
         message = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
-        print(f"corral: cannot load the app {config['app']!r}: {message}", file=sys.stderr)
+        print(f"corral: cannot load the app {config.app!r}: {message}", file=sys.stderr)
         return 1
-    interface = config.get("interface", "auto")
+    interface = config.interface
     detected = detect_interface(app)
     if interface == "auto":
         interface = detected
     elif interface != detected:
-        print(f"corral: warning: interface is {interface!r} but {config['app']} looks like {detected}",
+        print(f"corral: warning: interface is {interface!r} but {config.app} looks like {detected}",
               file=sys.stderr)
     if problems:
         return 1
-    print(f"app ok: {config['app']} ({interface}) with {sys.executable}")
+    print(f"app ok: {config.app} ({interface}) with {sys.executable}")
     return 0
 
 

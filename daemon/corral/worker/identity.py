@@ -28,7 +28,8 @@ def app_identity(spec: str, app_dir: str | None = None) -> dict[str, Any]:
     module_name = spec.partition(":")[0]
     module = sys.modules.get(module_name)
     top = sys.modules.get(module_name.partition(".")[0])
-    path = Path(module.__file__).resolve() if module is not None and getattr(module, "__file__", None) else None
+    file = getattr(module, "__file__", None)  # None for a namespace package or a built-in
+    path = Path(file).resolve() if isinstance(file, str) and file else None
     return {
         "module": module_name,
         "version": _version(module, top, module_name),
@@ -48,7 +49,7 @@ def _version(module: Any, top: Any, module_name: str) -> str | None:
         names = importlib.metadata.packages_distributions().get(module_name.partition(".")[0], [])
         if names:
             return importlib.metadata.version(names[0])
-    except Exception:  # broken metadata must never fail a boot
+    except Exception:  # noqa: BLE001  a third party's broken metadata may raise anything; it must never fail a boot
         return None
     return None
 

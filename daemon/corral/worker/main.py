@@ -25,24 +25,28 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from corral.config import Config, ConfigError
 from corral.logs import reopen_log_files, setup_logging
-from corral.worker import probe
+from corral.worker import probe, protocol
+from corral.worker.check import DEPENDENCY_HINT
 from corral.worker.identity import app_identity
-from corral.worker.protocol import Channel
+from corral.worker.protocol import Channel, ChannelClosed, Kind
+
+if TYPE_CHECKING:
+    from corral.engine.settings import EngineSettings
 
 log = logging.getLogger("corral.worker")
 
 HEARTBEAT_INTERVAL = 1.0
 QUIESCE_MAX = 2.0  # seconds after shutdown() starts; a stray half-open connection must not hold a reload
 EXIT_BOOT_ERROR = 3
-DEPENDENCY_HINT = ("install uvloop>=0.23 and httptools into the app's environment "
-                   "(pip install 'uvloop>=0.23' httptools), or run the app under corral's own interpreter")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -59,18 +63,21 @@ def main(argv: Sequence[str]) -> int:
     if args.check:
         from corral.worker.check import check
 
-        return check(json.load(sys.stdin))
+        return check(Config.from_json(json.load(sys.stdin)))
     if args.channel_fd is None:
         print("corral worker: started without --channel-fd; workers are started by `corral run`", file=sys.stderr)
         return 2
     channel = Channel(socket.socket(fileno=args.channel_fd))
     try:
         hello = channel.receive_blocking(timeout=30)
-    except Exception as exc:
+    except (ChannelClosed, OSError, ValueError) as exc:  # closed, timed out, or not a message
         print(f"corral worker: no hello from the supervisor: {exc!r}", file=sys.stderr)
         return 2
-    config = hello["config"]
-    setup_logging(config.get("log_level", "info"), role="corral-worker")
+    try:
+        config = Config.from_json(hello["config"])
+    except ConfigError as exc:  # a supervisor of another corral version; it runs this copy's boot.py
+        return _boot_failed(channel, f"cannot read the config the supervisor sent: {exc}")
+    setup_logging(config.log_level, role="corral-worker")
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
     # Until the loop's handlers are installed, a stop simply ends a booting worker
@@ -82,21 +89,21 @@ def main(argv: Sequence[str]) -> int:
         import uvloop
     except ImportError as exc:
         return _boot_failed(channel, f"cannot import uvloop with {sys.executable}: {exc}; {DEPENDENCY_HINT}")
-    runtime = WorkerRuntime(hello, channel)
+    runtime = WorkerRuntime(hello, config, channel)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(runtime.run())
 
 
 def _boot_failed(channel: Channel, message: str) -> int:
     log.error("%s", message)
-    channel.send({"t": "boot_error", "error": message})
+    channel.send(protocol.boot_error(message))
     return EXIT_BOOT_ERROR
 
 
 class WorkerRuntime:
-    def __init__(self, hello: dict[str, Any], channel: Channel) -> None:
+    def __init__(self, hello: dict[str, Any], config: Config, channel: Channel) -> None:
         self.hello = hello
-        self.config: dict[str, Any] = hello["config"]
+        self.config = config
         self.channel = channel
         self.server: Any = None
         self.stop_event: asyncio.Event | None = None
@@ -107,7 +114,8 @@ class WorkerRuntime:
         self.parked = False  # a rolling reload replaced us, and may still roll back to us
         self.restart = False  # the supervisor replaces us (reload, recycle): WebSockets close with 1012
         self._heartbeat_handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by run(), before anything reads it
+        self._fast_stop: asyncio.Future[None] | None = None  # held: the loop keeps only weak references
 
     async def run(self) -> int:
         loop = self._loop = asyncio.get_running_loop()
@@ -121,26 +129,30 @@ class WorkerRuntime:
 
         try:
             app, interface = self._load_app()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (importing the app runs its code, which may raise anything)
             return self._report_boot_error(exc)
-        self.channel.send({"t": "booted", "interface": interface})
+        self.channel.send(protocol.booted(interface))
         try:
             from corral.engine import Server
             from corral.engine.settings import EngineSettings
 
-            settings = EngineSettings(**self.config.get("engine", {}))
+            settings = EngineSettings(**self.config.engine)
         except ImportError as exc:
             return _boot_failed(self.channel, f"cannot import corral's engine with {sys.executable}: {exc}; "
                                               + DEPENDENCY_HINT)
         except (TypeError, ValueError) as exc:
             return _boot_failed(self.channel, f"invalid engine setting: {exc}")
+        try:
+            tls = self._tls_context(settings)
+        except ValueError as exc:
+            return _boot_failed(self.channel, f"invalid TLS setting: {exc}")
         self.server = Server(app, settings, interface)
         self._record_in_flight()
         try:
             await self.server.startup()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (the app's lifespan startup may raise anything)
             return self._report_boot_error(exc)
-        gate = probe.Gate.from_config(self.config)
+        gate = probe.Gate(self.config.warmup or None, self.config.health_check or None)
         if gate and not self.stop_event.is_set():
             # The warm-up and the health check: the app answers through this worker's own engine,
             # before the worker takes any public traffic (corral.worker.probe).
@@ -157,15 +169,12 @@ class WorkerRuntime:
         if self.stop_event.is_set():
             await self.server.shutdown(0)
             return 0
-        sockets = [socket.socket(fileno=item["fd"]) for item in self.hello["listeners"]
-                   if item.get("role", "http") == "http"]
-        await self.server.serve(sockets)
+        await self._serve(settings, tls)
         self._start_balancer()
         self.ready = True
-        self.channel.send({"t": "ready", "pid": os.getpid(), "interface": interface,
-                           "identity": self._identity(),
-                           # the gate's own requests: the supervisor counts only later ones as served
-                           "requests": self.server.stats.requests_total})
+        # requests: the gate's own; the supervisor counts only later ones as served
+        self.channel.send(protocol.ready(os.getpid(), interface, self._identity(),
+                                         requests=self.server.stats.requests_total))
         await self.stop_event.wait()
 
         self.ready = False
@@ -174,10 +183,10 @@ class WorkerRuntime:
         self._on_channel()
         if self.balancer is not None:
             self.balancer.stop()
-        self.channel.send({"t": "draining"})
-        timeout = float(self.config.get("graceful_timeout", 30.0)) if self.graceful else 0.0
+        self.channel.send(protocol.bare(Kind.DRAINING))
+        timeout = self.config.graceful_timeout if self.graceful else 0.0
         if self.graceful:
-            timeout -= await self._linger(min(float(self.config.get("drain_linger", 1.0)), timeout))
+            timeout -= await self._linger(min(self.config.drain_linger, timeout))
         shutdown = asyncio.ensure_future(self.server.shutdown(max(timeout, 0.0), restart=self.restart))
         await self._quiesce(shutdown)
         await shutdown
@@ -192,12 +201,49 @@ class WorkerRuntime:
         stats = self.server.stats
         while not shutdown.done() and stats.connections_open > stats.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        self.channel.send({"t": "quiesced"})
+        self.channel.send(protocol.bare(Kind.QUIESCED))
+
+    def _app_listeners(self) -> list[dict[str, Any]]:
+        return [item for item in self.hello["listeners"] if item.get("role", "http") == "http"]
+
+    def _tls_context(self, settings: EngineSettings) -> ssl.SSLContext | None:
+        """The TLS context, built from the files as they are now: a reload loads renewed ones."""
+        from corral.engine import tlsconfig
+        from corral.engine.tls import build_context
+
+        context = build_context(settings)
+        if context is None:
+            return None
+        listeners = [(item["address"], item.get("name", "")) for item in self._app_listeners()]
+        unmatched = tlsconfig.unmatched_listeners(settings, listeners)
+        if unmatched:
+            known = ", ".join(f"{address} (name {name!r})" if name else address for address, name in listeners)
+            raise tlsconfig.TLSError(f"ssl_listeners {', '.join(map(repr, unmatched))} match no app listener (they "
+                               f"are: {known}): name an address as `corral status` shows it, ':PORT', or a "
+                               "systemd FileDescriptorName=")
+        if self.hello["worker"]["slot"] == 0:  # once per generation, not once per worker
+            for warning in tlsconfig.warnings(settings):
+                log.warning("%s", warning)
+        return context
+
+    async def _serve(self, settings: EngineSettings, tls: ssl.SSLContext | None) -> None:
+        """Accept on the app listeners: TLS on those ssl_listeners picks (all, by default)."""
+        from corral.engine.tlsconfig import wants_tls
+
+        plain: list[socket.socket] = []
+        secure: list[socket.socket] = []
+        for item in self._app_listeners():
+            sock = socket.socket(fileno=item["fd"])
+            wanted = tls is not None and wants_tls(settings, item["address"], item.get("name", ""))
+            (secure if wanted else plain).append(sock)
+        await self.server.serve(plain)
+        if secure:
+            await self.server.serve(secure, tls)
 
     def _identity(self) -> dict[str, Any] | None:
         try:
-            return app_identity(self.config["app"], self.config.get("app_dir"))
-        except Exception as exc:  # only a label: never fail a boot over it
+            return app_identity(self._app_spec(), self.config.app_dir)
+        except Exception as exc:  # noqa: BLE001  (only a label: never fail a boot over it)
             log.debug("cannot tell the app's code identity: %s", exc)
             return None
 
@@ -221,18 +267,23 @@ class WorkerRuntime:
     def _load_app(self) -> tuple[Any, str]:
         from corral.appload import detect_interface, load_app
 
-        app = load_app(self.config["app"], app_dir=self.config.get("app_dir"))
-        interface = self.config.get("interface", "auto")
+        app = load_app(self._app_spec(), app_dir=self.config.app_dir)
+        interface = self.config.interface
         if interface == "auto":
             interface = detect_interface(app)
         return app, interface
+
+    def _app_spec(self) -> str:
+        if self.config.app is None:  # `corral run` refuses to start without one
+            raise ValueError("no app given: pass MODULE:ATTR or set app: in the config")
+        return self.config.app
 
     def _report_boot_error(self, exc: BaseException) -> int:
         # The app's own traceback, logged (under journald every line of it at priority err) ...
         log.error("the app failed to start", exc_info=exc)
         # ... and its last line for the supervisor's exit message and STATUS=.
         message = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
-        self.channel.send({"t": "boot_error", "error": message})
+        self.channel.send(protocol.boot_error(message))
         return EXIT_BOOT_ERROR
 
     def _record_in_flight(self) -> None:
@@ -250,7 +301,7 @@ class WorkerRuntime:
 
     def _start_balancer(self) -> None:
         info = self.hello.get("balance")
-        if not info or not self.config.get("accept_balance", True):
+        if not info or not self.config.accept_balance:
             return
         from corral.worker.balancer import AcceptBalancer
 
@@ -267,7 +318,7 @@ class WorkerRuntime:
                 self.graceful = False
                 if self.server is not None:
                     # A second, fast stop during a graceful drain: close everything now.
-                    asyncio.ensure_future(self.server.shutdown(0))
+                    self._fast_stop = asyncio.ensure_future(self.server.shutdown(0))
             return
         self.graceful = graceful
         self.stop_event.set()
@@ -294,20 +345,16 @@ class WorkerRuntime:
         log.info("unparked: the reload rolled back; serving again")
 
     def _on_channel(self) -> None:
-        from corral.worker.protocol import ChannelClosed
-
         try:
             for message in self.channel.receive():
-                kind = message.get("t")
-                if kind == "stop":
-                    self.stop(bool(message.get("graceful", True)))
-                elif kind == "reload_gate":
+                kind = protocol.kind_of(message)
+                if kind is Kind.RELOAD_GATE:
                     self.reload_gate = True
-                elif kind == "park":
+                elif kind is Kind.PARK:
                     self.park()
-                elif kind == "unpark":
+                elif kind is Kind.UNPARK:
                     self.unpark()
-                elif kind == "retiring":
+                elif kind is Kind.RETIRING:
                     self.restart = bool(message.get("restart"))
         except ChannelClosed:
             # The supervisor is gone: nobody will replace or watch us; drain and leave.
@@ -330,7 +377,7 @@ class WorkerRuntime:
             if self.balancer is not None:
                 stats["accept_paused"] = self.balancer.paused
                 stats["accept_pauses"] = self.balancer.pauses
-        self.channel.send({"t": "hb", "stats": stats})
+        self.channel.send(protocol.heartbeat(stats))
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:

@@ -185,7 +185,7 @@ def app_host() -> str:
         if settings is None or not settings.configured:
             return DEFAULT_HOST
         hosts = [str(entry).strip() for entry in settings.ALLOWED_HOSTS]
-    except Exception:  # settings that fail to load: the warm-up request will show the app's error
+    except Exception:  # noqa: BLE001  the app's settings run its code and may raise anything; the warm-up request will show the app's error
         return DEFAULT_HOST
     for entry in hosts:
         if entry == "*":
@@ -277,7 +277,9 @@ async def _until_passes(address: str | bytes, check: Mapping[str, Any]) -> str:
 async def _request(address: str | bytes, path: str, host: str, agent: str,
                    headers: Mapping[str, str] | None = None) -> Answer:
     """One GET over a fresh connection. Not a hot path."""
-    reader, writer = await asyncio.open_unix_connection(address, limit=MAX_RESPONSE_HEAD)
+    # As str: typeshed types the path as str only; fsdecode round-trips the abstract bytes name exactly.
+    path_or_name = address if isinstance(address, str) else os.fsdecode(address)
+    reader, writer = await asyncio.open_unix_connection(path_or_name, limit=MAX_RESPONSE_HEAD)
     try:
         extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\n{extra}"

@@ -22,21 +22,153 @@ Worker -> supervisor:
               served. Carries ``identity``: the app's version / file hash / git revision
   ``hb``      heartbeat, once a second from the event loop, with the engine's counters
   ``boot_error`` the app could not be imported or its startup failed (message included)
-  ``recycle`` the worker asks to be replaced (e.g. a WSGI request stuck past its deadline)
   ``draining`` the worker stopped accepting and is finishing in-flight requests
   ``quiesced`` while draining: no idle connection is left open (only busy ones, each closing after
               its response), so no new request can reach this worker any more
+
+(A worker that wants to be replaced, e.g. for a WSGI request stuck past its deadline, says
+so in its heartbeat's ``wants_recycle``, which the supervisor's health policies read.)
+
+Each kind is a member of ``Kind``; a message with a payload has a TypedDict and one
+constructor here (``hello()``, ``heartbeat()``, ...), so both sides build and read the
+same fields. ``kind_of()`` is the one place a received message's type is decoded.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import json
 import socket
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, TypedDict
 
 MAX_MESSAGE = 1 << 20
+
+
+class Kind(enum.StrEnum):
+    """The ``"t"`` of a message: what it is."""
+
+    # supervisor -> worker
+    HELLO = "hello"
+    RELOAD_GATE = "reload_gate"
+    PARK = "park"
+    UNPARK = "unpark"
+    RETIRING = "retiring"
+    # worker -> supervisor
+    BOOTED = "booted"
+    READY = "ready"
+    HEARTBEAT = "hb"
+    BOOT_ERROR = "boot_error"
+    DRAINING = "draining"
+    QUIESCED = "quiesced"
+
+
+Message = Mapping[str, Any]  # one decoded datagram: a JSON object with a "t"
+
+
+class WorkerInfo(TypedDict):
+    id: int
+    slot: int
+    generation: int
+
+
+class ListenerInfo(TypedDict):
+    fd: int
+    role: str
+    address: str
+    name: str  # systemd's FileDescriptorName ("" for a socket corral bound): ssl_listeners may name it
+
+
+class BalanceInfo(TypedDict):
+    fd: int
+    cell: int
+
+
+class InFlightInfo(TypedDict):
+    fd: int
+    slots: int
+
+
+class Hello(TypedDict):
+    t: str
+    config: dict[str, Any]
+    worker: WorkerInfo
+    listeners: list[ListenerInfo]
+    balance: BalanceInfo | None
+    in_flight: InFlightInfo | None
+
+
+class Retiring(TypedDict):
+    t: str
+    reason: str
+    restart: bool  # the service goes on (reload, recycle, scale-down): WebSockets close with 1012
+
+
+class Booted(TypedDict):
+    t: str
+    interface: str
+
+
+class Ready(TypedDict):
+    t: str
+    pid: int
+    interface: str
+    identity: dict[str, Any] | None
+    requests: int  # answered before ready (the gate's own probes): not counted as served
+
+
+class Heartbeat(TypedDict):
+    t: str
+    stats: dict[str, Any]
+
+
+class BootError(TypedDict):
+    t: str
+    error: str
+
+
+def hello(config: dict[str, Any], worker: WorkerInfo, listeners: list[ListenerInfo],
+          balance: BalanceInfo | None, in_flight: InFlightInfo | None) -> Hello:
+    return {"t": Kind.HELLO, "config": config, "worker": worker, "listeners": listeners,
+            "balance": balance, "in_flight": in_flight}
+
+
+def retiring(reason: str, restart: bool) -> Retiring:
+    return {"t": Kind.RETIRING, "reason": reason, "restart": restart}
+
+
+def booted(interface: str) -> Booted:
+    return {"t": Kind.BOOTED, "interface": interface}
+
+
+def ready(pid: int, interface: str, identity: dict[str, Any] | None, requests: int) -> Ready:
+    return {"t": Kind.READY, "pid": pid, "interface": interface, "identity": identity, "requests": requests}
+
+
+def heartbeat(stats: dict[str, Any]) -> Heartbeat:
+    return {"t": Kind.HEARTBEAT, "stats": stats}
+
+
+def boot_error(error: str) -> BootError:
+    return {"t": Kind.BOOT_ERROR, "error": error}
+
+
+def bare(kind: Kind) -> dict[str, str]:
+    """A message without a payload (``reload_gate``, ``park``, ``unpark``, ``draining``, ``quiesced``)."""
+    return {"t": kind}
+
+
+def kind_of(message: Message) -> Kind | None:
+    """What a received message is; None for a kind this side does not know (a peer of another
+    version): it is ignored, never fatal."""
+    value = message.get("t")
+    if not isinstance(value, str):
+        return None
+    try:
+        return Kind(value)
+    except ValueError:
+        return None
 
 
 class ChannelClosed(Exception):
@@ -61,7 +193,7 @@ class Channel:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, message: dict[str, Any]) -> bool:
+    def send(self, message: Message) -> bool:
         """Send one message; False (and counted) if the channel is full or closed."""
         data = json.dumps(message, separators=(",", ":"), default=_default).encode()
         try:
@@ -104,7 +236,10 @@ class Channel:
             self.sock.setblocking(False)
         if not data:
             raise ChannelClosed()
-        return json.loads(data)
+        message = json.loads(data)
+        if not isinstance(message, dict):
+            raise ValueError(f"the control channel sent {type(message).__name__}, not a message object")
+        return message
 
     def close(self) -> None:
         self.sock.close()

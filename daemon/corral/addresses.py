@@ -1,27 +1,43 @@
-"""Parsing bind addresses: ``HOST:PORT``, ``[V6]:PORT``, ``:PORT``, ``unix:PATH``, ``fd:N``."""
+"""Bind addresses as text: ``HOST:PORT``, ``[V6]:PORT``, ``:PORT``, ``unix:PATH``, ``fd:N``.
+
+A leaf with no corral imports: the config validates ``bind:`` with it, and the
+supervisor's listener setup (``corral.supervisor.listeners``) binds what it parses.
+"""
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from dataclasses import dataclass
 
 
+class AddressKind(enum.StrEnum):
+    TCP = "tcp"
+    UNIX = "unix"
+    FD = "fd"  # a socket already open in this process (``fd:3``)
+
+
 @dataclass(frozen=True)
 class Address:
-    kind: str  # "tcp", "unix" or "fd"
+    kind: AddressKind
     host: str = ""
     port: int = 0
-    path: str = ""
+    path: str = ""  # unix: an absolute path, or ``@name`` for the abstract namespace
     fd: int = -1
 
     @property
     def is_ipv6(self) -> bool:
-        return self.kind == "tcp" and ":" in self.host
+        return self.kind == AddressKind.TCP and ":" in self.host
+
+    @property
+    def bind_host(self) -> str:
+        """The host to hand to bind(): ``localhost`` means the IPv4 loopback, as it always has."""
+        return "127.0.0.1" if self.host == "localhost" else self.host
 
     def __str__(self) -> str:
-        if self.kind == "unix":
+        if self.kind == AddressKind.UNIX:
             return f"unix:{self.path}"
-        if self.kind == "fd":
+        if self.kind == AddressKind.FD:
             return f"fd:{self.fd}"
         return f"[{self.host}]:{self.port}" if self.is_ipv6 else f"{self.host}:{self.port}"
 
@@ -33,17 +49,25 @@ def parse_address(text: str) -> Address:
     """Parse one bind address; ValueError names what is wrong and the accepted forms."""
     text = text.strip()
     if text.startswith("unix:"):
-        path = text[5:]
-        if not path:
-            raise ValueError(f"bind address {text!r} has no path; {_HELP}")
-        if not path.startswith(("/", "@")):
-            raise ValueError(f"unix socket path in {text!r} must be absolute (or @abstract)")
-        return Address("unix", path=path)
-    if text.startswith("fd:") or text.startswith("fd://"):
+        return _parse_unix(text)
+    if text.startswith("fd:"):  # also fd://N
         digits = text.split(":", 1)[1].lstrip("/")
         if not digits.isdigit():
             raise ValueError(f"bind address {text!r}: fd must be a number; {_HELP}")
-        return Address("fd", fd=int(digits))
+        return Address(AddressKind.FD, fd=int(digits))
+    return _parse_tcp(text)
+
+
+def _parse_unix(text: str) -> Address:
+    path = text[5:]
+    if not path:
+        raise ValueError(f"bind address {text!r} has no path; {_HELP}")
+    if not path.startswith(("/", "@")):
+        raise ValueError(f"unix socket path in {text!r} must be absolute (or @abstract)")
+    return Address(AddressKind.UNIX, path=path)
+
+
+def _parse_tcp(text: str) -> Address:
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep:
@@ -57,13 +81,21 @@ def parse_address(text: str) -> Address:
         host = host or "0.0.0.0"
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"bind address {text!r}: port {port!r} is not a number from 0 to 65535")
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            if not all(part.isalnum() or "-" in part for part in host.split(".")) or not host:
-                raise ValueError(f"bind address {text!r}: {host!r} is not an IP address or host name") from None
-    return Address("tcp", host=host, port=int(port))
+    if host != "localhost" and ip_of(host) is None and not _is_host_name(host):
+        raise ValueError(f"bind address {text!r}: {host!r} is not an IP address or host name")
+    return Address(AddressKind.TCP, host=host, port=int(port))
+
+
+def _is_host_name(host: str) -> bool:
+    return bool(host) and all(part.isalnum() or "-" in part for part in host.split("."))
+
+
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an IP address (``localhost`` as 127.0.0.1); None for a host name."""
+    try:
+        return ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
+    except ValueError:
+        return None
 
 
 def overlap(a: str, b: str) -> bool:
@@ -76,20 +108,13 @@ def overlap(a: str, b: str) -> bool:
     x, y = parse_address(a), parse_address(b)
     if x.kind != y.kind:
         return False
-    if x.kind == "unix":
+    if x.kind == AddressKind.UNIX:
         return x.path == y.path
-    if x.kind == "fd":
+    if x.kind == AddressKind.FD:
         return x.fd == y.fd
     if x.port != y.port or x.port == 0:
         return False
-    hx, hy = _ip(x.host), _ip(y.host)
+    hx, hy = ip_of(x.host), ip_of(y.host)
     if hx is None or hy is None:  # a host name: only the same name is known to clash
         return x.host == y.host
     return hx == hy or (hx.version == hy.version and (hx.is_unspecified or hy.is_unspecified))
-
-
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
-    except ValueError:
-        return None
