@@ -14,7 +14,7 @@ SYSSTAMP := .venv/.sysdeps
 # System packages the test-suite and benchmark drive for real.
 APT_PACKAGES := curl wrk util-linux iproute2 systemd lintian rpm debhelper dh-python \
 	pybuild-plugin-pyproject python3-all python3-setuptools python3-build \
-	python3-installer python3-wheel python3-venv fakeroot prometheus chromium
+	python3-installer python3-wheel python3-venv fakeroot prometheus chromium haproxy testssl.sh
 
 .PHONY: run test lint bench sysdeps venv clean deb rpm
 
@@ -59,6 +59,7 @@ bench: $(SYSSTAMP) $(STAMP)
 	$(BIN)/python tests/bench/bench_wsgi.py --rounds 5
 	$(BIN)/python tests/bench/bench_metrics.py --rounds 5 --scrape-interval 5
 	$(BIN)/python tests/bench/bench_ws.py --rounds 3
+	$(BIN)/python tests/bench/bench_tls.py --rounds 3
 
 ## Build the Debian package into packaging/out/deb/ and lint it (fetches pinned wheels once).
 deb: $(SYSSTAMP)
