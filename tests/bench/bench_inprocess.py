@@ -41,7 +41,8 @@ class CountingTransport:
         self.writes += 1
 
     def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 50000) if name == "peername" else ("127.0.0.1", 8000)
+        # What a plain TCP transport answers; anything else (ssl_object: not TLS) is None.
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name)
 
     def set_write_buffer_limits(self, high: int) -> None:
         pass

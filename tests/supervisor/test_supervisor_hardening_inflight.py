@@ -99,7 +99,8 @@ class FakeTransport:
         self.out += data
 
     def get_extra_info(self, name: str) -> Any:
-        return CLIENT if name == "peername" else ("127.0.0.1", 8000)
+        # What a plain TCP transport answers; anything else (ssl_object: not TLS) is None.
+        return {"peername": CLIENT, "sockname": ("127.0.0.1", 8000)}.get(name)
 
     def set_write_buffer_limits(self, high: int) -> None:
         pass
