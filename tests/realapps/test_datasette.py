@@ -143,9 +143,18 @@ def test_csv_export_streamed(diff: Diff) -> None:
 
 
 def test_no_errors_logged(diff: Diff) -> None:
-    """Everything above (pages, API, exports) went by without an ERROR or traceback in corral's log."""
+    """Everything above (pages, API, exports) went by without an ERROR or traceback from corral.
+
+    Datasette prints its own tracebacks for the 404s above (as rich boxes when `rich` is
+    installed, as it is here: import-linter needs it), under uvicorn exactly as under corral, so
+    the app's own are counted in uvicorn's log and only what corral adds is an error.
+    """
     assert httpx.get(diff.ours.url + "/library", timeout=60).status_code == 200
-    assert diff.ours.errors_logged() == []
+    tracebacks = "Traceback (most recent call last)"
+    ours = diff.ours.errors_logged()
+    app_printed = [line for line in diff.theirs.log().splitlines() if tracebacks in line]
+    assert [line for line in ours if tracebacks not in line] == []
+    assert len([line for line in ours if tracebacks in line]) == len(app_printed)
 
 
 STATIC = ["/-/static/app.css", "/-/static/codemirror-5.57.0.min.js", "/-/static/table.js", "/favicon.ico"]
