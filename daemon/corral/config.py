@@ -214,6 +214,32 @@ class StrKind(Kind):
         self.fail()
 
 
+class AppKind(Kind):
+    """``MODULE:ATTR`` or ``MODULE:FUNC()``, checked by the supervisor (``corral.appload``'s own
+    parser), so that a name such as ``envapp`` is refused once, before any worker starts."""
+
+    expected = "an app as MODULE:ATTR, or MODULE:FUNC() for a factory (e.g. 'myproject.asgi:app')"
+    metavar = "MODULE:ATTR"
+
+    def coerce(self, value: Any, text: bool = False) -> str | None:
+        if value is None or (text and isinstance(value, str) and value.strip().lower() in ("", "null", "~")):
+            return None  # no app here: the supervisor asks for one (``app`` is optional in a file)
+        if not isinstance(value, str):
+            self.fail()
+        from corral.appload import AppLoadError, parse_spec
+
+        try:
+            parse_spec(value)
+        except AppLoadError:
+            module, colon, _ = value.partition(":")
+            if not colon and module.replace(".", "_").isidentifier():
+                # The commonest slip: the module alone (uvicorn and gunicorn want the colon too).
+                raise ValueError(f"an app as MODULE:ATTR, or MODULE:FUNC() for a factory: {value!r} names a "
+                                 f"module but not the app in it; write e.g. '{value}:app'") from None
+            self.fail()
+        return value
+
+
 class ChoiceKind(Kind):
     def __init__(self, *choices: Any) -> None:
         self.choices = choices
@@ -519,7 +545,7 @@ class _InstanceKind(Kind):
 
 
 class Group(enum.Enum):
-    """The sections of conf/corral.yaml: README's list of keys and `corral run --help` follow them."""
+    """The sections of conf/corral.yaml: docs/configuration.md and `corral run --help` follow them."""
 
     APP = "the app"
     SOCKETS = "sockets"
@@ -527,7 +553,29 @@ class Group(enum.Enum):
     RELOAD = "reload (deploys)"
     POLICIES = "health policies"
     SUPERVISOR = "the supervisor"
+    FLEET = "load balancers and probes"
     ENGINE = "the HTTP engine"
+    DEVELOPMENT = "development (corral run --reload)"
+
+    @property
+    def preamble(self) -> str:
+        """What the section says before its keys (conf/corral.yaml, docs/configuration.md)."""
+        return _GROUP_PREAMBLES.get(self, "")
+
+
+_GROUP_PREAMBLES = {
+    Group.RELOAD: "`systemctl reload` / `corral reload` / SIGHUP start a new generation of workers (fresh "
+                  "interpreters: new code); the old generation drains only once every new worker is ready, and "
+                  "keeps serving if one is not (the reload then fails).",
+    Group.POLICIES: "A policy that trips recycles the worker: its replacement boots first, then it drains; at "
+                    "most one recycle runs at a time. Each reason is logged.",
+    Group.FLEET: "What a load balancer or an orchestrator is told about this host: /livez and /readyz on the "
+                 "metrics (or health) listener, HAProxy's agent-check on the agent listener, all answered by the "
+                 "supervisor, never by the app (docs/fleet-probes.md).",
+    Group.ENGINE: "Limits and options of the HTTP/1.1 engine in every worker (corral.engine.settings).",
+    Group.DEVELOPMENT: "For development only: with reload on, a saved file reloads the app as `systemctl reload` "
+                       "does (docs/dev-reload.md). Needs watchfiles: pip install 'corral[dev]'.",
+}
 
 
 @dataclass(frozen=True)
@@ -537,7 +585,8 @@ class KeySpec:
     Every key is also a command-line flag, spelt from its name (``max_requests`` ->
     ``--max-requests``); ``short`` is a short spelling beside it (``-w``), and a
     ``positional`` key is the command line's bare argument instead (``APP``).
-    ``group`` is its section in conf/corral.yaml and in ``corral run --help``.
+    ``group`` is its section in conf/corral.yaml and in ``corral run --help``. ``doc`` is one
+    line (``--help``); ``details`` the rest of what docs/configuration.md and conf/corral.yaml say.
     """
 
     name: str
@@ -548,6 +597,14 @@ class KeySpec:
     short: str | None = None
     positional: bool = False
     metavar: str | None = None  # the flag's value in --help, when the kind's own says too little
+    # What the config reference and conf/corral.yaml say after ``doc`` (``doc`` alone is --help's
+    # one line): sentences that follow it; a blank line starts a paragraph, and a paragraph whose
+    # lines are indented is kept as written (a list, an example). corral.keydoc renders it.
+    details: str = ""
+    # Other spellings of the flag, as other servers spell it (gunicorn's ``--proc-name`` for
+    # ``--name``, uvicorn's ``--timeout-keep-alive`` for ``--keepalive-timeout``): same key, same
+    # value, declared here so that the key table stays the one source (docs/coming-from.md).
+    aliases: tuple[str, ...] = ()
 
     @property
     def value_name(self) -> str:
@@ -560,17 +617,23 @@ class KeySpec:
 
     @property
     def spelling(self) -> str:
-        """Every way the command line spells the key, for messages: ``-w/--workers``."""
+        """How the command line spells the key in messages: ``-w/--workers`` (aliases left out)."""
         return f"{self.short}/{self.flag}" if self.short else self.flag
+
+    @property
+    def flags(self) -> list[str]:
+        """The option strings of the key's flag: the short one, the flag, then the aliases."""
+        return [*([self.short] if self.short else []), self.flag, *self.aliases]
 
 
 _SPEC = "corral.config.key"  # the metadata entry that makes a Config field a config key
 
 
 def _key(kind: Kind, default: Any, group: Group, doc: str, *, short: str | None = None,
-         positional: bool = False, metavar: str | None = None) -> dict[str, KeySpec]:
+         positional: bool = False, metavar: str | None = None, details: str = "",
+         aliases: tuple[str, ...] = ()) -> dict[str, KeySpec]:
     """The metadata of a Config field that is a config key of the same name."""
-    return {_SPEC: KeySpec("", kind, default, doc, group, short, positional, metavar)}
+    return {_SPEC: KeySpec("", kind, default, doc, group, short, positional, metavar, details, aliases)}
 
 
 _BIND_LIST = "a list of addresses (e.g. ['127.0.0.1:8000', 'unix:/run/app.sock'])"
@@ -594,94 +657,293 @@ class Config:
     """
 
     app: str | None = field(metadata=_key(
-        OptionalKind(StrKind()), None, Group.APP,
+        AppKind(), None, Group.APP,
         "the app: MODULE:ATTR, or MODULE:FUNC() for a factory (the command line's APP wins)", positional=True,
         metavar="MODULE:ATTR"))
-    interface: str = field(metadata=_key(ChoiceKind("auto", "asgi", "wsgi"), "auto", Group.APP, "how to call the app"))
+    interface: str = field(metadata=_key(ChoiceKind("auto", "asgi", "wsgi"), "auto", Group.APP, "how to call the app",
+        details=(
+            "auto: detected from the app's signature (docs/wsgi.md says how), asgi or wsgi; set asgi or "
+            "wsgi when the guess is wrong.")))
     app_dir: str = field(metadata=_key(
         OptionalKind(StrKind()), None, Group.APP,
         "directory put first on the app's sys.path and used as its working directory (null: corral's cwd)",
-        metavar="DIR"))
+        metavar="DIR", aliases=("--chdir",),
+        details=(
+            "null: the directory corral was started from (systemd: WorkingDirectory=, else /). It must "
+            "exist when corral starts: else `corral run` exits 1 naming it (`corral check` says the "
+            "same).")))
     name: str = field(metadata=_key(
         OptionalKind(StrKind()), None, Group.SUPERVISOR,
         "instance name, used in the control socket path (null: the config file's stem, else the "
-        "app directory's name: two apps on one machine get two names)", short="-n", metavar="NAME"))
+        "app directory's name: two apps on one machine get two names)", short="-n", metavar="NAME",
+        aliases=("--proc-name",),
+        details=(
+            "Letters, digits, '_', '.', '@' and '-'. null: the config file's name without .yaml "
+            "(/etc/corral/blog.yaml -> blog); with no config file, the app directory's name (~/src/blog "
+            "-> blog). A second corral with a name in use is refused before it binds anything.")))
     bind: tuple[BindSpec, ...] = field(metadata=_key(
         SequenceKind(BindKind(), container=tuple, expected=_BIND_LIST), (BindSpec(DEFAULT_BIND),), Group.SOCKETS,
         "addresses to listen on when systemd passes no sockets: HOST:PORT, [V6]:PORT, unix:PATH, fd:N",
-        short="-b"))
+        short="-b",
+        details=(
+            "With socket activation the socket unit's ListenStream= lines are used and bind is ignored.\n"
+            "\n"
+            "  127.0.0.1:8000   0.0.0.0:8000   [::]:8000 (IPv6 only; list 0.0.0.0 too)\n"
+            "  unix:/run/app.sock   fd:3 (an inherited listening fd)\n"
+            "\n"
+            "A unix socket may be a mapping: {address: unix:/run/app.sock, mode: 0660, owner: corral, "
+            "group: www-data}. Ports below 1024 need root or CAP_NET_BIND_SERVICE: use a socket unit "
+            "instead. An address listed twice is refused.")))
     metrics_bind: tuple[BindSpec, ...] = field(metadata=_key(
         SequenceKind(BindKind(), container=tuple, expected=_METRICS_LIST), (), Group.SOCKETS,
-        "addresses for the Prometheus /metrics endpoint when systemd passes no 'metrics' socket"))
+        "addresses for the Prometheus /metrics endpoint when systemd passes no 'metrics' socket",
+        details=(
+            "GET /metrics is served by the supervisor from the workers' heartbeats. Under systemd the "
+            "socket is a ListenStream= in a socket unit with FileDescriptorName=metrics "
+            "(docs/monitoring.md). []: off. It needs an address of its own: one that overlaps a bind "
+            "address is a config error.")))
+    health_bind: tuple[BindSpec, ...] = field(metadata=_key(
+        SequenceKind(BindKind(), container=tuple, expected=_METRICS_LIST), (), Group.FLEET,
+        "addresses for a listener that serves only /livez and /readyz, when systemd passes no 'health' socket",
+        details=(
+            "The probes are also served on the metrics listener (metrics_bind); a health listener of its "
+            "own lets a load balancer or kubelet reach them without reaching /metrics. Under systemd: a "
+            "ListenStream= with FileDescriptorName=health. []: off. It needs an address of its own.")))
+    agent_bind: tuple[BindSpec, ...] = field(metadata=_key(
+        SequenceKind(BindKind(), container=tuple, expected=_METRICS_LIST), (), Group.FLEET,
+        "addresses for the HAProxy agent-check listener, when systemd passes no 'agent' socket",
+        details=(
+            "Each connection gets one line and is closed: 'up ready N%' (the weight follows free worker "
+            "slots and connections), 'drain' (starting, draining for a stop, a reload that leaves no "
+            "capacity) or 'down #no ready worker'. Use it with HAProxy's agent-check agent-port. Under "
+            "systemd: a ListenStream= with FileDescriptorName=agent. []: off.")))
+    drain_delay: float = field(metadata=_key(
+        DurationKind(), 0.0, Group.FLEET,
+        "on a graceful stop (systemctl stop/restart) or before an in-place self-upgrade, report not-ready "
+        "(/readyz 503, agent drain) for this long while still serving, then drain and stop",
+        details=(
+            "During the delay every request is still answered, and keep-alive responses carry "
+            "Connection: close, so clients move to other hosts. Choose at least twice the load balancer's "
+            "check interval (HAProxy: inter), so that it sees the host leave before it stops. "
+            "EXTEND_TIMEOUT_USEC keeps systemd from killing corral during the delay; keep TimeoutStopSec= "
+            "above drain_delay + graceful_timeout. 0: stop at once (a laptop).")))
     backlog: int = field(metadata=_key(IntKind(minimum=1), 2048, Group.SOCKETS,
-                                       "listen() backlog of sockets corral binds itself"))
+                                       "listen() backlog of sockets corral binds itself",
+        details=(
+            "A socket unit sets its own (Backlog=).")))
     reuse_port: bool = field(metadata=_key(
-        BoolKind(), False, Group.SOCKETS, "bind one SO_REUSEPORT socket per worker slot instead of one shared socket"))
+        BoolKind(), False, Group.SOCKETS, "bind one SO_REUSEPORT socket per worker slot instead of one shared socket",
+        details=(
+            "The kernel spreads connections by hash, and a slot's queue waits for its worker. With "
+            "systemd, repeat the same ListenStream= once per worker with ReusePort=yes. Removing a "
+            "worker (TTOU) closes its sockets: connections queued there are reset unless "
+            "net.ipv4.tcp_migrate_req=1.")))
     workers: int = field(metadata=_key(WorkersKind(), "auto", Group.WORKERS,
-                                       "number of worker processes, or 'auto' (one per CPU)", short="-w"))
+                                       "number of worker processes, or 'auto' (one per CPU)", short="-w",
+        details=(
+            "auto: one per CPU corral may run on (its affinity mask).")))
+    worker_start: str = field(metadata=_key(ChoiceKind("exec", "zygote"), "exec", Group.WORKERS,
+                                            "how a worker process is made: a fresh interpreter, or a fork of "
+                                            "the generation's zygote",
+        details=(
+            "exec: every worker is a fresh interpreter (fork+exec) that imports the runtime and the app.\n"
+            "zygote: each generation has one fresh interpreter (the zygote) that imports the runtime (and, "
+            "with preload, the app) once; workers are forked from it, so they share its memory and a "
+            "replacement starts in milliseconds. A reload builds a new zygote from the new code "
+            "(docs/zygote.md).")))
+    preload: bool = field(metadata=_key(BoolKind(), False, Group.WORKERS,
+                                        "with worker_start: zygote, import the app in the zygote before forking",
+        details=(
+            "Workers then share the app's memory and start at once, but the app must start no thread, "
+            "connection or open file at import (docs/zygote.md); a zygote that has started threads "
+            "refuses to preload and says why. Ignored with worker_start: exec.")))
     python: str = field(metadata=_key(OptionalKind(StrKind()), None, Group.APP,
-                                      "the app's Python interpreter (null: corral's own)", metavar="PYTHON"))
+                                      "the app's Python interpreter (null: corral's own)", metavar="PYTHON",
+        details=(
+            "Give `virtualenv` (its bin/python is used) or `python`, not both; a name without a '/' is "
+            "looked up on PATH.\n"
+            "\n"
+            "The rule for sys.path in a worker started with the app's interpreter:\n"
+            "\n"
+            "  1. corral itself is always the supervisor's copy (loaded by path, so the\n"
+            "     supervisor and its workers speak the same protocol);\n"
+            "  2. the app's interpreter keeps its own sys.path first (PYTHONPATH, its\n"
+            "     virtualenv's site-packages), so the app's packages and versions win;\n"
+            "  3. the directories holding corral's worker dependencies (uvloop, httptools)\n"
+            "     in corral's environment are appended last, for what the app lacks.\n"
+            "\n"
+            "Compiled modules must match the interpreter: when the app's Python is not the same version "
+            "as corral's, install uvloop>=0.23 and httptools into the app's virtualenv (`corral check` "
+            "says so).")))
     virtualenv: str | None = field(metadata=_key(
-        OptionalKind(StrKind()), None, Group.APP, "the app's virtualenv (uses VIRTUALENV/bin/python)", metavar="DIR"))
+        OptionalKind(StrKind()), None, Group.APP, "the app's virtualenv (uses VIRTUALENV/bin/python)", metavar="DIR",
+        details=(
+            "Give `virtualenv` or `python`, not both; the rule for sys.path is under `python`.")))
     environment: dict[str, str] = field(metadata=_key(
-        MappingKind(), {}, Group.APP, "extra environment variables for the workers"))
+        MappingKind(), {}, Group.APP, "extra environment variables for the workers",
+        details=(
+            "The app sees them.")))
     timeout: float = field(metadata=_key(
         DurationKind(), 30.0, Group.WORKERS,
-        "a worker whose event loop sends no heartbeat for this long is hung: traceback logged, killed, replaced"))
+        "a worker whose event loop sends no heartbeat for this long is hung: traceback logged, killed, replaced "
+        "(gunicorn's -t/--timeout; a per-request deadline is --request-timeout)", aliases=("-t",),
+        details=(
+            "Workers send a heartbeat once a second.")))
     boot_timeout: float = field(metadata=_key(
-        DurationKind(), 60.0, Group.WORKERS, "a worker must import the app and finish lifespan startup within this"))
+        DurationKind(), 60.0, Group.WORKERS, "a worker must import the app and finish lifespan startup within this",
+        details=(
+            "The warm-up request runs within it too.")))
     graceful_timeout: float = field(metadata=_key(
-        DurationKind(), 30.0, Group.WORKERS, "how long in-flight requests may take to finish on stop or recycle"))
+        DurationKind(), 30.0, Group.WORKERS, "how long in-flight requests may take to finish on stop or recycle",
+        aliases=("--timeout-graceful-shutdown",),
+        details=(
+            "On stop, recycle or reload: in-flight requests still running then are cut. Keep systemd's "
+            "TimeoutStopSec= above it.")))
     drain_linger: float = field(metadata=_key(
         DurationKind(), 1.0, Group.WORKERS,
         "on a graceful stop, keep idle keep-alive connections open this long (answering their next "
-        "request with Connection: close) before closing them; 0: close them at once"))
+        "request with Connection: close) before closing them; 0: close them at once",
+        details=(
+            "A client about to reuse its connection then gets an answer, not a reset.")))
     reload_strategy: str = field(metadata=_key(
         ChoiceKind("surge", "rolling"), "surge", Group.RELOAD,
-        "surge: a reload starts every new worker at once; rolling: reload_batch at a time"))
+        "surge: a reload starts every new worker at once; rolling: reload_batch at a time",
+        details=(
+            "surge needs memory for two generations for a moment; rolling spreads the boots out, and a "
+            "broken deploy is caught after the first batch.")))
     reload_batch: int = field(metadata=_key(IntKind(minimum=1), 1, Group.RELOAD,
                                             "workers replaced at a time by a rolling reload"))
     reload_timeout: float = field(metadata=_key(
         DurationKind(), 60.0, Group.RELOAD,
-        "a reload's new workers (each batch, when rolling) must be ready within this, or it rolls back"))
+        "a reload's new workers (each batch, when rolling) must be ready within this, or it rolls back",
+        details=(
+            "Otherwise the reload rolls back. Keep systemd's TimeoutStartSec= above it.")))
     health_check: dict[str, Any] | None = field(metadata=_key(
         HealthCheckKind(), None, Group.RELOAD,
-        "a request each new worker must answer through the app before it counts as ready"))
+        "a request each new worker must answer through the app before it counts as ready",
+        details=(
+            "It is asked on a private socket of the worker's own, at start-up, on reloads and recycles, "
+            "and retried until it gets expect_status or timeout passes; host: the Host header. e.g. "
+            "health_check: {path: /healthz, expect_status: 200, timeout: 10}")))
     warmup: dict[str, Any] | None = field(metadata=_key(
         WarmupKind(), dict(WarmupKind.DEFAULT), Group.RELOAD,
         "a request each new worker sends its app before it counts as ready, so lazy imports (Django's "
-        "URLconf, views) run: a reload whose new code answers above max_status is refused; false: off"))
+        "URLconf, views) run: a reload whose new code answers above max_status is refused; false: off",
+        details=(
+            "It runs on the same private socket, before the health check. Any status up to max_status "
+            "passes (a 404 or a redirect still proves the code loaded); 503 is asked again until "
+            "timeout; a redirect to the https URL of the same path is asked again with "
+            "X-Forwarded-Proto: https. A reload whose new workers fail it is refused and the old code "
+            "serves on. At the first start (and for restarts and recycles) a failure is only a warning: "
+            "there is nothing older to serve with. host null: the first entry of Django's ALLOWED_HOSTS "
+            "when the app is a Django project, else localhost. The request is not counted in the "
+            "metrics. false: no warm-up.")))
     reload_rollback: str = field(metadata=_key(
         ChoiceKind("full", "partial"), "full", Group.RELOAD,
         "rolling: full keeps replaced old workers parked until the last batch is ready, so a failure "
-        "brings the old code back on every slot; partial lets them exit (less memory, no way back)"))
+        "brings the old code back on every slot; partial lets them exit (less memory, no way back)",
+        details=(
+            "What a rolling reload that fails after its first batch can undo:\n"
+            "\n"
+            "  - full: each old worker a batch replaces is parked (it takes no new connections\n"
+            "    but keeps the old code loaded) until the last batch is ready; a failure at\n"
+            "    any batch brings the old code back on every slot. Costs the memory of the\n"
+            "    whole old generation until the end of the reload, as surge does.\n"
+            "  - partial: replaced old workers exit at once, so at most reload_batch extra\n"
+            "    workers run (for hosts without the memory for two generations); a failure\n"
+            "    after the first batch leaves the replaced slots on the new code (the old\n"
+            "    code is gone from disk), and the reload reports the mixed state.")))
     max_memory: int = field(metadata=_key(SizeKind(), 0, Group.POLICIES,
-                                          "recycle a worker whose memory stays above this (0: off)"))
+                                          "recycle a worker whose memory stays above this (0: off)",
+        details=(
+            "Measured as memory_metric says: USS (memory only this worker uses: shared pages do not "
+            "count) or RSS, over policy_breaches consecutive samples.")))
     memory_metric: str = field(metadata=_key(ChoiceKind("uss", "rss"), "uss", Group.POLICIES,
-                                             "which memory figure max_memory applies to"))
+                                             "which memory figure max_memory applies to",
+        details=(
+            "uss: memory only this worker uses (shared pages do not count); rss: its resident set.")))
     max_fds: int = field(metadata=_key(IntKind(minimum=0), 0, Group.POLICIES,
-                                       "recycle a worker with more open fds than this (0: off)"))
+                                       "recycle a worker with more open fds than this (0: off)",
+        details=(
+            "Over policy_breaches consecutive samples.")))
     max_requests: int = field(metadata=_key(IntKind(minimum=0), 0, Group.POLICIES,
-                                            "recycle a worker after this many requests (0: off)"))
+                                            "recycle a worker after this many requests (0: off)",
+        aliases=("--limit-max-requests",),
+        details=(
+            "Plus a random 0..max_requests_jitter per worker, so that they do not all recycle at once.")))
     max_requests_jitter: int = field(metadata=_key(IntKind(minimum=0), 0, Group.POLICIES,
-                                                   "random 0..N added to max_requests per worker"))
+                                                   "random 0..N added to max_requests per worker",
+        aliases=("--limit-max-requests-jitter",),
+        details=(
+            "So that the workers do not all recycle at once.")))
     max_lifetime: float = field(metadata=_key(DurationKind(), 0.0, Group.POLICIES,
-                                              "recycle a worker older than this (0: off)"))
+                                              "recycle a worker older than this (0: off)",
+        details=(
+            "Plus a random 0..max_lifetime_jitter per worker.")))
     max_lifetime_jitter: float = field(metadata=_key(DurationKind(), 0.0, Group.POLICIES,
                                                      "random 0..N seconds added to max_lifetime per worker"))
     policy_breaches: int = field(metadata=_key(
-        IntKind(minimum=1), 3, Group.POLICIES, "consecutive samples over max_memory / max_fds before a worker is recycled"))
+        IntKind(minimum=1), 3, Group.POLICIES, "consecutive samples over max_memory / max_fds before a worker is recycled",
+        details=(
+            "One spike never recycles a worker.")))
     policy_interval: float = field(metadata=_key(DurationKind(), 1.0, Group.POLICIES,
                                                  "how often worker memory and fds are sampled"))
     accept_balance: bool = field(metadata=_key(
         BoolKind(), True, Group.SOCKETS,
-        "a worker holding more than its share of connections pauses accepting until the others catch up"))
+        "a worker holding more than its share of connections pauses accepting until the others catch up",
+        details=(
+            "With one shared socket the kernel otherwise hands most connections to whichever worker woke "
+            "last.")))
     control_socket: str = field(metadata=_key(
         OptionalKind(StrKind()), None, Group.SUPERVISOR,
         "path of the control socket `corral status` and `corral reload` use (null: in the runtime directory)",
-        metavar="PATH"))
+        metavar="PATH",
+        details=(
+            "Mode 0600, claimed with an flock on <path>.lock while corral runs. null: "
+            "$RUNTIME_DIRECTORY/control.sock (systemd's RuntimeDirectory=), else "
+            "/run/corral/<name>/control.sock as root, else $XDG_RUNTIME_DIR/corral/<name>/control.sock, "
+            "else /tmp/corral-<uid>/<name>/control.sock (made mode 0700 by corral; refused if another "
+            "user made it). At most 107 bytes (the unix socket path limit).")))
     log_level: str = field(metadata=_key(ChoiceKind("debug", "info", "warning", "error", "critical"), "info",
-                                         Group.SUPERVISOR, "log level"))
+                                         Group.SUPERVISOR, "log level",
+                                         details="debug, info, warning, error or critical."))
+    log_config: str | None = field(metadata=_key(
+        OptionalKind(StrKind()), None, Group.SUPERVISOR,
+        "a logging.dictConfig file, YAML or JSON, applied after corral's own log setup in the supervisor "
+        "and every worker (uvicorn's --log-config)", metavar="FILE", aliases=("--log-config-json",),
+        details=(
+            "Read when corral starts, and again by each new worker: a file that is missing, is not YAML or "
+            "JSON, or is not a dictConfig mapping (version: 1) is a config error naming it. Unlike plain "
+            "dictConfig, disable_existing_loggers defaults to false, so corral's own messages go on.")))
+    reload: bool = field(metadata=_key(
+        BoolKind(), False, Group.DEVELOPMENT,
+        "development: reload the app when a watched file changes (uvicorn's --reload), keeping the last good "
+        "code serving when the new code does not import",
+        details=(
+            "A change runs the same transaction as `systemctl reload`: the socket stays open, requests in "
+            "flight finish, and new code that fails to import (a syntax error) is reported once while the "
+            "old code serves on. workers: auto means 1 with reload on. Needs watchfiles: "
+            "pip install 'corral[dev]'.")))
+    # Lists, not tuples: the config goes through JSON (to each worker, through a re-exec) and comes back equal.
+    reload_dirs: list[str] = field(metadata=_key(
+        SequenceKind(StrKind(), container=list), [], Group.DEVELOPMENT,
+        "directories watched with reload on ([]: app_dir)", metavar="DIR", aliases=("--reload-dir",),
+        details=(
+            "Relative paths are taken from app_dir. Watched recursively; __pycache__, .git, .venv, "
+            "node_modules and the like are skipped.")))
+    reload_includes: list[str] = field(metadata=_key(
+        SequenceKind(StrKind(), container=list), [], Group.DEVELOPMENT,
+        "glob patterns of the files whose change reloads, besides *.py", metavar="GLOB",
+        aliases=("--reload-include",),
+        details=(
+            "Matched against the path from the right, as uvicorn does: '*.html', 'templates/*.txt'.")))
+    reload_excludes: list[str] = field(metadata=_key(
+        SequenceKind(StrKind(), container=list), [], Group.DEVELOPMENT,
+        "glob patterns (or directories) whose changes never reload, besides .*, *.py[cod], .sw.* and ~*",
+        metavar="GLOB", aliases=("--reload-exclude",),
+        details=(
+            "A pattern that names an existing directory (relative to app_dir) excludes everything under "
+            "it. Excluding '*.py' leaves only reload_includes watched.")))
     engine: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
     explicit: frozenset[str] = frozenset()
@@ -692,6 +954,8 @@ class Config:
         out = dataclasses.asdict(self)
         out["bind"] = [dataclasses.asdict(b) for b in self.bind]
         out["metrics_bind"] = [dataclasses.asdict(b) for b in self.metrics_bind]
+        out["health_bind"] = [dataclasses.asdict(b) for b in self.health_bind]
+        out["agent_bind"] = [dataclasses.asdict(b) for b in self.agent_bind]
         out["explicit"] = sorted(self.explicit)
         return out
 
@@ -763,8 +1027,26 @@ def _engine_keys() -> dict[str, KeySpec]:
         else:
             default = None
         keys[f.name] = KeySpec(f.name, kind_from_annotation(hints.get(f.name, Any)), default,
-                               str(f.metadata.get("doc", "")), Group.ENGINE)
+                               str(f.metadata.get("doc", "")), Group.ENGINE,
+                               details=str(f.metadata.get("details", "")),
+                               aliases=ENGINE_ALIASES.get(f.name, ()))
     return keys
+
+
+# The engine keys' other spellings (KeySpec.aliases), as gunicorn and uvicorn spell them: here,
+# beside the table they join, since the engine's settings know nothing of command lines.
+ENGINE_ALIASES: dict[str, tuple[str, ...]] = {
+    "keepalive_timeout": ("--timeout-keep-alive", "--keep-alive"),  # uvicorn, gunicorn
+    "max_connections": ("--worker-connections",),  # gunicorn (per worker, as corral's)
+    "max_request_line": ("--limit-request-line",),  # gunicorn
+    "max_header_count": ("--limit-request-fields",),  # gunicorn
+    "ws_max_message_size": ("--ws-max-size", "--websocket-max-message-size"),  # uvicorn, gunicorn
+    "lifespan": ("--asgi-lifespan",),  # gunicorn (auto, on, off, as corral's)
+    "ssl_certfile": ("--certfile",),  # gunicorn
+    "ssl_keyfile": ("--keyfile",),  # gunicorn
+    "ssl_ca_certs": ("--ca-certs",),  # gunicorn
+    "ssl_ciphers": ("--ciphers",),  # gunicorn
+}
 
 
 def engine_keys() -> dict[str, KeySpec]:
@@ -806,8 +1088,17 @@ def _set(raw: _Raw, keys: Mapping[str, KeySpec], name: str, value: Any, origin: 
     raw.origin[name] = origin
 
 
+GUNICORN_CONFIG_HINT = ("corral reads YAML: write the settings as keys of a .yaml file (bind:, workers:, "
+                        "timeout: ...) or pass them as flags; docs/coming-from.md maps each gunicorn setting "
+                        "to corral's")
+
+
 def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse one YAML config file into a mapping; errors name the file and line."""
+    if Path(path).suffix == ".py":
+        # `corral run -c gunicorn.conf.py`: said plainly, not as "not a mapping" from YAML.
+        raise ConfigError(f"config file {os.fspath(path)!r} is a gunicorn config file (Python); "
+                          f"{GUNICORN_CONFIG_HINT}")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -829,6 +1120,59 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not isinstance(key, str):
             raise ConfigError(f"config file {os.fspath(path)!r}: key {key!r} is not a string")
     return data
+
+
+def read_log_config(path: str) -> dict[str, Any]:
+    """The ``logging.dictConfig`` mapping in ``path`` (``log_config``): JSON for a .json file,
+    else YAML (of which JSON is a subset). Raises ConfigError naming the file and the problem."""
+    if Path(path).suffix in (".ini", ".conf", ".cfg"):
+        # gunicorn's --log-config takes a fileConfig file: say so rather than fail to parse it as YAML.
+        raise ConfigError(f"log_config file {path!r} looks like an ini-style logging.fileConfig file "
+                          "(gunicorn's --log-config); corral takes a logging.dictConfig mapping in YAML or "
+                          "JSON (gunicorn's --log-config-json)")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"log_config file {path!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read log_config file {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if Path(path).suffix == ".json":
+        import json
+
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"log_config file {path!r} is not valid JSON: {exc}") from None
+    else:
+        try:
+            import yaml  # here, not at the top: see _yaml()
+        except ImportError:
+            raise ConfigError(f"log_config file {path!r}: reading YAML needs PyYAML, which {sys.executable} "
+                              "lacks; install it there, or give the same mapping as a .json file") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"log_config file {path!r} is neither YAML nor JSON: {exc}; corral takes a "
+                              "logging.dictConfig mapping (an ini-style fileConfig is not supported)") from None
+    if not isinstance(data, dict) or data.get("version") != 1:
+        raise ConfigError(f"log_config file {path!r} is not a logging.dictConfig mapping: it needs 'version: 1' "
+                          "at the top, beside handlers:, formatters:, loggers: "
+                          "(https://docs.python.org/3/library/logging.config.html#dictionary-schema-details)")
+    data.setdefault("disable_existing_loggers", False)  # else corral's own loggers fall silent
+    return data
+
+
+def apply_log_config(path: str | None) -> None:
+    """Apply the ``log_config`` file, after ``corral.logs.setup_logging``: the supervisor and
+    each worker call it. A config that dictConfig refuses is a ConfigError naming the file."""
+    if not path:
+        return
+    import logging.config
+
+    try:
+        logging.config.dictConfig(read_log_config(path))
+    except (ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise ConfigError(f"log_config file {path!r}: logging.dictConfig refused it: {exc}") from None
 
 
 def load(path: str | os.PathLike[str] | None = None,
@@ -882,14 +1226,19 @@ def _resolve(raw: _Raw, path: str | os.PathLike[str] | None, overrides: Mapping[
     values["control_socket"] = values["control_socket"] or default_control_socket(values["name"])
     _check_control_socket(values["control_socket"], raw.origin.get("control_socket"))
     if values["workers"] == "auto":
-        values["workers"] = cpu_count()
+        # --reload is for development: one worker boots fastest and prints a broken import once.
+        values["workers"] = 1 if values["reload"] else cpu_count()
     for key in ("timeout", "boot_timeout", "policy_interval", "reload_timeout"):
         if values[key] <= 0:
             raise ConfigError(f"config key {key!r} ({raw.origin.get(key)}): must be greater than 0")
     # The default bind is only a fallback (a socket unit's sockets replace it): bind_all()
     # checks metrics_bind against it when corral binds it itself.
-    _check_addresses(values["bind"] if "bind" in raw.values else (), values["metrics_bind"], raw.origin)
+    _check_addresses(values["bind"] if "bind" in raw.values else (), values["metrics_bind"], raw.origin,
+                     {"health_bind": values["health_bind"], "agent_bind": values["agent_bind"]})
     _check_engine_values(engine, raw.origin)
+    if values["log_config"]:
+        values["log_config"] = os.path.abspath(values["log_config"])  # workers may start elsewhere
+        read_log_config(values["log_config"])  # a bad file is refused now, not by every worker
     return Config(**values, engine=engine, source=None if path is None else os.path.abspath(path),
                   explicit=frozenset(raw.values), overrides=dict(overrides))
 
@@ -902,13 +1251,15 @@ def _name(name: str, origin: str | None) -> str:
     return name
 
 
-def _check_addresses(bind: Iterable[BindSpec], metrics_bind: Iterable[BindSpec], origin: Mapping[str, str]) -> None:
-    """Refuse an address listed twice, or a metrics address that overlaps an app address:
-    binding it would fail later with "address in use" blaming corral's own pid."""
+def _check_addresses(bind: Iterable[BindSpec], metrics_bind: Iterable[BindSpec], origin: Mapping[str, str],
+                     others: Mapping[str, Iterable[BindSpec]] | None = None) -> None:
+    """Refuse an address listed twice, or a metrics (health, agent) address that overlaps an app
+    address or another listener's: binding it would fail later with "address in use" blaming
+    corral's own pid."""
     from corral.addresses import overlap
 
     seen: list[tuple[str, BindSpec]] = []
-    for key, specs in (("bind", bind), ("metrics_bind", metrics_bind)):
+    for key, specs in (("bind", bind), ("metrics_bind", metrics_bind), *(others or {}).items()):
         for spec in specs:
             for other_key, other in seen:
                 if not overlap(spec.address, other.address):
@@ -918,8 +1269,12 @@ def _check_addresses(bind: Iterable[BindSpec], metrics_bind: Iterable[BindSpec],
                             else f"overlaps {other.address!r} (the same port on a wildcard address)")
                     raise ConfigError(f"config key {key!r} ({origin.get(key)}): {spec.address!r} {what}; "
                                       "list each address once")
-                raise ConfigError(f"config key 'metrics_bind' ({origin.get('metrics_bind')}): "
-                                  + metrics_overlap_message(spec.address, other.address, origin.get("bind")))
+                if key == "metrics_bind":
+                    raise ConfigError(f"config key 'metrics_bind' ({origin.get('metrics_bind')}): "
+                                      + metrics_overlap_message(spec.address, other.address, origin.get("bind")))
+                raise ConfigError(f"config key {key!r} ({origin.get(key)}): {spec.address!r} overlaps "
+                                  f"{other.address!r} in {other_key!r}: each listener needs an address of its "
+                                  "own; use another port")
             seen.append((key, spec))
 
 

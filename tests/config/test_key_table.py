@@ -46,6 +46,8 @@ EXPLICIT: dict[str, tuple[list[str], Any]] = {
     "bind": (["-b", "127.0.0.1:9001", "-b", "unix:/run/sample.sock"],
              (BindSpec("127.0.0.1:9001"), BindSpec("unix:/run/sample.sock"))),
     "metrics_bind": (["--metrics-bind", "127.0.0.1:9102"], (BindSpec("127.0.0.1:9102"),)),
+    "health_bind": (["--health-bind", "127.0.0.1:9103"], (BindSpec("127.0.0.1:9103"),)),
+    "agent_bind": (["--agent-bind", "127.0.0.1:9104"], (BindSpec("127.0.0.1:9104"),)),
     "workers": (["-w", "3"], 3),
     "python": (["--python", sys.executable], sys.executable),
     "virtualenv": (["--virtualenv", str(Path(sys.executable).parent.parent)], str(Path(sys.executable).parent.parent)),
@@ -63,6 +65,10 @@ EXPLICIT: dict[str, tuple[list[str], Any]] = {
     "forwarded_headers": (["--forwarded-headers", "forwarded"], ("forwarded",)),
     "ssl_minimum_version": (["--ssl-minimum-version", "TLSv1.3"], "TLSv1.3"),
     "ssl_ciphers": (["--ssl-ciphers", "ECDHE+AESGCM"], "ECDHE+AESGCM"),
+    # `corral run --reload` (corral.supervisor.devreload): uvicorn's spellings, repeated.
+    "reload_dirs": (["--reload-dir", "src", "--reload-dir", "lib"], ["src", "lib"]),
+    "reload_includes": (["--reload-include", "*.html"], ["*.html"]),
+    "reload_excludes": (["--reload-exclude", "tests", "--reload-excludes", "*.tmp"], ["tests", "*.tmp"]),
 }
 
 
@@ -92,6 +98,10 @@ def _sample(spec: KeySpec, request: pytest.FixtureRequest) -> tuple[list[str], A
     """A command line that sets ``spec``'s key to a value other than its default, and that value."""
     if spec.name in EXPLICIT:
         return EXPLICIT[spec.name]
+    if spec.name == "log_config":  # the file must exist and hold a dictConfig mapping
+        path = request.getfixturevalue("tmp_path") / "logging.json"
+        path.write_text('{"version": 1}')
+        return (["--log-config", str(path)], str(path))
     if spec.name.startswith("ssl_"):
         tls = _tls(request.getfixturevalue("certs"))
         if spec.name in tls:

@@ -10,10 +10,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from corral.config import ConfigError, load
+from corral.config import load
 from corral.metrics.probes import LIVEZ_PATH, READYZ_PATH
 from util import REPO, VENV_BIN
 
@@ -118,7 +117,5 @@ def test_example_config_keys_other_than_drain_delay_load(tmp_path: Path) -> None
     assert [str(b) for b in loaded.metrics_bind] == config["metrics_bind"]
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError,
-                   reason="drain_delay (issue 18) is not a config key yet; remove this mark when it is")
 def test_example_config_loads_as_is() -> None:
     load(CONTAINER / "corral.yaml", environ={})

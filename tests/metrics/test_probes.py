@@ -106,12 +106,13 @@ def test_a_replacing_count_outside_a_reload_changes_nothing() -> None:
 
 @pytest.mark.parametrize(("state", "status", "body"), [
     (RUNNING, OK, "live: 4 worker heartbeats fresh\n"),
+    (replace(RUNNING, fresh_heartbeats=1), OK, "live: 1 worker heartbeat fresh\n"),
     # Busy, reloading or draining hosts are alive: a liveness failure means "restart me".
     (replace(RUNNING, saturated_workers=4, draining=True), OK, "live: 4 worker heartbeats fresh\n"),
     (HostState(Phase.STARTING, slots=2), UNAVAILABLE, "not live: no worker heartbeat is fresh (starting)\n"),
     (replace(RUNNING, fresh_heartbeats=0), UNAVAILABLE, "not live: no worker heartbeat is fresh (running)\n"),
     (replace(RUNNING, loop_running=False), UNAVAILABLE, "not live: the supervisor loop stalled\n"),
-], ids=["ready", "saturated and draining", "starting", "heartbeats stale", "loop stalled"])
+], ids=["ready", "one worker", "saturated and draining", "starting", "heartbeats stale", "loop stalled"])
 def test_livez(state: HostState, status: HTTPStatus, body: str) -> None:
     answer = livez(state)
     assert (answer.status, answer.body) == (status, body)

@@ -57,6 +57,10 @@ class EngineContext:
         self.closing = 0  # connections closed to make room that are not gone yet
         self.tasks: set[asyncio.Task[Any]] = set()  # app tasks of requests that suspended
         self.draining = False
+        # Announced drain (the supervisor's drain_delay): still accepting and serving, but every
+        # response closes its connection, so clients reconnect through the load balancer to
+        # another host. Read once per request head (protocol.on_headers_complete).
+        self.close_keep_alive = False
         self.monotonic = time.monotonic
         self.stats = EngineStats(self._live_cycles)
         self.on_connection_closed: Callable[[], None] | None = None

@@ -390,7 +390,8 @@ class HttpProtocol(asyncio.Protocol):
         parser = self._parser
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        keep_alive = parser.should_keep_alive()
+        # close_keep_alive (an announced drain) turns every request into its connection's last.
+        keep_alive = parser.should_keep_alive() and not ctx.close_keep_alive
         special = self._special
         plain = keep_alive and special is None and self._hosts == 1 and method != "CONNECT"
         if plain:

@@ -171,10 +171,17 @@ class Server:
         """
         self._serving = False
         self._stop_reading()
+        self._close_listeners()
         while self._pending > self._handshakes:
             await asyncio.sleep(0)
         if self._ctx is not None:
             self._ctx.draining = True
+
+    def set_close_keep_alive(self, on: bool) -> None:
+        """On: keep accepting and serving, but answer every further request with ``Connection: close``
+        (the supervisor's ``drain_delay``: clients reconnect elsewhere before this host stops). Off
+        undoes it (an in-place upgrade that went on serving)."""
+        self._context().close_keep_alive = on
 
     def pause_accepting(self) -> None:
         """Stop accepting new connections (existing ones are served as usual)."""
@@ -204,6 +211,7 @@ class Server:
         deadline = loop.time() + (timeout if timeout is not None else 1e9)
         self._serving = False
         self._stop_reading()
+        self._close_listeners()
         ctx = self._ctx
         if ctx is not None:
             ctx.draining = True
@@ -267,6 +275,24 @@ class Server:
             if fd >= 0 and fd not in self._reading:
                 loop.add_reader(fd, self._accept, sock)
                 self._reading.add(fd)
+
+    def _close_listeners(self) -> None:
+        """A drain: accept what is already queued (it is answered, with ``Connection: close``), then
+        close this process's copies of the listening sockets. Once every process holding a socket
+        has closed it, the kernel refuses new connections at once, where it would otherwise queue
+        them until corral exits and then reset them. Another holder keeps the socket open: the
+        supervisor and a new generation across a reload or recycle, systemd for a socket unit."""
+        if self._ctx is None:
+            return
+        for sock in self._sockets:
+            if sock.fileno() < 0:
+                continue
+            while True:  # _accept() takes a batch at a time; it stops at EAGAIN or at the limit
+                pending = self._pending
+                self._accept(sock)
+                if self._pending == pending:
+                    break
+            sock.close()
 
     def _stop_reading(self) -> None:
         if self._ctx is None:

@@ -146,7 +146,8 @@ def livez(state: HostState) -> ProbeAnswer:
     if state.fresh_heartbeats < 1:
         return ProbeAnswer(HTTPStatus.SERVICE_UNAVAILABLE,
                            f"not live: no worker heartbeat is fresh ({state.phase.value})\n")
-    return ProbeAnswer(HTTPStatus.OK, f"live: {state.fresh_heartbeats} worker heartbeats fresh\n")
+    fresh = state.fresh_heartbeats
+    return ProbeAnswer(HTTPStatus.OK, f"live: {fresh} worker heartbeat{'s' if fresh != 1 else ''} fresh\n")
 
 
 def not_ready_reason(state: HostState) -> NotReady | None:
@@ -187,7 +188,8 @@ def weight(state: HostState) -> int:
     room = state.ready_workers * state.max_connections
     connection_share = 1.0 - min(state.connections, room) / room
     share = min(worker_share, connection_share)
-    return min(100, max(MIN_UP_WEIGHT, math.ceil(share * 100)))
+    # Rounded first: 1 - 14/20 is 0.30000000000000004, which must say 30%, not 31%.
+    return min(100, max(MIN_UP_WEIGHT, math.ceil(round(share * 100, 6))))
 
 
 def agent_line(state: HostState) -> str:

@@ -1,4 +1,8 @@
-"""A minimal HTTP responder for ``GET /metrics``, run by the supervisor on asyncio.
+"""A minimal HTTP responder for ``GET /metrics`` and the probes, run by the supervisor on asyncio.
+
+It serves ``/metrics`` (when given a ``render``) and, when given a ``probes`` snapshot,
+``/livez`` and ``/readyz`` (``corral.metrics.probes``: 200 or 503 with the reason in the
+body). The metrics listener serves all three; a ``health`` listener only the probes.
 
 The supervisor must not import uvloop or httptools, and a scrape every few
 seconds needs none of the engine's speed: this is a small, defensive HTTP/1.x
@@ -33,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from corral.metrics.exposition import CONTENT_TYPE
+from corral.metrics.probes import LIVEZ_PATH, READYZ_PATH, HostState, livez, readyz
 
 __all__ = ["MetricsServer"]
 
@@ -41,7 +46,7 @@ log = logging.getLogger("corral.metrics")
 _REASONS = {
     200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
     408: "Request Timeout", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 505: "HTTP Version Not Supported",
+    500: "Internal Server Error", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
 }
 # accept() errors that say "out of resources": back off instead of spinning.
 _ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -84,7 +89,8 @@ class MetricsServer:
         await server.close()        # the listening sockets stay open: their owner closes them
     """
 
-    def __init__(self, render: Callable[[], str], *, path: str = "/metrics",
+    def __init__(self, render: Callable[[], str] | None, *, path: str = "/metrics",
+                 probes: Callable[[], HostState] | None = None,
                  max_head_bytes: int = 8192, timeout: float = 10.0, header_timeout: float = 5.0,
                  max_connections: int = 16) -> None:
         if max_connections < 1:
@@ -92,8 +98,13 @@ class MetricsServer:
         if not header_timeout > 0 or not timeout > 0:
             raise ValueError(f"timeouts must be > 0 seconds, got timeout={timeout!r}, "
                              f"header_timeout={header_timeout!r}")
+        if render is None and probes is None:
+            raise ValueError("MetricsServer needs render (for /metrics), probes (for /livez, /readyz) or both")
         self._render = render
         self._path = path
+        self._probes = probes
+        # What a 404 lists: the paths this server answers.
+        self._paths = ([path] if render is not None else []) + ([LIVEZ_PATH, READYZ_PATH] if probes else [])
         self._max_head = max_head_bytes
         self._timeout = timeout  # sending the response, and the lingering close after it
         self._header_timeout = min(header_timeout, timeout)  # receiving the request head
@@ -263,16 +274,30 @@ class MetricsServer:
         if "://" in target:  # absolute-form, as sent to proxies: keep the path
             target = "/" + target.split("://", 1)[1].partition("/")[2]
         path = target.split("?", 1)[0]
-        if path != self._path:
-            return _response(404, f"not found; metrics are at {self._path}\n".encode())
+        if path not in self._paths:
+            return _response(404, f"not found; served here: {', '.join(self._paths)}\n".encode())
         if method not in ("GET", "HEAD"):
             return _response(405, b"use GET\n", extra=b"Allow: GET, HEAD\r\n")
+        if path != self._path or self._render is None:
+            return self._probe(path, head_only=method == "HEAD")
         try:
             body = self._render().encode("utf-8")
         except Exception:
             log.exception("rendering metrics failed")
             return _response(500, b"rendering metrics failed; see the corral log\n")
         return _response(200, body, content_type=CONTENT_TYPE, head_only=method == "HEAD")
+
+    def _probe(self, path: str, *, head_only: bool) -> bytes:
+        assert self._probes is not None  # only probe paths reach here without a render
+        try:
+            state = self._probes()
+            answer = livez(state) if path == LIVEZ_PATH else readyz(state)
+        except Exception:  # a bug in the snapshot must answer, not hang the prober
+            log.exception("computing %s failed", path)
+            return _response(500, f"computing {path} failed; see the corral log\n".encode())
+        # Never cached: a stale "ready" is exactly what a probe must not get.
+        return _response(int(answer.status), answer.body.encode("utf-8"), extra=b"Cache-Control: no-store\r\n",
+                         head_only=head_only)
 
 
 def _response(status: int, body: bytes, *, content_type: str = "text/plain; charset=utf-8",

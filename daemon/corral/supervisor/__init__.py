@@ -27,7 +27,7 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
     import asyncio
     import faulthandler
 
-    from corral.config import ConfigError, check_app_dir
+    from corral.config import ConfigError, apply_log_config, check_app_dir
     from corral.logs import print_error, setup_logging
     from corral.supervisor import reexec, rundir
     from corral.supervisor.control import ControlError
@@ -40,6 +40,10 @@ def run(config: Config, reload_config: Callable[[], Config] | None = None) -> in
     faulthandler.enable()
     notifier = Notifier()
     try:
+        try:
+            apply_log_config(config.log_config)  # checked at load; dictConfig can still refuse a handler
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
         if not config.app:
             raise StartupError("no app given: pass MODULE:ATTR on the command line or set app: in the config")
         # An in-place re-exec (a reload that found corral upgraded) hands over its sockets and workers.

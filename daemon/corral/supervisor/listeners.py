@@ -61,6 +61,21 @@ class SocketError(Exception):
 class Role(enum.StrEnum):
     HTTP = "http"  # the app's traffic
     METRICS = "metrics"  # the supervisor's /metrics responder (systemd name ``metrics``)
+    HEALTH = "health"  # the supervisor's /livez and /readyz only (systemd name ``health``)
+    AGENT = "agent"  # the supervisor's HAProxy agent-check answers (systemd name ``agent``)
+
+
+# The roles the supervisor serves itself (never passed to a worker), by their systemd name.
+SUPERVISOR_ROLES = (Role.METRICS, Role.HEALTH, Role.AGENT)
+
+
+def supervisor_binds(config: Config) -> dict[Role, tuple[BindSpec, ...]]:
+    """The addresses each supervisor-served role binds when systemd passes no socket of that name."""
+    return {Role.METRICS: config.metrics_bind, Role.HEALTH: config.health_bind, Role.AGENT: config.agent_bind}
+
+
+def _role_of(label: str) -> Role:
+    return Role(label) if label in SUPERVISOR_ROLES else Role.HTTP
 
 
 class Source(enum.StrEnum):
@@ -165,8 +180,9 @@ def acquire(config: Config, environ: MutableMapping[str, str] | None = None) -> 
     environ = os.environ if environ is None else environ
     passed = from_systemd(environ)
     if passed is None:
+        binds = supervisor_binds(config)
         listeners = bind_all(config.bind, config.backlog, reuse_port=config.reuse_port, slots=config.workers,
-                             metrics=config.metrics_bind)
+                             metrics=binds.pop(Role.METRICS), others=binds)
     elif _adopt_stored(passed):
         # Only sockets we bound ourselves before a restart: they are ours, and bind: applies.
         listeners = passed
@@ -177,8 +193,10 @@ def acquire(config: Config, environ: MutableMapping[str, str] | None = None) -> 
         listeners = passed
         if "bind" in config.explicit:
             log.info("using the %d socket(s) passed by systemd; bind: is ignored", len(listeners.items))
-        if config.metrics_bind and not listeners.role(Role.METRICS):
-            listeners.items.extend(bind_all([], config.backlog, metrics=config.metrics_bind).items)
+        for role, specs in supervisor_binds(config).items():
+            # A supervisor listener the socket unit does not name is bound from its key.
+            if specs and not listeners.role(role):
+                listeners.items.extend(bind_all([], config.backlog, others={role: specs}).items)
     if not listeners.from_systemd:
         store(listeners, environ)
     return listeners
@@ -208,8 +226,7 @@ def from_systemd(environ: MutableMapping[str, str] | None = None) -> Listeners |
     for i in range(int(count)):
         label = labels[i] if i < len(labels) else "unknown"
         sock = _listening_socket(SD_LISTEN_FDS_START + i, label)
-        role = Role.METRICS if label == Role.METRICS else Role.HTTP
-        listeners.items.append(Listener(sock, role, Source.SYSTEMD, name=label))
+        listeners.items.append(Listener(sock, _role_of(label), Source.SYSTEMD, name=label))
     _group_reuse_port(listeners.http())
     return listeners
 
@@ -250,15 +267,14 @@ def _adopt_stored(listeners: Listeners) -> bool:
     stored = [item for item in listeners.items if item.name.startswith(STORE_PREFIX)]
     for item in stored:
         item.source = Source.FDSTORE
-        role = item.name[len(STORE_PREFIX):]
-        item.role = Role.METRICS if role == Role.METRICS else Role.HTTP
+        item.role = _role_of(item.name[len(STORE_PREFIX):])
     return bool(stored) and len(stored) == len(listeners.items)
 
 
 def _reconcile(listeners: Listeners, config: Config, environ: Mapping[str, str]) -> None:
     """Make the stored sockets match ``bind:`` and ``metrics_bind:``: keep what matches,
     bind the rest, drop the others (FDSTOREREMOVE goes by name: every socket of the role)."""
-    for role, specs in ((Role.HTTP, config.bind), (Role.METRICS, config.metrics_bind)):
+    for role, specs in ((Role.HTTP, config.bind), *supervisor_binds(config).items()):
         current = listeners.role(role)
         kept = [item for item in current if any(_matches(item, parse_address(spec.address)) for spec in specs)]
         wanted = [spec for spec in specs if not any(_matches(item, parse_address(spec.address)) for item in current)]
@@ -275,14 +291,14 @@ def _reconcile(listeners: Listeners, config: Config, environ: Mapping[str, str])
                 item.source = Source.BOUND
         if wanted:
             fresh = (bind_all(wanted, config.backlog, reuse_port=config.reuse_port, slots=config.workers)
-                     if role == Role.HTTP else bind_all([], config.backlog, metrics=wanted))
+                     if role == Role.HTTP else bind_all([], config.backlog, others={role: wanted}))
             listeners.items.extend(fresh.items)
             for item in fresh.items:
                 log.info("listening on %s (new in %s)", item.address, _key(role))
 
 
 def _key(role: Role) -> str:
-    return "bind:" if role == Role.HTTP else "metrics_bind:"
+    return "bind:" if role == Role.HTTP else f"{role.value}_bind:"
 
 
 def _matches(item: Listener, address: Address) -> bool:
@@ -313,9 +329,18 @@ def _matches(item: Listener, address: Address) -> bool:
 
 
 def bind_all(specs: Iterable[BindSpec], backlog: int, *, reuse_port: bool = False, slots: int = 1,
-             metrics: Iterable[BindSpec] = ()) -> Listeners:
-    """Bind every configured address; on any failure close what was bound and raise SocketError."""
+             metrics: Iterable[BindSpec] = (), others: Mapping[Role, Iterable[BindSpec]] | None = None
+             ) -> Listeners:
+    """Bind every configured address; on any failure close what was bound and raise SocketError.
+
+    ``metrics`` and ``others`` (health, agent) are the supervisor's own listeners."""
     specs, metrics = list(specs), list(metrics)
+    served = [(role, spec) for role, role_specs in (others or {}).items() for spec in role_specs]
+    for role, spec in served:
+        clash = next((app for app in specs if overlap(spec.address, app.address)), None)
+        if clash is not None:
+            raise SocketError(f"{role.value}_bind: {spec.address!r} overlaps {clash.address!r} in bind: the "
+                              f"{role.value} listener needs an address of its own; use another port")
     for spec in metrics:
         # Config validation checks an explicit bind list; this catches the default one, which
         # would otherwise fail with "address in use" naming corral's own pid.
@@ -333,6 +358,8 @@ def bind_all(specs: Iterable[BindSpec], backlog: int, *, reuse_port: bool = Fals
                 listeners.items.append(_bind(spec, address, backlog, Role.HTTP))
         for spec in metrics:
             listeners.items.append(_bind(spec, parse_address(spec.address), backlog, Role.METRICS))
+        for role, spec in served:
+            listeners.items.append(_bind(spec, parse_address(spec.address), backlog, role))
     except BaseException:
         listeners.close()
         raise

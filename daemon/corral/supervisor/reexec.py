@@ -257,7 +257,7 @@ def config_from_json(data: dict[str, Any]) -> Config:
             values[field.name] = data[field.name]
         elif field.name in SUPERVISOR_KEYS:
             values[field.name] = SUPERVISOR_KEYS[field.name].default
-    for name in ("bind", "metrics_bind"):
+    for name in ("bind", "metrics_bind", "health_bind", "agent_bind"):
         if name in values:
             values[name] = tuple(BindSpec(**b) if isinstance(b, dict) else BindSpec(str(b)) for b in values[name])
     values["explicit"] = frozenset(values.get("explicit") or ())

@@ -150,6 +150,15 @@ class ReloadHost(Protocol):
         """Everything a re-executed image needs (``reexec.capture``)."""
         ...
 
+    async def drain_before_upgrade(self) -> None:
+        """Before an in-place upgrade: tell the load balancers this host drains for ``drain_delay``
+        (still serving), so that the exec happens with no new traffic arriving."""
+        ...
+
+    def call_off_drain(self) -> None:
+        """The upgrade did not happen: the host takes traffic again."""
+        ...
+
     def start_worker(self, generation: Generation, slot: Slot) -> WorkerProcess | None: ...
     def retire(self, worker: WorkerProcess, reason: str) -> None: ...
     def config_of(self, worker: WorkerProcess) -> Config: ...
@@ -194,6 +203,20 @@ class Reloader:
     @property
     def busy(self) -> bool:
         return self.active is not None
+
+    def parked_ids(self) -> set[int]:
+        """The ids of the old workers the running transaction parked (they accept nothing new)."""
+        txn = self.active
+        return {w.id for parked in txn.parked.values() for w in parked} if txn is not None else set()
+
+    def replacing(self) -> int:
+        """How many slots a rolling reload is replacing right now (its booting batch): the capacity it
+        takes away for the moment. 0 with no reload, for a surge reload (it adds workers instead)
+        and once the outcome is decided."""
+        txn = self.active
+        if txn is None or txn.outcome is not None or len(txn.batches) < 2 or not 0 <= txn.batch < len(txn.batches):
+            return 0
+        return len(txn.batches[txn.batch])
 
     # ------------------------------------------------------------------ requests
 
@@ -264,9 +287,13 @@ class Reloader:
             await reexec.preflight(sup.argv, state)
             if txn is not self.active or sup.phase is Phase.STOPPING:
                 return True
+            await sup.drain_before_upgrade()
+            if txn is not self.active or _stopping(sup):
+                return True  # a stop took over during the delay: it stays drained
             state = sup.reexec_state()  # fresh: workers may have changed during the preflight
             reexec.exec_in_place(state)
         except reexec.ReexecError as exc:
+            sup.call_off_drain()
             self._finish(txn, ReloadOutcome(False, sup.state.serving_number(), f"self-upgrade refused: {exc}; still "
                                             f"running {code.short()}", self.sup.now() - txn.started), ReloadResult.ABORTED)
         return True
@@ -572,6 +599,11 @@ class Reloader:
                             "bring the old code back to slot %d", worker.id, worker.pid, index, index)
         if worker.id in txn.quiescing:
             self.on_quiesced(worker)
+
+
+def _stopping(sup: ReloadHost) -> bool:
+    """Read after an await (mypy would keep the phase narrowed from before it)."""
+    return sup.phase is Phase.STOPPING
 
 
 def _strategy(config: Config) -> str:

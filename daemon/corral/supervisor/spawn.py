@@ -2,7 +2,8 @@
 
 Every worker is a fresh interpreter (fork+exec), never a fork of the supervisor,
 so a restart always loads the code on disk and no supervisor state leaks into
-the app. See ``corral/worker/boot.py`` for the sys.path rule applied when the app
+the app. With ``worker_start: zygote`` workers are forks of a per-generation zygote
+that was itself started exactly like this (corral.supervisor.zygote). See ``corral/worker/boot.py`` for the sys.path rule applied when the app
 has its own interpreter or virtualenv.
 """
 

@@ -137,7 +137,15 @@ def snapshot(sup: Reporting) -> dict[str, Any]:
                                if _loaded(module)}),
         },
         "workers": workers,
+        "zygotes": _zygotes(sup),
     }
+
+
+def _zygotes(sup: Reporting) -> list[dict[str, Any]]:
+    """worker_start: zygote: each generation's zygote (corral.supervisor.zygote); [] otherwise."""
+    spawner = getattr(sup, "zygotes", None)  # a test's fake supervisor has none
+    report = getattr(spawner, "report", None)
+    return list(report()) if callable(report) else []
 
 
 def _loaded(module: object) -> bool:
@@ -177,6 +185,11 @@ def render_table(data: dict[str, Any]) -> str:
     if data.get("last_reload"):
         r = data["last_reload"]
         lines.append(f"  last reload: {'ok' if r['ok'] else 'FAILED'}: {r['message']} ({r['duration']:.2f}s)")
+    for z in data.get("zygotes") or []:
+        what = "app preloaded" if z["preloaded"] else "runtime only"
+        lines.append(f"  zygote of generation {z['generation']}: pid {z['pid'] or '-'}, {z['state']}, {what}, "
+                     f"{z['forks']} forks, uss {_mib(z['uss'])}, pss {_mib(z['pss'])}"
+                     + (f": {z['error']}" if z["error"] else ""))
     for item in data["listeners"]:
         queue = "" if item.get("queue_depth") is None else f", queue {item['queue_depth']}/{item['queue_max']}"
         lines.append(f"  listening on {item['address']} ({item['role']}, {item['source']}, fd {item['fd']}{queue})")

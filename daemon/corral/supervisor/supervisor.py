@@ -35,11 +35,12 @@ import psutil
 from corral.config import Config, engine_keys
 from corral.logs import print_error, reopen_log_files
 from corral.metrics.registry import RESTART_REASONS, Metrics
-from corral.supervisor import identity, policies, reexec
+from corral.supervisor import devreload, identity, policies, reexec
 from corral.supervisor.control import ControlServer
 from corral.supervisor.identity import CodeIdentity
 from corral.supervisor.listeners import Listener, Listeners, SocketError, bind_reuse_port_group
 from corral.supervisor.notify import Notifier
+from corral.supervisor.reaper import Reaper
 from corral.supervisor.reload import Reloader, ReloadOutcome, ReloadResult
 from corral.supervisor.slots import ExitVerdict, Generation, RespawnBudget, Slot
 from corral.supervisor.spawn import Spawner, SpawnRequest, spawn_worker
@@ -53,13 +54,15 @@ from corral.supervisor.worker_process import (
     READY,
     WorkerProcess,
 )
+from corral.supervisor.zygote import ZYGOTE, StartingSpawner, become_subreaper
 from corral.worker import inflight, protocol
 from corral.worker.balance import BalanceTable, CellAllocator
 from corral.worker.protocol import ChannelClosed, Kind, Message
 
 if TYPE_CHECKING:  # imported when used: a corral without metrics_bind never loads the server
     from corral.metrics.looplag import LoopLagMonitor
-    from corral.metrics.server import MetricsServer
+    from corral.metrics.probes import HostState
+    from corral.supervisor.probing import ProbeServers
 
 log = logging.getLogger("corral.supervisor")
 
@@ -85,14 +88,16 @@ class Supervisor:
     def __init__(self, config: Config, listeners: Listeners, *,
                  reload_config: Callable[[], Config] | None = None,
                  notifier: Notifier | None = None,
-                 spawner: Spawner = spawn_worker,
+                 spawner: Spawner | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  installed_code: Callable[[], CodeIdentity] = identity.installed) -> None:
         self.config = config
         self.listeners = listeners
         self.reload_config = reload_config
         self.notifier = notifier or Notifier()
-        self.spawner = spawner
+        # The real spawner (None) starts exec'd workers or forks of the generation's zygote (zygote.py).
+        self.spawner: Spawner = spawner if spawner is not None else StartingSpawner(spawn_worker, clock=clock)
+        self.zygotes = self.spawner if isinstance(self.spawner, StartingSpawner) else None
         self.clock = clock
         self._installed_code = installed_code
         self.phase = Phase.STARTING
@@ -118,10 +123,21 @@ class Supervisor:
         self.balance = BalanceTable.create() if config.accept_balance and shared else None
         self.cells = CellAllocator(self.balance) if self.balance else None
         self._processes: dict[int, psutil.Process] = {}
+        if self.zygotes is not None and config.worker_start == ZYGOTE:
+            # Before the reaper looks: forked workers are re-parented to us (zygote.py).
+            self.zygotes.subreaper = become_subreaper()
+        # As PID 1 (a container) or a subreaper, orphans become our children: reaped in _reap().
+        self.reaper = Reaper.for_this_process(clock)
         self._done: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.control: ControlServer | None = None  # set by run(): the control-socket server
-        self.metrics_server: MetricsServer | None = None
+        self.probe_servers: ProbeServers | None = None  # /metrics, /livez, /readyz, agent (probing.py)
+        # drain_delay: a stop (or an in-place upgrade) was announced to the load balancers; the
+        # workers keep serving, closing each connection after its response, until the timer fires.
+        self.drain_announced = False
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self.last_tick_at = time.monotonic()  # real time, not the clock: /livez asks whether the loop turns
+        self.dev_reloader: devreload.DevReloader | None = None  # `corral run --reload` (devreload.py)
         self._loop_lag: LoopLagMonitor | None = None
         self._handlers: dict[Kind, Callable[[WorkerProcess, Message, float], None]] = {
             Kind.HEARTBEAT: self._on_heartbeat, Kind.READY: self._on_ready_message,
@@ -148,11 +164,16 @@ class Supervisor:
         try:
             await control.start(reexec.control_socket_from(self.resumed) if self.resumed else None)
             self._start_metrics()
+            self.dev_reloader = devreload.start(self, self.config)  # None unless --reload
             self.begin()
             ticker = asyncio.ensure_future(self._tick_forever())
             await self._done.wait()
             ticker.cancel()
+        except devreload.DevReloadError as exc:  # before any worker started: nothing to stop
+            self.fatal_error, self.exit_code = str(exc), EXIT_BOOT_FAILED
         finally:
+            if self.dev_reloader is not None:
+                self.dev_reloader.stop()
             await control.close()
             await self._stop_metrics()
             self._kill_everything()
@@ -214,6 +235,8 @@ class Supervisor:
         self.metrics.set_generation(state.generation.number)
         self.metrics.set_desired_workers(len(state.generation.slots))
         reexec.unblock_signals()
+        if self.config.drain_delay > 0:
+            self._tell_drain(False)  # the previous image announced its exec: take traffic again
         log.info("re-executed in place (pid %d, %s): adopted %d workers of generation %d",
                  os.getpid(), self.code_identity.short(), len(state.workers), state.generation.number)
         waiters = self.control.adopt_waiting(reexec.waiting_clients_from(resumed)) if self.control else []
@@ -249,20 +272,23 @@ class Supervisor:
 
         self._loop_lag = LoopLagMonitor(self.metrics.set_loop_lag)
         self._loop_lag.start()
-        sockets = self.listeners.role("metrics")
-        if sockets:
-            from corral.metrics.server import MetricsServer
+        if any(self.listeners.role(role) for role in ("metrics", "health", "agent")):
+            from corral.supervisor.probing import ProbeServers
 
-            server = self.metrics_server = MetricsServer(self.metrics.render)
-            for item in sockets:
-                server.serve(item.sock)
-                log.info("metrics on http://%s/metrics", item.address.removeprefix("unix:"))
+            self.probe_servers = ProbeServers(self.host_state, self.metrics.render)
+            self.probe_servers.start(self.listeners)
+
+    def host_state(self) -> HostState:
+        """This host as /livez, /readyz and the HAProxy agent see it now (probing.py)."""
+        from corral.supervisor.probing import host_state
+
+        return host_state(self)
 
     async def _stop_metrics(self) -> None:
         if self._loop_lag is not None:
             self._loop_lag.stop()
-        if self.metrics_server is not None:
-            await self.metrics_server.close()
+        if self.probe_servers is not None:
+            await self.probe_servers.close()
 
     def _install_signals(self) -> None:
         loop = self._loop
@@ -458,6 +484,23 @@ class Supervisor:
         for worker in list(self.state.workers.values()):
             if worker.poll() is not None:
                 self._on_exit(worker)
+        self._tend_zygotes()
+        if self.reaper is not None:  # after the workers: their exit status stays theirs
+            self.reaper.reap(self._waited_for)
+
+    def _waited_for(self, pid: int) -> bool:
+        """A child whose exit status the supervisor itself takes: a worker or a zygote."""
+        return pid in self.state.workers or (self.zygotes is not None and self.zygotes.owns(pid))
+
+    def _tend_zygotes(self) -> None:
+        """worker_start: zygote: restart crashed zygotes, stop those of generations gone (zygote.py)."""
+        if self.zygotes is None:
+            return
+        live = [] if self.phase is Phase.STOPPING else [
+            (g.number, g.config) for g in (self.state.generation, self.state.pending) if g is not None]
+        self.zygotes.tend(live)
+        if self.reaper is None and self.zygotes.subreaper:  # a reload switched to zygote: orphans come to us
+            self.reaper = Reaper.for_this_process(self.clock)
 
     def _on_exit(self, worker: WorkerProcess) -> None:
         """A worker exited: forget it, then handle its case (one handler each)."""
@@ -554,6 +597,9 @@ class Supervisor:
         log.error("worker %d (pid %d) %s before it was ready%s", worker.id, worker.pid, exit.description,
                   _error_suffix(worker))
         if all(s.worker is None for s in generation.slots):
+            if self.dev_reloader is not None:  # --reload: wait for a save that fixes it (retry_boot)
+                self.dev_reloader.boot_failed(worker.boot_error or exit.description)
+                return
             self.fatal_error = ("no worker could boot: " + (worker.boot_error or exit.description)
                                 + _boot_fix_hint(worker.boot_error))
             self.exit_code = EXIT_BOOT_FAILED
@@ -629,6 +675,7 @@ class Supervisor:
     # ------------------------------------------------------------------ the periodic tick
 
     def tick(self) -> None:
+        self.last_tick_at = time.monotonic()
         now = self.now()
         self._reap()
         self._enforce_deadlines(now)
@@ -804,6 +851,17 @@ class Supervisor:
         """Deploy: a new generation replaces the current one once it passed the gate (reload.py)."""
         self.reloader.request(waiter, notify)
 
+    def retry_boot(self) -> None:
+        """``--reload``, and no worker could boot yet: start the empty slots again, since a save may
+        have fixed the app (devreload.py). Nothing else is running to reload."""
+        generation = self.state.generation
+        if generation is None or self.phase is not Phase.STARTING:
+            return
+        for slot in generation.slots:
+            if slot.worker is None:
+                slot.failures = 0  # a new attempt with new code, not a crash loop
+                self.start_worker(generation, slot)
+
     def generation_serves(self, generation: Generation) -> None:
         """A reload's generation now serves (its cut-over)."""
         state = self.state
@@ -898,6 +956,9 @@ class Supervisor:
             if not graceful and self.stop_mode == "graceful":
                 log.info("fast stop requested during graceful stop")
                 self.stop_mode = "fast"
+                if self._drain_timer is not None:  # during drain_delay: stop now, not when it ends
+                    self._drain_timer.cancel()
+                    self._drain_timer = None
                 for worker in list(workers.values()):
                     worker.stop_fast(policies.STOP, now, FAST_STOP_GRACE)
             return
@@ -906,10 +967,28 @@ class Supervisor:
         if self.fatal_error is None:
             log.info("%s stop: stopping %d workers", self.stop_mode, len(workers))
         grace = self.config.graceful_timeout if graceful else FAST_STOP_GRACE
-        self.stop_deadline = now + grace + 5.0
+        delay = self.config.drain_delay if graceful and self.fatal_error is None and self._loop else 0.0
+        self.stop_deadline = now + delay + grace + 5.0
         self.notifier.stopping(self.fatal_error[:400] if self.fatal_error else
-                               f"stopping: draining {len(workers)} workers")
+                               f"stopping: leaving the load balancers for {delay:g}s (drain_delay), still serving"
+                               if delay > 0 else f"stopping: draining {len(workers)} workers")
         self.reloader.abort("corral is stopping")
+        if delay > 0 and self._loop is not None:
+            self._announce_drain(delay, "stop")
+            self.last_extend = now
+            # systemd's stop timeout must not run out during the delay (the tick extends it further).
+            self.notifier.extend_timeout(delay + grace + 15)
+            self._drain_timer = self._loop.call_later(delay, self._stop_workers, graceful)
+            return
+        self._stop_workers(graceful)
+
+    def _stop_workers(self, graceful: bool) -> None:
+        """The stop proper: drain (or, fast, close) every worker; after drain_delay if one is set."""
+        self._drain_timer = None
+        now = self.now()
+        workers = self.state.workers
+        if self.stop_mode == "fast":
+            graceful = False
         for worker in list(workers.values()):
             if worker.state == KILLED:
                 continue
@@ -917,7 +996,43 @@ class Supervisor:
                 worker.stop_gracefully(policies.STOP, self.config_of(worker).graceful_timeout, now)
             else:
                 worker.stop_fast(policies.STOP, now, FAST_STOP_GRACE)
+        # Our copies of the app listeners: once the workers have closed theirs too (as they begin
+        # to drain), new connections are refused at once instead of queued and then reset at exit.
+        # systemd keeps its own copy of a socket unit's socket, so a restart still finds them queued.
+        for item in self.listeners.http():
+            self.listeners.items.remove(item)
+            self.metrics.remove_listener(item.sock)
+            item.close()
         self._check_stopped()
+
+    # ------------------------------------------------------------------ drain_delay (probing.py)
+
+    def _announce_drain(self, delay: float, why: str) -> None:
+        """/readyz says 503 draining and the agent says drain from now on; the workers keep serving
+        but close each connection after its response, so clients move to other hosts."""
+        self.drain_announced = True
+        log.info("%s: telling load balancers this host drains (/readyz 503, agent drain) for drain_delay=%gs; "
+                 "still serving meanwhile, every response closing its connection", why, delay)
+        self._tell_drain(True)
+
+    def _tell_drain(self, on: bool) -> None:
+        for worker in self.state.workers.values():
+            worker.channel.send(protocol.drain_notice(on))
+
+    async def drain_before_upgrade(self) -> None:
+        """Before an in-place upgrade (reload.py): announce the drain, then wait drain_delay."""
+        delay = self.config.drain_delay
+        if delay <= 0:
+            return
+        self._announce_drain(delay, "in-place upgrade")
+        await asyncio.sleep(delay)
+
+    def call_off_drain(self) -> None:
+        """The upgrade did not happen: take traffic again (unless a stop took over meanwhile)."""
+        if self.drain_announced and self.phase is not Phase.STOPPING:
+            self.drain_announced = False
+            self._tell_drain(False)
+            log.info("in-place upgrade did not happen: taking traffic again")
 
     def _check_stopped(self) -> None:
         self._reap()
@@ -927,6 +1042,8 @@ class Supervisor:
             self._done.set()
 
     def _kill_everything(self) -> None:
+        if self.zygotes is not None:
+            self.zygotes.close()
         for worker in list(self.state.workers.values()):
             worker.signal(signal.SIGKILL)
             try:

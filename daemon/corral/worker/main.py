@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from corral.config import Config, ConfigError
+from corral.config import Config, ConfigError, apply_log_config
 from corral.logs import reopen_log_files, setup_logging
 from corral.worker import probe, protocol
 from corral.worker.check import DEPENDENCY_HINT
@@ -55,6 +55,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--slot", type=int, default=0)
     parser.add_argument("--generation", type=int, default=0)
     parser.add_argument("--check", action="store_true", help="import the app (config JSON on stdin) and exit")
+    parser.add_argument("--zygote", action="store_true",
+                        help="be the generation's zygote: fork workers on request (corral.worker.zygote)")
     return parser.parse_args(list(argv))
 
 
@@ -67,6 +69,10 @@ def main(argv: Sequence[str]) -> int:
     if args.channel_fd is None:
         print("corral worker: started without --channel-fd; workers are started by `corral run`", file=sys.stderr)
         return 2
+    if args.zygote:
+        from corral.worker import zygote
+
+        return zygote.run(args.channel_fd, main)
     channel = Channel(socket.socket(fileno=args.channel_fd))
     try:
         hello = channel.receive_blocking(timeout=30)
@@ -78,6 +84,10 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:  # a supervisor of another corral version; it runs this copy's boot.py
         return _boot_failed(channel, f"cannot read the config the supervisor sent: {exc}")
     setup_logging(config.log_level, role="corral-worker")
+    try:
+        apply_log_config(config.log_config)
+    except ConfigError as exc:
+        return _boot_failed(channel, str(exc))
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
     # Until the loop's handlers are installed, a stop simply ends a booting worker
@@ -113,6 +123,7 @@ class WorkerRuntime:
         self.reload_gate = False  # part of a reload: a failed warm-up fails the boot (the old code serves on)
         self.parked = False  # a rolling reload replaced us, and may still roll back to us
         self.restart = False  # the supervisor replaces us (reload, recycle): WebSockets close with 1012
+        self.close_keep_alive = False  # a drain was announced (drain_delay): every response closes
         self._heartbeat_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop  # set by run(), before anything reads it
         self._fast_stop: asyncio.Future[None] | None = None  # held: the loop keeps only weak references
@@ -170,6 +181,8 @@ class WorkerRuntime:
             await self.server.shutdown(0)
             return 0
         await self._serve(settings, tls)
+        if self.close_keep_alive:  # announced while we booted
+            self.server.set_close_keep_alive(True)
         self._start_balancer()
         self.ready = True
         # requests: the gate's own; the supervisor counts only later ones as served
@@ -241,6 +254,10 @@ class WorkerRuntime:
             await self.server.serve(secure, tls)
 
     def _identity(self) -> dict[str, Any] | None:
+        zygote = sys.modules.get("corral.worker.zygote")  # forked from a preloaded zygote: known already
+        known = getattr(zygote, "preloaded_identity", None)
+        if isinstance(known, dict):
+            return known
         try:
             return app_identity(self._app_spec(), self.config.app_dir)
         except Exception as exc:  # noqa: BLE001  (only a label: never fail a boot over it)
@@ -344,6 +361,15 @@ class WorkerRuntime:
             self.balancer.start()
         log.info("unparked: the reload rolled back; serving again")
 
+    def drain_notice(self, on: bool) -> None:
+        """corral announced (or called off) a stop to the load balancers: keep serving, but close
+        each connection after its response so that its client reconnects to another host."""
+        self.close_keep_alive = on
+        if self.ready and self.server is not None:
+            self.server.set_close_keep_alive(on)
+        log.info("%s", "drain announced: every response now closes its connection" if on
+                 else "drain called off: keep-alive connections stay open again")
+
     def _on_channel(self) -> None:
         try:
             for message in self.channel.receive():
@@ -356,6 +382,8 @@ class WorkerRuntime:
                     self.unpark()
                 elif kind is Kind.RETIRING:
                     self.restart = bool(message.get("restart"))
+                elif kind is Kind.DRAIN_NOTICE:
+                    self.drain_notice(bool(message.get("on")))
         except ChannelClosed:
             # The supervisor is gone: nobody will replace or watch us; drain and leave.
             self._loop.remove_reader(self.channel.fileno())

@@ -14,6 +14,8 @@ Supervisor -> worker:
               boot, since the old generation serves on (``corral.worker.probe``)
   ``park``    a rolling reload replaced the worker: accept no new connections, keep the app loaded
   ``unpark``  that reload rolled back: accept again
+  ``drain_notice`` corral announced a stop to the load balancers (``drain_delay``): ``on`` true: keep
+              serving, but answer with ``Connection: close`` so clients reconnect elsewhere; false: undo
   ``retiring`` (right before the stop signal) why: ``restart`` is true for a reload, recycle or
               scale-down (the service goes on: WebSockets close with 1012), false on stop (1001)
 Worker -> supervisor:
@@ -55,6 +57,7 @@ class Kind(enum.StrEnum):
     PARK = "park"
     UNPARK = "unpark"
     RETIRING = "retiring"
+    DRAIN_NOTICE = "drain_notice"
     # worker -> supervisor
     BOOTED = "booted"
     READY = "ready"
@@ -105,6 +108,11 @@ class Retiring(TypedDict):
     restart: bool  # the service goes on (reload, recycle, scale-down): WebSockets close with 1012
 
 
+class DrainNotice(TypedDict):
+    t: str
+    on: bool  # true: every response closes its connection (the host is leaving the pool); false: undo
+
+
 class Booted(TypedDict):
     t: str
     interface: str
@@ -136,6 +144,10 @@ def hello(config: dict[str, Any], worker: WorkerInfo, listeners: list[ListenerIn
 
 def retiring(reason: str, restart: bool) -> Retiring:
     return {"t": Kind.RETIRING, "reason": reason, "restart": restart}
+
+
+def drain_notice(on: bool) -> DrainNotice:
+    return {"t": Kind.DRAIN_NOTICE, "on": on}
 
 
 def booted(interface: str) -> Booted:
