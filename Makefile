@@ -16,7 +16,7 @@ APT_PACKAGES := curl wrk util-linux iproute2 systemd lintian rpm debhelper dh-py
 	pybuild-plugin-pyproject python3-all python3-setuptools python3-build \
 	python3-installer python3-wheel python3-venv fakeroot prometheus chromium haproxy testssl.sh
 
-.PHONY: run test lint bench sysdeps venv clean deb rpm
+.PHONY: run test lint bench sysdeps venv clean deb rpm docs
 
 venv: $(STAMP)
 
@@ -50,6 +50,11 @@ test: $(SYSSTAMP) $(STAMP)
 lint: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_lint.py
 
+## Regenerate conf/corral.yaml, docs/configuration.md and the man page (packaging/debian/corral.1)
+## from the key table (daemon/corral/config.py, daemon/corral/engine/settings.py).
+docs: $(STAMP)
+	$(BIN)/python -m corral.keydoc --write
+
 ## Benchmarks: the in-process cost per request, ASGI (corral vs uvicorn, granian, a bare uvloop+httptools server), WSGI
 ## (vs granian, gunicorn), the cost of metrics (on vs off) and WebSocket echo (vs uvicorn, granian, a bare server).
 bench: $(SYSSTAMP) $(STAMP)
@@ -60,6 +65,7 @@ bench: $(SYSSTAMP) $(STAMP)
 	$(BIN)/python tests/bench/bench_metrics.py --rounds 5 --scrape-interval 5
 	$(BIN)/python tests/bench/bench_ws.py --rounds 3
 	$(BIN)/python tests/bench/bench_tls.py --rounds 3
+	$(BIN)/python tests/bench/bench_zygote.py --workers 4 --requests 400 --kills 3
 
 ## Build the Debian package into packaging/out/deb/ and lint it (fetches pinned wheels once).
 deb: $(SYSSTAMP)

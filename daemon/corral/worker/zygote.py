@@ -1,0 +1,387 @@
+"""The zygote: one fresh interpreter per generation that workers are forked from (worker_start: zygote).
+
+Started by the supervisor exactly as a worker is (``boot.py`` by path, the app's interpreter, the
+scrubbed environment, ``app_dir`` as cwd, a process group of its own), with ``--zygote``. It:
+
+1. reads its ``zygote_hello`` (the generation's config) from its request channel;
+2. imports the runtime every worker needs (uvloop, httptools, the engine) and, with ``preload``,
+   the app's module; then checks that no thread was started (a fork copies only the forking
+   thread: a preloaded app whose threads hold a lock would deadlock its workers);
+3. ``gc.freeze()``s what it imported, so that no collection in a worker writes to (and so copies)
+   the pages it shares with the zygote, and says ``zygote_ready``;
+4. forks one worker per ``fork`` request, with the fds that came with it (SCM_RIGHTS) moved to the
+   numbers the supervisor named, so the worker reads the same ``hello`` an exec'd worker does.
+
+It creates no event loop, thread or socket of its own: its only channel is the request socket.
+
+Each worker is forked twice (zygote -> short-lived middle process -> worker) so that, once the middle
+one exits, the worker is re-parented to the supervisor, which made itself a child subreaper: the
+supervisor waits for its workers' exit statuses itself, as it does for exec'd ones, and workers
+outlive a zygote that crashes (corral.supervisor.zygote).
+
+A zygote that cannot import the runtime or the app, or that must refuse to preload, does not exit:
+it stays up in a failed state and every worker it forks reports that error as its boot error and
+exits with the worker's boot-error status. The supervisor then handles it exactly like a worker
+whose import failed (a reload rolls back, a start fails with the app's message).
+
+The zygote exits when its request channel closes: the supervisor closes it once the zygote's
+generation is gone, and the kernel closes it when the supervisor dies.
+
+Request protocol (``SOCK_SEQPACKET``; one JSON object per datagram, with a ``"t"``):
+  supervisor -> zygote: ``zygote_hello`` {config, generation}; ``fork`` {slot, generation, targets}
+                        with one fd per target (SCM_RIGHTS)
+  zygote -> supervisor: ``zygote_ready`` {pid, preloaded, error, seconds}; ``forked`` {pid};
+                        ``fork_failed`` {error}
+
+Only the standard library and corral are imported before the runtime (as in ``boot.py``).
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import gc
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypedDict
+
+WorkerMain = Callable[[Sequence[str]], int]  # corral.worker.main.main, handed in (no import cycle)
+
+log = logging.getLogger("corral.zygote")
+
+MAX_MESSAGE = 1 << 20
+MAX_FDS = 64  # fds one fork request may carry: listeners, balance table, in-flight table, channel
+HELLO_TIMEOUT = 30.0
+EXIT_BOOT_ERROR = 3  # the worker's status for a failed boot (corral.worker.main)
+
+# With preload: the app's code identity (corral.worker.identity), computed once in the zygote. Its
+# workers serve exactly the code the zygote imported, and the lookup (installed distributions'
+# metadata) costs each worker 100 ms or more before it is ready.
+preloaded_identity: dict[str, Any] | None = None
+
+
+class ZygoteKind(enum.StrEnum):
+    """The ``"t"`` of a request-channel message."""
+
+    HELLO = "zygote_hello"
+    FORK = "fork"
+    READY = "zygote_ready"
+    FORKED = "forked"
+    FORK_FAILED = "fork_failed"
+
+
+class ZygoteHello(TypedDict):
+    t: str
+    config: dict[str, Any]
+    generation: int
+
+
+class ForkRequest(TypedDict):
+    t: str
+    slot: int
+    generation: int
+    targets: list[int]  # the fd number each passed fd must have in the worker, in order
+    channel: int  # which target is the worker's control channel
+
+
+class ZygoteReady(TypedDict):
+    t: str
+    pid: int
+    preloaded: bool
+    error: str | None  # set: every worker forked reports it as its boot error
+    seconds: float  # how long the imports took
+
+
+class Forked(TypedDict):
+    t: str
+    pid: int
+
+
+class ForkFailed(TypedDict):
+    t: str
+    error: str
+
+
+def zygote_hello(config: dict[str, Any], generation: int) -> ZygoteHello:
+    return {"t": ZygoteKind.HELLO, "config": config, "generation": generation}
+
+
+def fork_request(slot: int, generation: int, targets: list[int], channel: int) -> ForkRequest:
+    return {"t": ZygoteKind.FORK, "slot": slot, "generation": generation, "targets": targets, "channel": channel}
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError(f"the request channel sent {type(message).__name__}, not a message object")
+    return message
+
+
+def kind_of(message: Mapping[str, Any]) -> ZygoteKind | None:
+    value = message.get("t")
+    try:
+        return ZygoteKind(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------- the zygote process
+
+
+def run(channel_fd: int, worker_main: WorkerMain) -> int:
+    """The zygote's main: returns its exit status once its request channel closes."""
+    # No collection in the zygote (the Python docs' advice for fork without exec): a collection
+    # frees objects, and the holes it leaves in memory pages are where a worker's first
+    # allocations go, copying those pages. Re-enabled in each worker.
+    gc.disable()
+    sock = socket.socket(fileno=channel_fd)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))  # no core dump on a fast stop
+    try:
+        sock.settimeout(HELLO_TIMEOUT)
+        hello = decode(sock.recv(MAX_MESSAGE))
+        sock.settimeout(None)
+    except (OSError, ValueError) as exc:
+        print(f"corral zygote: no hello from the supervisor: {exc!r}", file=sys.stderr)
+        return 2
+    from corral.config import Config, ConfigError
+    from corral.logs import setup_logging
+
+    try:
+        config = Config.from_json(hello["config"])
+    except (ConfigError, KeyError) as exc:
+        error: str | None = f"cannot read the config the supervisor sent: {exc}"
+        preloaded = False
+        seconds = 0.0
+    else:
+        setup_logging(config.log_level, role="corral-zygote")
+        start = time.monotonic()
+        error, preloaded = prepare(config)
+        seconds = time.monotonic() - start
+    if error:
+        log.error("%s", error)
+    # What the zygote imported is never collected again: a collection in a worker would write to
+    # every object's header, copying the pages it shares with the zygote.
+    gc.freeze()
+    ready: ZygoteReady = {"t": ZygoteKind.READY, "pid": os.getpid(), "preloaded": preloaded, "error": error,
+                          "seconds": round(seconds, 3)}
+    sock.send(encode(ready))
+    return serve(sock, error, worker_main)
+
+
+def prepare(config: Any) -> tuple[str | None, bool]:
+    """Import the runtime and, with preload, the app; (error or None, whether the app is loaded)."""
+    from corral.worker.check import DEPENDENCY_HINT
+
+    try:
+        import httptools  # noqa: F401  (imported to be shared with the workers)
+        import uvloop  # noqa: F401
+
+        import corral.appload
+        import corral.engine
+        import corral.engine.asgi
+        import corral.engine.cycle
+        import corral.engine.eagertask
+        import corral.engine.settings
+        import corral.engine.tls
+        import corral.engine.tlsconfig
+        import corral.engine.wsgi
+        import corral.worker.balancer
+        import corral.worker.identity
+        import corral.worker.inflight
+        import corral.worker.probe  # noqa: F401
+        from corral.engine import Server  # noqa: F401  (the engine's modules load on first use of a name)
+    except ImportError as exc:
+        return f"cannot import corral's worker runtime with {sys.executable}: {exc}; {DEPENDENCY_HINT}", False
+    if not config.preload:
+        return None, False
+    threads = _thread_count()
+    if threads > 1:  # something in corral's own runtime started one: never fork that
+        return f"the zygote runs {threads} threads before importing the app; cannot preload", False
+    try:
+        _import_app(config)
+    except Exception as exc:
+        log.error("the app failed to import in the zygote (preload)", exc_info=exc)
+        message = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
+        return f"preload: {message}", False
+    _remember_identity(config)
+    threads = _thread_count()
+    if threads > 1:
+        names = ", ".join(sorted(t.name for t in threading.enumerate() if t is not threading.current_thread()))
+        return (f"preload refused: importing {config.app} started {threads - 1} thread"
+                f"{'s' if threads > 2 else ''} ({names or 'not Python threads'}); a fork copies only the "
+                "forking thread, so workers would inherit locks nobody releases. Start threads in the app's "
+                "lifespan startup (or on first use) instead of at import, or set preload: false"), False
+    return None, True
+
+
+def _import_app(config: Any) -> None:
+    """Import the app's module only: a factory (MODULE:FUNC()) is called in each worker, as without preload."""
+    import importlib
+
+    from corral.appload import parse_spec
+
+    if config.app is None:
+        raise ValueError("no app given: pass MODULE:ATTR or set app: in the config")
+    module_name, _attr, _factory = parse_spec(config.app)
+    if config.app_dir is not None and config.app_dir not in sys.path:
+        sys.path.insert(0, config.app_dir)
+    importlib.import_module(module_name)
+
+
+def _remember_identity(config: Any) -> None:
+    global preloaded_identity
+    from corral.worker.identity import app_identity
+
+    try:
+        preloaded_identity = app_identity(config.app, config.app_dir)
+    except Exception as exc:  # noqa: BLE001  (only a label: each worker then looks for itself)
+        log.debug("cannot tell the app's code identity: %s", exc)
+
+
+def _thread_count() -> int:
+    """Threads of this process, C-level ones included (from /proc)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def serve(sock: socket.socket, error: str | None, worker_main: WorkerMain) -> int:
+    """Fork workers until the request channel closes."""
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+        except InterruptedError:
+            continue
+        except OSError:
+            return 0
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return 0
+        try:
+            message = decode(data)
+        except ValueError:
+            for fd in fds:
+                os.close(fd)
+            continue
+        if kind_of(message) is not ZygoteKind.FORK:
+            for fd in fds:
+                os.close(fd)
+            continue
+        reply: Forked | ForkFailed
+        try:
+            reply = {"t": ZygoteKind.FORKED, "pid": fork_worker(sock, message, fds, error, worker_main)}
+        except (OSError, ValueError, KeyError) as exc:
+            reply = {"t": ZygoteKind.FORK_FAILED, "error": f"fork failed: {exc}"}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            sock.send(encode(reply))
+        except OSError:
+            return 0  # the supervisor is gone (its worker, now orphaned, notices on its own channel)
+
+
+def fork_worker(sock: socket.socket, request: Mapping[str, Any], fds: Sequence[int], error: str | None,
+                worker_main: WorkerMain) -> int:
+    """Fork a worker through a middle process that exits at once; returns the worker's pid."""
+    targets = [int(t) for t in request["targets"]]
+    if len(targets) != len(fds):
+        raise ValueError(f"{len(fds)} fds came with a request naming {len(targets)}")
+    args = ["--channel-fd", str(int(request["channel"])), "--slot", str(int(request["slot"])),
+            "--generation", str(int(request["generation"]))]
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        status = 1
+        try:
+            os.close(read_end)
+            worker = os.fork()
+            if worker == 0:
+                os.close(write_end)
+                _become_worker(sock, fds, targets, args, error, worker_main)  # never returns
+            os.write(write_end, str(worker).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    try:
+        data = b""
+        while chunk := os.read(read_end, 32):
+            data += chunk
+    finally:
+        os.close(read_end)
+        os.waitpid(middle, 0)  # once it is reaped, its child (the worker) is the supervisor's
+    if not data:
+        raise OSError("the middle process exited without forking a worker")
+    return int(data)
+
+
+def _become_worker(sock: socket.socket, fds: Sequence[int], targets: Sequence[int], args: list[str],
+                   error: str | None, worker_main: WorkerMain) -> None:
+    code = 1
+    try:
+        os.setpgid(0, 0)  # a process group of its own, as an exec'd worker has
+        sock.close()  # the zygote's channel is the zygote's alone
+        move_fds(fds, targets)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        # os.register_at_fork hooks reseeded random's global instance already; reseeding again
+        # from the OS costs nothing and covers a Random the app seeded at import.
+        random.seed()
+        gc.enable()  # the frozen objects stay out of its collections
+        channel_fd = int(args[1])
+        if error is not None:
+            code = _report(channel_fd, error)
+        else:
+            code = worker_main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001  (the worker's last word; the process ends here either way)
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def move_fds(fds: Sequence[int], targets: Sequence[int]) -> None:
+    """Give each received fd its target number: first all above every target (so no dup2 closes
+    another received fd), then down to the target."""
+    floor = max([*targets, *fds, 2]) + 1
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    for fd, target in zip(high, targets, strict=True):
+        os.dup2(fd, target, inheritable=True)
+        os.close(fd)
+
+
+def _report(channel_fd: int, error: str) -> int:
+    """A worker of a failed zygote: say the zygote's error as this worker's boot error."""
+    from corral.worker import protocol
+
+    channel = protocol.Channel(socket.socket(fileno=channel_fd))
+    try:
+        channel.receive_blocking(timeout=HELLO_TIMEOUT)  # the hello: the supervisor is listening by now
+    except (protocol.ChannelClosed, OSError, ValueError):
+        pass
+    channel.send(protocol.boot_error(error))
+    return EXIT_BOOT_ERROR

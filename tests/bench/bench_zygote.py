@@ -1,0 +1,303 @@
+"""Memory and worker-replacement benchmark for worker_start: zygote (docs/zygote.md).
+
+Memory: each server runs the same app with --workers N; after --requests requests on fresh
+connections, the total USS and PSS of its whole process tree (supervisor, zygote, workers) is
+read from /proc (psutil memory_full_info). Servers: corral exec / zygote / zygote+preload,
+gunicorn (sync, WSGI) with and without --preload, granian, uvicorn. Apps: hello world (ASGI; the
+WSGI twin for gunicorn) and, unless --no-django, a Django project from `django-admin startproject`
+(admin on) hitting /admin/login/ (WSGI for every server).
+
+Replacement: corral with 2 workers on an app whose import sleeps --import-sleep seconds, under a
+light wrk load; one worker is SIGKILLed and the time until `corral status` (polled every 5 ms over
+the control socket) shows a ready replacement in its slot is reported for exec, zygote and
+zygote+preload, --kills times each (median).
+
+    .venv/bin/python tests/bench/bench_zygote.py [--workers 4] [--requests 400] [--kills 3]
+
+A memory figure is a snapshot, not a timed run; replacement times depend on the machine's load
+(printed with the results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "daemon"))
+
+HELLO = '''\
+import os, time
+time.sleep(float(os.environ.get("BENCH_IMPORT_SLEEP", "0")))
+BODY = b"Hello, world!"
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")]})
+    await send({"type": "http.response.body", "body": BODY})
+
+def wsgi(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
+    return [BODY]
+'''
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def tree_memory(pid: int) -> tuple[int, int, int]:
+    """(USS, PSS, processes) summed over ``pid`` and all its descendants."""
+    uss = pss = count = 0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            info = proc.memory_full_info()
+        except psutil.Error:
+            continue
+        uss += info.uss
+        pss += getattr(info, "pss", 0)
+        count += 1
+    return uss, pss, count
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        for pid in children:  # by pid: a worker that outlived its server
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def corral_config(tmp: Path, name: str, app: str, app_dir: Path, port: int, workers: int,
+                  **extra: Any) -> Path:
+    config = {"app": app, "app_dir": str(app_dir), "workers": workers, "bind": [f"127.0.0.1:{port}"],
+              "control_socket": str(tmp / f"{name}.sock"), "name": name, "log_level": "warning", **extra}
+    path = tmp / f"{name}.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def servers(tmp: Path, app_dir: Path, asgi: str, wsgi: str, workers: int, port: int
+            ) -> list[tuple[str, list[str]]]:
+    corral = str(BIN / "corral")
+    w = str(workers)
+    rows = [
+        ("corral exec", [corral, "run", "--config", str(corral_config(tmp, "mexec", asgi, app_dir, port, workers))]),
+        ("corral zygote", [corral, "run", "--config", str(corral_config(
+            tmp, "mzyg", asgi, app_dir, port, workers, worker_start="zygote"))]),
+        ("corral zygote+preload", [corral, "run", "--config", str(corral_config(
+            tmp, "mpre", asgi, app_dir, port, workers, worker_start="zygote", preload=True))]),
+    ]
+    bind = f"127.0.0.1:{port}"
+    if (BIN / "gunicorn").exists():
+        rows.append(("gunicorn", [str(BIN / "gunicorn"), "-w", w, "-b", bind, "--chdir", str(app_dir), wsgi]))
+        rows.append(("gunicorn --preload", [str(BIN / "gunicorn"), "-w", w, "-b", bind, "--chdir", str(app_dir),
+                                            "--preload", wsgi]))
+    if (BIN / "granian").exists():
+        interface = "wsgi" if asgi == wsgi else "asgi"
+        rows.append(("granian", [str(BIN / "granian"), "--interface", interface, "--workers", w, "--host",
+                                 "127.0.0.1", "--port", str(port), "--working-dir", str(app_dir),
+                                 (wsgi if interface == "wsgi" else asgi)]))
+    if (BIN / "uvicorn").exists():
+        if asgi == wsgi:  # Django's WSGI app through uvicorn's WSGI adapter
+            rows.append(("uvicorn", [str(BIN / "uvicorn"), "--interface", "wsgi", "--workers", w, "--host",
+                                     "127.0.0.1", "--port", str(port), "--app-dir", str(app_dir), wsgi]))
+        else:
+            rows.append(("uvicorn", [str(BIN / "uvicorn"), "--workers", w, "--host", "127.0.0.1", "--port",
+                                     str(port), "--app-dir", str(app_dir), asgi]))
+    return rows
+
+
+def measure_memory(label: str, tmp: Path, app_dir: Path, asgi: str, wsgi: str, path: str, workers: int,
+                   requests: int) -> list[dict[str, Any]]:
+    results = []
+    for name, cmd in servers(tmp, app_dir, asgi, wsgi, workers, port := free_port()):
+        cmd = [c.replace(f":{port}", f":{port}") for c in cmd]
+        env = {**os.environ, "PYTHONPATH": str(app_dir)}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=app_dir,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if get(port, path) == 200:
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    raise RuntimeError(f"{name} did not start: {' '.join(cmd)}\n{err[-2000:]}")
+                time.sleep(0.1)
+            # Every worker up (the slowest exec'd ones too), then the requests.
+            wait_for_processes(proc.pid, workers)
+            for _ in range(requests):
+                get(port, path)
+            time.sleep(0.5)
+            uss, pss, count = tree_memory(proc.pid)
+            results.append({"app": label, "server": name, "uss_mib": round(uss / 2**20, 1),
+                            "pss_mib": round(pss / 2**20, 1), "processes": count})
+            print(f"  {label:12} {name:24} USS {uss / 2**20:7.1f} MiB  PSS {pss / 2**20:7.1f} MiB  "
+                  f"({count} processes)", flush=True)
+        finally:
+            stop(proc)
+    return results
+
+
+def wait_for_processes(pid: int, workers: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(psutil.Process(pid).children(recursive=True)) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # let the last ones finish importing
+
+
+def django_project(tmp: Path) -> Path | None:
+    admin = BIN / "django-admin"
+    if not admin.exists():
+        return None
+    root = tmp / "djsite"
+    root.mkdir()
+    subprocess.run([str(admin), "startproject", "mysite", str(root)], check=True, capture_output=True)
+    settings = root / "mysite" / "settings.py"
+    settings.write_text(settings.read_text().replace("ALLOWED_HOSTS = []", "ALLOWED_HOSTS = ['*']"))
+    return root
+
+
+def replacement_times(tmp: Path, app_dir: Path, import_sleep: float, kills: int) -> list[dict[str, Any]]:
+    from corral.supervisor.control import ControlError, request
+
+    results = []
+    for name, extra in (("exec", {}), ("zygote", {"worker_start": "zygote"}),
+                        ("zygote+preload", {"worker_start": "zygote", "preload": True})):
+        port = free_port()
+        config = corral_config(tmp, f"r{name.replace('+', '')}", "hello:app", app_dir, port, 2,
+                               boot_timeout=60, **extra)
+        control = json.loads(config.read_text())["control_socket"]
+        env = {**os.environ, "BENCH_IMPORT_SLEEP": str(import_sleep)}
+        proc = subprocess.Popen([str(BIN / "corral"), "run", "--config", str(config)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        load = None
+        try:
+            def ready() -> list[dict[str, Any]]:
+                try:
+                    data = request(control, {"cmd": "status"}, timeout=10)
+                except ControlError:  # not listening yet
+                    return []
+                return [w for w in data["workers"] if w["state"] == "ready"]
+
+            wait(lambda: len(ready()) == 2, 120)
+            if shutil.which("wrk"):
+                load = subprocess.Popen(["wrk", "-t1", "-c8", "-d600s", f"http://127.0.0.1:{port}/"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times = []
+            for _ in range(kills):
+                victim = ready()[0]
+                start = time.monotonic()
+                os.kill(victim["pid"], signal.SIGKILL)
+                wait(lambda v=victim: any(w["slot"] == v["slot"] and w["pid"] != v["pid"] for w in ready()), 60,
+                     0.005)
+                times.append(time.monotonic() - start)
+                wait(lambda: len(ready()) == 2, 60)
+            result = {"worker_start": name, "import_sleep": import_sleep,
+                      "replacement_ms": [round(t * 1000, 1) for t in times],
+                      "median_ms": round(statistics.median(times) * 1000, 1)}
+            results.append(result)
+            print(f"  {name:16} replacement after SIGKILL: median {result['median_ms']:8.1f} ms "
+                  f"(each: {result['replacement_ms']})", flush=True)
+        finally:
+            if load is not None:
+                load.terminate()
+                load.wait(10)
+            stop(proc)
+    return results
+
+
+def wait(predicate: Any, timeout: float, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark condition not reached")
+        time.sleep(interval)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--import-sleep", type=float, default=2.0)
+    parser.add_argument("--no-django", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    print(f"bench_zygote: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start", flush=True)
+    out: dict[str, Any] = {"memory": [], "replacement": []}
+    with tempfile.TemporaryDirectory(prefix="bench-zygote-") as name:
+        tmp = Path(name)
+        app_dir = tmp / "hello"
+        app_dir.mkdir()
+        (app_dir / "hello.py").write_text(HELLO)
+        if not args.no_memory:
+            print(f"memory, {args.workers} workers, after {args.requests} requests (whole process tree):")
+            out["memory"] += measure_memory("hello world", tmp, app_dir, "hello:app", "hello:wsgi", "/",
+                                            args.workers, args.requests)
+            project = None if args.no_django else django_project(tmp)
+            if project is not None:
+                out["memory"] += measure_memory("django", tmp, project, "mysite.wsgi:application",
+                                                "mysite.wsgi:application", "/admin/login/", args.workers,
+                                                args.requests)
+        print(f"replacement, app import sleeping {args.import_sleep:g}s, under wrk -c8:")
+        out["replacement"] = replacement_times(tmp, app_dir, args.import_sleep, args.kills)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
