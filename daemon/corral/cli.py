@@ -13,20 +13,31 @@ a boolean ``access_log`` is ``--access-log``/``--no-access-log``, a list key is
 repeated (``-b A -b B``). Flags override the config file and ``CORRAL_*``
 environment variables; their values are checked by the key's own kind, so a bad
 one gets the message a bad YAML value gets, naming the flag.
+
+The spellings of gunicorn and uvicorn work too (docs/coming-from.md): a key's other
+spellings are its ``KeySpec.aliases`` (``--proc-name``, ``--timeout-keep-alive``, ``-t``),
+the few that combine into a key are the compatibility flags below (``--host``/``--port``,
+``--uds``, ``--fd``, ``--factory``, ``--env-file``), and a flag corral does not have gets an
+answer naming corral's way (``NOT_IN_CORRAL``) or the nearest flag it has.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from corral import __version__
 from corral.config import (
+    GUNICORN_CONFIG_HINT,
     SUPERVISOR_KEYS,
     BoolKind,
     Config,
@@ -72,6 +83,13 @@ def _serving_options(parser: argparse.ArgumentParser) -> None:
         for spec in keys:
             if spec.group is group:
                 _add_key(section, spec)
+    compat = parser.add_argument_group("compatibility flags (uvicorn, gunicorn)",
+                                       "spellings that combine into the keys above (docs/coming-from.md)")
+    for flag in COMPAT_FLAGS:
+        if flag.metavar is None:
+            compat.add_argument(*flag.names, dest=flag.dest, action="store_true", help=flag.help)
+        else:
+            compat.add_argument(*flag.names, dest=flag.dest, metavar=flag.metavar, type=flag.type, help=flag.help)
 
 
 def _add_key(section: _Section, spec: KeySpec) -> None:
@@ -81,7 +99,7 @@ def _add_key(section: _Section, spec: KeySpec) -> None:
     if spec.positional:
         section.add_argument(spec.name, nargs="?", metavar=spec.value_name, help=help_text)
         return
-    names = [spec.short, spec.flag] if spec.short else [spec.flag]
+    names = spec.flags
     if isinstance(spec.kind, BoolKind):
         section.add_argument(*names, dest=spec.name, action=argparse.BooleanOptionalAction, default=None,
                              help=help_text)
@@ -110,9 +128,271 @@ def _as_yaml(value: Any) -> str:
 
 
 def key_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The config keys the command line gave, by key name (for config.load's overrides)."""
-    return {spec.name: getattr(args, spec.name) for spec in config_keys()
-            if getattr(args, spec.name, None) is not None}
+    """The config keys the command line gave, by key name (for config.load's overrides),
+    with the compatibility flags folded into the keys they stand for."""
+    values = {spec.name: getattr(args, spec.name) for spec in config_keys()
+              if getattr(args, spec.name, None) is not None}
+    addresses = compat_addresses(args)
+    if addresses:
+        values["bind"] = [*(values.get("bind") or []), *addresses]
+    if getattr(args, "factory", False):
+        app = values.get("app")
+        if not app:
+            raise ConfigError("--factory calls the APP given on the command line: corral run --factory "
+                              "MODULE:FUNC (in a config file, write app: 'MODULE:FUNC()')")
+        values["app"] = app if app.endswith("()") else f"{app}()"
+    return values
+
+
+# --------------------------------------------------------------------------- gunicorn's and uvicorn's spellings
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0 to 65535)")
+    return port
+
+
+def _fd(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file descriptor number")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class CompatFlag:
+    """A flag of uvicorn's or gunicorn's that is no config key of its own but combines into
+    one (``--host`` and ``--port`` into a ``bind`` address): ``key_values`` folds it in. A
+    flag that is only another spelling of a key is that key's ``KeySpec.aliases`` instead.
+    ``metavar`` None: a switch."""
+
+    names: tuple[str, ...]
+    dest: str
+    metavar: str | None
+    help: str
+    type: Any = str
+
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+
+COMPAT_FLAGS = (
+    CompatFlag(("--host",), "host", "HOST",
+               f"uvicorn's: listen on HOST (with --port, default {DEFAULT_PORT}): HOST:PORT joins the -b "
+               "addresses, which replace the config file's bind; an IPv6 address is bracketed for you"),
+    CompatFlag(("--port",), "port", "PORT",
+               f"uvicorn's: listen on PORT (with --host, default {DEFAULT_HOST}): HOST:PORT joins the -b addresses",
+               _port),
+    CompatFlag(("--uds",), "uds", "PATH", "uvicorn's: listen on the unix socket PATH: unix:PATH joins the -b addresses"),
+    CompatFlag(("--fd",), "fd", "N",
+               "uvicorn's: serve the listening socket on file descriptor N: fd:N joins the -b addresses", _fd),
+    CompatFlag(("--factory",), "factory", None,
+               "uvicorn's: APP is a factory: call it to get the app (APP MODULE:FUNC becomes MODULE:FUNC())"),
+    CompatFlag(("--env-file",), "env_file", "FILE",
+               "uvicorn's: read environment variables from a .env FILE (python-dotenv) into corral's "
+               "environment, which the workers inherit; a variable already set wins, and CORRAL_* ones "
+               "set config keys"),
+)
+
+
+def compat_addresses(args: argparse.Namespace) -> list[str]:
+    """The bind addresses --host/--port, --uds and --fd stand for, in that order."""
+    addresses = []
+    host, port = getattr(args, "host", None), getattr(args, "port", None)
+    if host is not None or port is not None:
+        host = DEFAULT_HOST if host is None else host.strip()
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address: HOST:PORT would be ambiguous
+        addresses.append(f"{host}:{DEFAULT_PORT if port is None else port}")
+    if getattr(args, "uds", None):
+        addresses.append(f"unix:{args.uds}")
+    if getattr(args, "fd", None) is not None:
+        addresses.append(f"fd:{args.fd}")
+    return addresses
+
+
+def load_env_file(path: str, environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Read a .env file (python-dotenv's parser: quotes, ``export``, ``${VAR}`` expansion) into
+    ``environ`` (corral's own environment: the workers inherit it, and CORRAL_* variables in it
+    set config keys). A variable already set keeps its value, as with uvicorn's --env-file.
+    Returns the variables it set; a missing or unreadable file is a ConfigError naming it."""
+    environ = os.environ if environ is None else environ
+    if not os.path.exists(path):
+        raise ConfigError(f"--env-file {path!r} does not exist; give the path of a .env file (NAME=value lines)")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--env-file {path!r} is not a file; give the path of a .env file (NAME=value lines)")
+    from dotenv import dotenv_values
+
+    try:
+        values = dotenv_values(path, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read --env-file {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    added = {}
+    for name, value in values.items():
+        if value is not None and name not in environ:  # a bare NAME line sets nothing
+            environ[name] = added[name] = value
+    return added
+
+
+# Flags of gunicorn's and uvicorn's that corral does not have, each with what corral does instead.
+_NO_WORKER_CLASSES = ("there are no worker classes: corral tells ASGI from WSGI itself (the interface key: "
+                      "--interface auto|asgi|wsgi to override the guess) and serves both on its own uvloop "
+                      "engine; a WSGI app that blocks gets a thread pool with --threads N")
+_SYSTEMD_LOGS = ("corral logs to stderr, which systemd sends to the journal (journalctl -u UNIT); "
+                 "--log-config FILE sends it elsewhere")
+NOT_IN_CORRAL: dict[str, str] = {
+    "--worker-class": _NO_WORKER_CLASSES,
+    "--workers-class": _NO_WORKER_CLASSES,
+    "-k": _NO_WORKER_CLASSES,
+    "--daemon": "corral runs in the foreground: systemd runs it in the background (a service unit)",
+    "-D": "corral runs in the foreground: systemd runs it in the background (a service unit)",
+    "--pid": "corral writes no pid file: systemd knows the supervisor's pid (systemctl show -p MainPID UNIT)",
+    "-p": "corral writes no pid file: systemd knows the supervisor's pid (systemctl show -p MainPID UNIT)",
+    "--user": "set User= in the systemd unit", "-u": "set User= in the systemd unit",
+    "--group": "set Group= in the systemd unit", "-g": "set Group= in the systemd unit",
+    "--umask": "set UMask= in the systemd unit", "-m": "set UMask= in the systemd unit",
+    "--access-logfile": "--access-log writes the access log to stderr (the journal under systemd); "
+                        "--access-log-format common|combined|json",
+    "--access-logformat": "--access-log-format common|combined|json",
+    "--error-logfile": _SYSTEMD_LOGS, "--log-file": _SYSTEMD_LOGS, "--capture-output": _SYSTEMD_LOGS,
+    "--enable-stdio-inheritance": "the workers' stdout and stderr already reach corral's (the journal)",
+    "--statsd-host": "corral serves Prometheus metrics instead: --metrics-bind 127.0.0.1:9100",
+    "--statsd-prefix": "corral serves Prometheus metrics instead: --metrics-bind 127.0.0.1:9100",
+    "--check-config": "run `corral check` (it imports the app too)",
+    "--proxy-headers": "corral believes X-Forwarded-* only from --forwarded-allow-ips peers (default "
+                       "127.0.0.1, ::1, unix), always; --forwarded-headers picks which headers",
+    "--no-proxy-headers": "--forwarded-allow-ips '' believes no proxy (corral reads X-Forwarded-* only "
+                          "from --forwarded-allow-ips peers)",
+    "--proxy-allow-from": "--forwarded-allow-ips ADDR (repeat it)",
+    "--loop": "corral always runs uvloop", "--http": "corral has its own HTTP/1.1 engine (httptools)",
+    "--ssl-keyfile-password": "--ssl-keyfile-password-file FILE: a password on the command line shows in ps",
+    "--keyfile-password": "--ssl-keyfile-password-file FILE: a password on the command line shows in ps",
+    "--ssl-version": "--ssl-minimum-version TLSv1.2|TLSv1.3",
+    "--cert-reqs": "--ssl-cert-reqs none|optional|required (gunicorn's 0, 1, 2)",
+    "--limit-concurrency": "--max-connections N: per worker; at the limit the worker stops accepting "
+                           "(connections wait in the listen queue instead of getting a 503)",
+    "--limit-request-field_size": "--max-header-size BYTES (corral limits all the headers of a request together)",
+    "--limit-request-field-size": "--max-header-size BYTES (corral limits all the headers of a request together)",
+    "--h11-max-incomplete-event-size": "--max-header-size BYTES",
+    "--no-server-header": "--server-header null",
+    "--header": "corral adds no response headers of its own choosing: set them in the app",
+    "-H": "corral adds no response headers of its own choosing: set them in the app",
+    "--use-colors": "corral's logs are plain (journal-friendly)",
+    "--no-use-colors": "corral's logs are plain (journal-friendly)",
+    "--env": "--environment '{NAME: value}', or --env-file FILE",
+    "-e": "--environment '{NAME: value}', or --env-file FILE",
+    "--paste": "give the WSGI app itself as MODULE:ATTR, or a factory that builds it: MODULE:FUNC()",
+    "--worker-tmp-dir": "corral's workers send heartbeats over a socket, not through a temp file",
+    "--pythonpath": "--app-dir DIR is put first on the app's sys.path; for more, PYTHONPATH in --environment",
+    "--print-config": "run `corral check`: it prints the resolved config's essentials and imports the app",
+    "--timeout-worker-healthcheck": "workers send a heartbeat every second; --timeout SECONDS declares a silent "
+                                    "one hung (killed and replaced)",
+    "--http2": "corral speaks HTTP/1.1: put an HTTP/2 proxy (nginx, HAProxy) in front",
+    "--no-sendfile": "there is no sendfile to switch off: the engine writes responses itself",
+    "--log-syslog": _SYSTEMD_LOGS, "--log-syslog-to": _SYSTEMD_LOGS,
+    "--proxy-protocol": "corral does not read the PROXY protocol: let the proxy send X-Forwarded-For, and "
+                        "trust it with --forwarded-allow-ips",
+    "--initgroups": "set SupplementaryGroups= (or User=) in the systemd unit",
+    "--logger-class": "--log-config FILE (a logging.dictConfig in YAML or JSON)",
+    "--spew": "no tracing switch: `corral status` and py-spy show what workers do",
+}
+
+
+def unknown_flag_message(command: str, extras: Sequence[str], known: Sequence[str]) -> str:
+    """What to say about arguments argparse did not take: the first unknown flag, with corral's
+    way when corral does it differently, else the nearest flag it has."""
+    flags = [arg for arg in extras if arg.startswith("-") and arg != "-"]
+    if not flags:
+        return (f"unexpected argument {extras[0]!r}: corral {command} takes one APP; if a flag before it takes a "
+                "value elsewhere, corral's may not (see corral run --help)")
+    flag = flags[0].split("=", 1)[0]
+    if not flag.startswith("--") and len(flag) > 2:
+        flag = flag[:2]  # -k4 is -k 4
+    known_here = [name for name in known if name not in NOT_IN_CORRAL]
+    if flag in NOT_IN_CORRAL:
+        return f"corral has no {flag}: {NOT_IN_CORRAL[flag]} (docs/coming-from.md)"
+    close = difflib.get_close_matches(flag, known_here, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"corral {command} --help lists every flag"
+    return f"unknown flag {flag}: {hint} (docs/coming-from.md maps gunicorn's and uvicorn's flags to corral's)"
+
+
+def serving_flags() -> list[str]:
+    """Every option string of `corral run` and `corral check`."""
+    names = ["-h", "--help", "-c", "--config"]
+    for spec in config_keys():
+        if spec.positional:
+            continue
+        names += spec.flags
+        if isinstance(spec.kind, BoolKind):
+            names += ["--no-" + name[2:] for name in spec.flags if name.startswith("--")]
+    for flag in COMPAT_FLAGS:
+        names += flag.names
+    return names
+
+
+# gunicorn.conf.py settings and the corral keys they become (docs/coming-from.md has the whole table).
+GUNICORN_SETTINGS = {
+    "wsgi_app": "app", "bind": "bind", "backlog": "backlog", "workers": "workers", "threads": "threads",
+    "worker_connections": "max_connections", "max_requests": "max_requests",
+    "max_requests_jitter": "max_requests_jitter", "timeout": "timeout", "graceful_timeout": "graceful_timeout",
+    "keepalive": "keepalive_timeout", "limit_request_line": "max_request_line",
+    "limit_request_fields": "max_header_count", "chdir": "app_dir", "proc_name": "name", "loglevel": "log_level",
+    "forwarded_allow_ips": "forwarded_allow_ips", "reuse_port": "reuse_port", "certfile": "ssl_certfile",
+    "keyfile": "ssl_keyfile", "ca_certs": "ssl_ca_certs", "ciphers": "ssl_ciphers", "reload": "reload",
+    "raw_env": "environment", "accesslog": "access_log", "preload_app": "preload",
+}
+
+
+def gunicorn_config_message(path: str) -> str:
+    """What to say to `corral run -c gunicorn.conf.py`: what to do, and the file's plain settings
+    (``name = literal`` lines) already written as corral's YAML."""
+    message = f"config file {path!r} is a gunicorn config file (Python); {GUNICORN_CONFIG_HINT}"
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"), path)
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return message
+    keys: dict[str, Any] = {}
+    left: list[str] = []
+    corral_keys = {spec.name for spec in config_keys()}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        name = node.targets[0].id
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:  # computed (multiprocessing.cpu_count() * 2 + 1): not carried over
+            left.append(name)
+            continue
+        key = GUNICORN_SETTINGS.get(name)
+        if key is None or key not in corral_keys:
+            left.append(name)
+        elif name == "raw_env":
+            keys[key] = dict(item.split("=", 1) for item in value if "=" in item)
+        elif name == "preload_app" and "worker_start" in corral_keys:
+            keys[key] = bool(value)
+            if value:
+                keys["worker_start"] = "zygote"  # corral preloads only into a zygote
+        elif name == "accesslog":
+            if value:
+                keys[key] = True  # corral writes it to stderr: the journal
+        elif key in ("bind", "forwarded_allow_ips") and isinstance(value, str):
+            keys[key] = [part.strip() for part in value.split(",") if part.strip()]
+        else:
+            keys[key] = value
+    if keys:
+        import yaml
+
+        message += "; the same settings as corral's YAML:\n\n" + yaml.safe_dump(keys, sort_keys=False)
+    if left:
+        message += f"\nnot carried over (see docs/coming-from.md): {', '.join(left)}"
+    return message.rstrip()
+
+
+_CONTROL_FLAGS = ["-h", "--help", "-c", "--config", "-n", "--name", "--control-socket"]
+_COMMAND_FLAGS = {"status": [*_CONTROL_FLAGS, "--json"], "reload": [*_CONTROL_FLAGS, "--timeout"]}
 
 
 def _control_options(parser: argparse.ArgumentParser) -> None:
@@ -124,24 +404,42 @@ def _control_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # No abbreviations: gunicorn's --header would otherwise be taken for --header-timeout, and an
+    # unknown flag must get its answer (parse_command_line), not a silent near match.
     parser = argparse.ArgumentParser(prog="corral", description="A systemd-native application server "
-                                     "for ASGI and WSGI Python web apps.")
+                                     "for ASGI and WSGI Python web apps.", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"corral {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _serving_options(sub.add_parser("run", help="serve an app (the supervisor systemd starts)"))
-    _serving_options(sub.add_parser("check", help="validate the config and import the app"))
-    status = sub.add_parser("status", help="show the workers of a running corral")
+    _serving_options(sub.add_parser("run", help="serve an app (the supervisor systemd starts)", allow_abbrev=False))
+    _serving_options(sub.add_parser("check", help="validate the config and import the app", allow_abbrev=False))
+    status = sub.add_parser("status", help="show the workers of a running corral", allow_abbrev=False)
     _control_options(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    reload = sub.add_parser("reload", help="deploy new code with zero downtime; waits for the outcome")
+    reload = sub.add_parser("reload", help="deploy new code with zero downtime; waits for the outcome",
+                            allow_abbrev=False)
     _control_options(reload)
     reload.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
     return parser
 
 
+def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed; an unknown flag exits 2 with an answer naming corral's way."""
+    args, extras = build_parser().parse_known_args(argv)
+    if extras:
+        command = args.command
+        known = serving_flags() if command in ("run", "check") else _COMMAND_FLAGS.get(command, [])
+        print(f"corral {command}: error: {unknown_flag_message(command, extras, known)}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(argv)
     try:
+        if args.command in ("run", "check") and args.config and args.config.endswith(".py"):
+            raise ConfigError(gunicorn_config_message(args.config))
+        if getattr(args, "env_file", None):
+            load_env_file(args.env_file)  # before the config: its CORRAL_* variables are config keys
         if args.command == "run":
             return cmd_run(args)
         if args.command == "check":
@@ -164,8 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from corral.supervisor.listeners import secure_standard_fds
+    from corral.supervisor.reaper import prepare_pid1
 
     secure_standard_fds()  # before anything opens a file: `corral run <&-` must not put a socket on fd 0
+    prepare_pid1()  # a container's PID 1: logs to stdout, SIGTERM honoured while starting
     # The supervisor never speaks TLS, but asyncio imports ssl when it can, which maps
     # libssl and libcrypto: about 6 MiB of the supervisor's 25 MiB budget. Python
     # built without ssl is a supported asyncio configuration; this makes ours one.
