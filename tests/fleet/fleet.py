@@ -13,14 +13,18 @@ host's network, and the namespaces vanish at teardown)::
   interface ever exists in the machine's own network namespace.
 - Each host installs corral from the built ``.deb`` (``dpkg -i``, as tests/packaging does),
   makes a venv for the app, and runs ``corral@app.socket``/``.service`` with a socket drop-in
-  that listens on TCP port 8000 (the app answers its version: ``v1 <pid>``).
+  that listens on TCP port 8000 (the app answers its version: ``v1 <pid>``). Its corral config
+  serves /livez and /readyz on the metrics port (9100) and HAProxy's agent protocol on the
+  agent port (9101), and says it is leaving ``drain_delay`` before it stops.
 - HAProxy (Debian's package, 2.6) runs in the lb namespace with its stats socket in the lb
   workdir, which the test process reaches directly (a unix socket path, not the network).
-  How it checks the hosts is ``CHECK`` below, in one place, so the fleet can move to
-  ``/readyz`` and ``agent-check`` by changing it alone.
+  How it checks the hosts (``GET /readyz`` and ``agent-check``) is ``CHECK`` below, in one
+  place; docs/fleet.md shows the same stanza.
 - The load generator (``loadgen.py``) runs in the lb namespace against HAProxy's frontend.
 - ``StatsRecorder`` polls ``show stat`` all along and keeps each server's state changes, from
-  which ``out_of_pool`` says how long a host was out of the pool.
+  which ``out_of_pool`` says how long a host was out of the pool and ``marked_down`` whether a
+  check ever marked it DOWN; ``rollout_report`` sums up one rolling deploy.
+- A host can be upgraded to a newer ``.deb`` (``apt install ./corral_<newer>.deb``).
 """
 
 from __future__ import annotations
@@ -63,21 +67,39 @@ class HealthCheck:
     server_args: str
 
 
-# Today: an HTTP check of the app port (corral serves no /readyz yet). Once it does:
-#   backend_lines=("option httpchk", "http-check send meth GET uri /readyz ver HTTP/1.1 hdr host fleet",
-#                  "http-check expect status 200"),
-#   server_args="check port <metrics port> inter 500ms fall 2 rise 1 agent-check agent-port <agent port> agent-inter 500ms"
+# The probes each host's corral serves (its config below): /livez and /readyz on the metrics
+# listener, HAProxy's agent protocol on the agent listener.
+METRICS_PORT = 9100
+AGENT_PORT = 9101
+# HAProxy checks both every CHECK_INTERVAL; a host that is about to stop says so (readyz 503,
+# agent "drain") for DRAIN_DELAY first, while still serving: at least twice the interval, so
+# HAProxy has seen it and moved its traffic before the host stops taking any.
+CHECK_INTERVAL = 0.5
+DRAIN_DELAY = 4 * CHECK_INTERVAL
+
+# The backend stanza docs/fleet.md shows, line for line:
+# - `GET /readyz` on the metrics port decides whether the host gets new requests.
+# - A 503 from /readyz is the host itself saying "send me nothing new" (starting, draining for
+#   a stop, a reload cut-over, saturated): `error-status L7OKC` makes that a *conditional pass*,
+#   which HAProxy treats as a soft stop (status NOLB: no new traffic, open connections finish),
+#   never as a failed check. Anything else (no answer, refused, a 500) fails the check, and
+#   `fall` failures mark the host DOWN as they should.
+# - `agent-check` on the agent port: "up ready N%" sets the weight from free capacity,
+#   "drain" takes the host out of rotation at once (no waiting for `fall` checks), and
+#   "down #why" marks it DOWN when no worker can serve.
 CHECK = HealthCheck(
     backend_lines=("option httpchk",
-                   "http-check send meth GET uri / ver HTTP/1.1 hdr host fleet",
+                   "http-check send meth GET uri /readyz ver HTTP/1.1 hdr host fleet",
+                   "http-check expect ! status 503 error-status L7OKC",
                    "http-check expect status 200"),
-    server_args="check inter 500ms fall 3 rise 2",
+    server_args=(f"check port {METRICS_PORT} inter {int(CHECK_INTERVAL * 1000)}ms fall 3 rise 1 "
+                 f"agent-check agent-port {AGENT_PORT} agent-inter {int(CHECK_INTERVAL * 1000)}ms"),
 )
 
 APP_SOURCE = '''\
 """The fleet's app: answers its version (set when deployed) and its pid."""
 import os
-
+{imports}
 VERSION = {version!r}
 
 
@@ -102,7 +124,37 @@ app: fleetapp:app
 app_dir: /srv/{APP}/src
 virtualenv: /srv/{APP}/venv
 workers: 2
+# The probes HAProxy checks (CHECK above); docs/fleet.md shows the same setup. /livez and
+# /readyz are on the metrics socket (METRICS_SOCKET), the agent answers here.
+agent_bind: ["0.0.0.0:{AGENT_PORT}"]
+drain_delay: {DRAIN_DELAY}
 """
+
+# The metrics listener (/metrics, /livez, /readyz) from a socket unit of its own rather than
+# metrics_bind: systemd keeps it listening while the service restarts, so HAProxy's health
+# checks wait in its queue and get an answer ("starting") instead of a refused connection. With
+# metrics_bind the new supervisor binds it only once it runs, and a restart showed HAProxy two
+# refused checks in a row (L4CON): one more would have marked the host DOWN during a planned
+# restart. (The agent may refuse meanwhile: HAProxy ignores an agent it cannot reach.)
+METRICS_SOCKET_UNIT = f"{APP}-metrics.socket"
+METRICS_SOCKET = f"""\
+[Socket]
+ListenStream=0.0.0.0:{METRICS_PORT}
+FileDescriptorName=metrics
+Service={SERVICE}
+FreeBind=yes
+
+[Install]
+WantedBy=sockets.target
+"""
+SERVICE_DROPIN = f"""\
+[Service]
+Sockets={SOCKET} {METRICS_SOCKET_UNIT}
+"""
+
+# A release that needs a library its venv may lack: the bad deploy's host 2 does not have it,
+# so the new code fails to import there (and only there), as a forgotten dependency would.
+DEPENDENCY = "fleet_release_dependency"
 
 SOCKET_DROPIN = f"""\
 [Socket]
@@ -126,6 +178,9 @@ def haproxy_config(servers: Sequence[tuple[str, str]], stats_socket: Path,
         "    timeout client 60s",
         "    timeout server 60s",
         "    timeout http-keep-alive 10s",
+        # A check may take longer than the interval on a loaded machine; only a host that
+        # does not answer within this fails it.
+        "    timeout check 2s",
         "    retries 3",
         "    option redispatch",
         "frontend fleet",
@@ -273,9 +328,41 @@ class Host:
     def write(self, path: str, text: str) -> None:
         self.ns.run(["sh", "-c", f'mkdir -p "$(dirname {path})" && cat > {path}'], input=text)
 
-    def deploy(self, version: str) -> None:
-        """Put version ``version`` of the app on disk (a reload or restart then serves it)."""
-        self.write(f"/srv/{APP}/src/fleetapp.py", APP_SOURCE.format(version=version))
+    def deploy(self, version: str, *, needs: str = "") -> None:
+        """Put version ``version`` of the app on disk (a reload or restart then serves it);
+        ``needs`` names a module the new code imports."""
+        imports = f"import {needs}  # new in {version}\n" if needs else ""
+        self.write(f"/srv/{APP}/src/fleetapp.py", APP_SOURCE.format(version=version, imports=imports))
+
+    def provide(self, module: str) -> None:
+        """Install ``module`` (an empty one) into the app's venv."""
+        proc = self.run(["/srv/app/venv/bin/python", "-c",
+                         "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        self.write(f"{proc.stdout.strip()}/{module}.py", f'"""{module}: a dependency of a release."""\n')
+
+    def probe(self, path: str) -> tuple[int, str]:
+        """(status, body) of ``path`` on the host's metrics listener, from the host itself
+        (as the rolling-deploy playbook's wait for /readyz asks); (0, why) without an answer."""
+        proc = self.run(["curl", "-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}",
+                         f"http://127.0.0.1:{METRICS_PORT}{path}"], check=False, timeout=30)
+        if proc.returncode != 0:
+            return 0, proc.stderr.strip()
+        body, _, code = proc.stdout.rpartition("\n")
+        return int(code), body
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        wait_until(lambda: self.probe("/readyz")[0] == 200, timeout=timeout,
+                   what=f"{self.name}: /readyz 200 (now {self.probe('/readyz')})")
+
+    def package_version(self) -> str:
+        return self.run(["dpkg-query", "-W", "-f", "${Version}", "corral"]).stdout.strip()
+
+    def install_package(self, deb: Path) -> subprocess.CompletedProcess[str]:
+        """``apt install ./corral_<version>.deb``, as an operator upgrades a host (its postinst
+        reloads the running app onto the new corral)."""
+        shutil.copy(deb, self.ns.workdir / deb.name)
+        return self.run(["sh", "-c", f"cd {self.ns.workdir} && apt install -y ./{deb.name}"],
+                        env=DPKG_ENV, timeout=300, check=False)
 
     def systemctl(self, *args: str, timeout: float = 180, check: bool = True
                   ) -> subprocess.CompletedProcess[str]:
@@ -287,8 +374,30 @@ class Host:
                         check=False, timeout=60)
         return proc.stdout.split()[0] if proc.returncode == 0 and proc.stdout else ""
 
+    def corral_code_mapped(self, pid: int) -> dict[str, bool]:
+        """The files under /usr/lib/corral (the package's venv: uvloop's and httptools' native
+        code among them) that process ``pid`` maps, each with whether it is gone from disk:
+        code of a corral package that an upgrade has since replaced."""
+        maps = self.run(["cat", f"/proc/{pid}/maps"]).stdout
+        mapped: dict[str, bool] = {}
+        for line in maps.splitlines():
+            fields = line.split(None, 5)
+            if len(fields) == 6 and fields[5].startswith("/usr/lib/corral/"):
+                path, deleted = fields[5].removesuffix(" (deleted)"), fields[5].endswith(" (deleted)")
+                mapped[path] = mapped.get(path, False) or deleted
+        return mapped
+
     def journal(self) -> str:
         return self.ns.journal(SERVICE)
+
+    def logged_at(self, *texts: str) -> list[float]:
+        """When (CLOCK_MONOTONIC, as the test's own time.monotonic(): no time namespace is
+        involved) the service logged each line containing all of ``texts``."""
+        stamps = []
+        for line in self.journal().splitlines():
+            if all(text in line for text in texts) and line.startswith("["):
+                stamps.append(float(line[1:line.index("]")]))
+        return stamps
 
 
 @dataclass
@@ -353,12 +462,51 @@ def rolling(hosts: Iterable[Host], action: Callable[[Host], None]) -> list[Step]
     return steps
 
 
+# HAProxy's check_status values that are not failures: passed, conditionally passed (the host
+# said 503: a soft stop), and the states before a first result.
+PASSED_CHECKS = frozenset({"L7OK", "L7OKC", "INI", ""})
+
+
+def rollout_report(name: str, steps: Sequence[Step], recorder: StatsRecorder, hosts: Sequence[Host],
+                   before: dict, after: dict, since: float, until: float) -> dict:
+    """What one rollout did, as the lead's notes want it: the requests the load generator sent
+    through HAProxy meanwhile and how many failed, and per host its step and how HAProxy saw it
+    (seconds out of the pool, the states it was in while out, DOWN marks)."""
+    counts = {key: after.get(key, 0) - before.get(key, 0)
+              for key in ("ok", "failed", "connect_errors", "retried_stale_keepalive")}
+    stepped = {s.host.name: s for s in steps}
+    per_host = {}
+    for host in hosts:
+        window = [c for c in recorder.history(host.name) if since <= c.at <= until]
+        step = stepped.get(host.name)
+        per_host[host.name] = {
+            "step": "skipped" if step is None else ("ok" if step.ok else f"failed: {step.error[:300]}"),
+            "step_s": None if step is None else round(step.ended - step.started, 2),
+            "out_of_pool_s": round(recorder.out_of_pool(host.name, since, until), 2),
+            "states_while_out": sorted({f"{c.stat.status} (check {c.stat.check_status}, agent "
+                                        f"{c.stat.last_agent or c.stat.agent_status})"
+                                        for c in window if not c.stat.in_pool}),
+            # Health checks that failed (refused, timed out, a wrong status): each brings the
+            # host one step closer to DOWN. A planned event should cause none.
+            "failed_checks": sorted({f"{c.stat.check_status} {c.stat.check_desc}" for c in window
+                                     if c.stat.check_status not in PASSED_CHECKS}),
+            "marked_down": [f"{c.stat.status}: check {c.stat.check_status} {c.stat.check_desc}, agent "
+                            f"{c.stat.agent_status} {c.stat.last_agent}"
+                            for c in recorder.marked_down(host.name, since, until)],
+        }
+    return {"rollout": name, "requests_sent": sum(counts.values()), "requests_ok": counts["ok"],
+            "failed": counts["failed"], "connect_errors": counts["connect_errors"],
+            "stale_keepalive_retries": counts["retried_stale_keepalive"],
+            "seconds": round(until - since, 1), "hosts": per_host}
+
+
 @dataclass
 class Fleet:
     """Three hosts, HAProxy and the load generator; ``start()`` builds it all, ``close()``
     tears it down (SIGKILL of each namespace's systemd)."""
 
     deb: Path
+    newer_deb: Path | None = None  # a newer build of the same code, for the package upgrade
     hosts: list[Host] = field(default_factory=list)
     lb: SystemdNamespace | None = None
     haproxy: subprocess.Popen[bytes] | None = None
@@ -430,6 +578,13 @@ class Fleet:
     def server_states(self) -> dict[str, ServerStat]:
         return haproxy_server_states(self.stats_socket)
 
+    def wait_in_pool(self, *names: str, timeout: float = 60) -> None:
+        """Until HAProxy sends new requests to each of ``names`` (UP with a weight)."""
+        names = names or tuple(h.name for h in self.hosts)
+        wait_until(lambda: all(self.server_states()[n].in_pool for n in names), timeout=timeout,
+                   what=f"HAProxy taking {', '.join(names)} back into its pool (now "
+                        f"{ {n: self.server_states()[n] for n in names} })")
+
     # -- building it -------------------------------------------------------------------------
 
     def _boot_all(self) -> list[SystemdNamespace]:
@@ -479,8 +634,10 @@ class Fleet:
         host.deploy("v1")
         host.write(f"/etc/corral/{APP}.yaml", APP_CONFIG)
         host.write(f"/etc/systemd/system/{SOCKET}.d/fleet.conf", SOCKET_DROPIN)
+        host.write(f"/etc/systemd/system/{METRICS_SOCKET_UNIT}", METRICS_SOCKET)
+        host.write(f"/etc/systemd/system/{SERVICE}.d/fleet.conf", SERVICE_DROPIN)
         ns.daemon_reload()
-        ns.systemctl("enable", "--now", SOCKET)
+        ns.systemctl("enable", "--now", SOCKET, METRICS_SOCKET_UNIT)
         ns.systemctl("start", SERVICE, timeout=180)
         wait_until(lambda: host.local_version() == "v1", timeout=120,
                    what=f"{host.name} answering v1 on port {APP_PORT}")
