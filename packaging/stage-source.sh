@@ -5,5 +5,5 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$1"
 tar -C "$repo" --exclude=__pycache__ --exclude='*.egg-info' --exclude='*.pyc' \
-    -cf - pyproject.toml README.md daemon units conf/corral.yaml \
+    -cf - pyproject.toml README.md docs daemon units conf/corral.yaml \
     | tar -C "$1" -xf -

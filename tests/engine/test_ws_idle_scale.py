@@ -19,7 +19,7 @@ from util import CORRAL, free_port, stop_process, wait_until
 HERE = Path(__file__).resolve().parent
 N = 10_000
 WARMUP = 200  # connections opened before the baseline, so that one-time allocations are not counted
-MAX_KIB_PER_CONNECTION = 40  # generous: about 10 KiB measured (README "WebSockets")
+MAX_KIB_PER_CONNECTION = 40  # generous: about 10 KiB measured (docs/websockets.md)
 HANDSHAKE = (b"GET /idle HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 

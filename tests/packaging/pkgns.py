@@ -1,7 +1,7 @@
 """Helpers for the end-to-end package tests, which run inside an overlay SystemdNamespace:
 requests over an app's unix socket, files and processes inside, the load generator, and the
-README's deploy walk-through, whose snippets (secret file, drop-ins, the migrate command) are
-run as the README writes them, for the demo app instead of `blog`."""
+deploy walk-through (docs/systemd.md), whose snippets (secret file, drop-ins, the migrate command) are
+run as the page writes them, for the demo app instead of `blog`."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ README_SECTION = "## Deploying with systemd"
 # -- the README's walk-through ------------------------------------------------------------------
 
 def readme_blocks() -> list[str]:
-    """The fenced code blocks of the README's deploy section, dedented (they sit in a list)."""
-    text = (REPO / "README.md").read_text()
+    """The fenced code blocks of the deploy section (docs/systemd.md), dedented (they sit in a list)."""
+    text = (REPO / "docs" / "systemd.md").read_text()
     start = text.index(README_SECTION)
     end = text.find("\n## ", start + len(README_SECTION))
     section = text[start:end if end != -1 else len(text)]
@@ -38,13 +38,13 @@ def readme_blocks() -> list[str]:
 def readme_block(first_line: str, app: str = APP) -> str:
     """The one deploy-section block that starts with ``first_line``, with `blog` -> ``app``."""
     found = [b for b in readme_blocks() if b.startswith(first_line)]
-    assert len(found) == 1, f"README's deploy section has {len(found)} blocks starting with " \
+    assert len(found) == 1, f"docs/systemd.md's deploy section has {len(found)} blocks starting with " \
         f"{first_line!r} (the package tests run them as written)"
     return found[0].replace("blog", app)
 
 
 def dropin(first_line_path: str, app: str = APP) -> tuple[str, str]:
-    """A README drop-in block (its first line is ``# <path>``): (path, text) for ``app``."""
+    """A drop-in block of the deploy section (its first line is ``# <path>``): (path, text) for ``app``."""
     text = readme_block(f"# {first_line_path}", app)
     return text.splitlines()[0][2:].strip(), text
 
@@ -167,7 +167,7 @@ def deploy_demo_app(ns: SystemdNamespace) -> str:
         write(ns, path, text)
     ns.daemon_reload()
     migrate = ns.run(["sh", "-ec", readme_block(MIGRATE_COMMAND)], timeout=120, check=False)
-    assert migrate.returncode == 0, f"the README's migrate command failed:\n{migrate.stdout}" \
+    assert migrate.returncode == 0, f"docs/systemd.md's migrate command failed:\n{migrate.stdout}" \
         f"{migrate.stderr}\n{ns.journal(None)[-3000:]}"
     assert f"migrated /var/lib/corral/{APP}/db.sqlite3" in migrate.stdout
     digest = ns.run(["sh", "-c", f"sha256sum < {secret}"]).stdout.split()[0]

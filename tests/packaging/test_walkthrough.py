@@ -1,5 +1,5 @@
-"""The README's deploy walk-through, on the points a newcomer trips over that the end-to-end
-tests cannot see (those run its secret file, drop-ins and migrate command as written)."""
+"""The deploy walk-through (docs/systemd.md), on the points a newcomer trips over that the
+end-to-end tests cannot see (those run its secret file, drop-ins and migrate command as written)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ SECTION_START = "## Deploying with systemd"
 
 
 def deploy_section() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "systemd.md").read_text()
     start = text.index(SECTION_START)
     return text[start:text.index("\n## ", start + 1)]
 
@@ -26,7 +26,7 @@ def test_install_command_names_the_file_make_deb_writes(deb) -> None:
     # The fixture built with OUT=deb.out; `make deb` uses OUT=packaging/out by default.
     assert 'OUT=${OUT:-$repo/packaging/out}' in (REPO / "packaging/build-deb.sh").read_text()
     assert path == Path("packaging/out") / deb.path.relative_to(deb.out), \
-        f"README installs {path}, make deb writes packaging/out/{deb.path.relative_to(deb.out)}"
+        f"docs/systemd.md installs {path}, make deb writes packaging/out/{deb.path.relative_to(deb.out)}"
 
 
 def test_drop_ins_are_written_before_the_socket_starts() -> None:
@@ -51,7 +51,7 @@ def test_nginx_snippet_proxies_to_the_socket_the_unit_listens_on() -> None:
 
 
 def test_adding_nginx_to_a_group_says_nginx_must_restart() -> None:
-    for where, text in (("README", deploy_section()),
+    for where, text in (("docs/systemd.md", deploy_section()),
                         ("corral@.socket", (REPO / "units/corral@.socket").read_text()),
                         ("README.Debian", (REPO / "packaging/debian/README.Debian").read_text())):
         for match in re.finditer(r"usermod -aG", text):

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 EXPIRY_WARNING_DAYS = 14  # certbot renews at 30 days left: 14 means its renewals are failing
 _CREDENTIALS = ("${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY")
-SYSTEMD_HINT = "under systemd, pass it with LoadCredential= (see the README's TLS section)"
+SYSTEMD_HINT = "under systemd, pass it with LoadCredential= (see docs/tls.md)"
 
 
 class CertReqs(enum.Enum):

@@ -11,7 +11,7 @@
   both ways, keepalive pings and the closing handshake.
 
 Frames are parsed and written by the ``websockets`` library (its C speedups
-unmask), not by hand: see the README's WebSockets section for why.
+unmask), not by hand: see docs/websockets.md for why.
 """
 
 from corral.engine.websocket.asgi import WebSocketCycle
