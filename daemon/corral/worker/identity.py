@@ -32,17 +32,22 @@ def app_identity(spec: str, app_dir: str | None = None) -> dict[str, Any]:
     path = Path(file).resolve() if isinstance(file, str) and file else None
     return {
         "module": module_name,
-        "version": _version(module, top, module_name),
+        "version": _version(module, top, module_name, path),
         "sha256": _file_hash(path),
         "git": git_revision(path.parent if path else Path(app_dir or ".")),
     }
 
 
-def _version(module: Any, top: Any, module_name: str) -> str | None:
+def _version(module: Any, top: Any, module_name: str, path: Path | None) -> str | None:
     for candidate in (module, top):
         value = getattr(candidate, "__version__", None)
         if isinstance(value, str) and value:
             return value
+    # Only an installed package has a distribution to ask. An app served from its own
+    # directory (the usual case) skips packages_distributions(), which reads every installed
+    # distribution's metadata: 100-300 ms of every worker's boot before it reports ready.
+    if path is None or not {"site-packages", "dist-packages"} & set(path.parts):
+        return None
     try:
         import importlib.metadata
 
