@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shutil
 import socket
 import subprocess
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
+from harness.nsload import NamespaceLoad
 from harness.systemd import SystemdNamespace
 from util import wait_until
 
@@ -400,39 +400,9 @@ class Host:
         return stamps
 
 
-@dataclass
-class Load:
+def haproxy_load(lb: SystemdNamespace) -> NamespaceLoad:
     """``loadgen.py`` running in the lb namespace against HAProxy's frontend."""
-
-    lb: SystemdNamespace
-
-    def __post_init__(self) -> None:
-        work = self.lb.workdir
-        self.stop_file, self.result = work / "load.stop", work / "load.json"
-        self.progress = Path(str(self.result) + ".progress")
-        self.proc = self.lb.popen(["/usr/bin/python3", str(LOADGEN), FRONTEND[0], str(FRONTEND[1]),
-                                   str(self.stop_file), str(self.result)])
-        self.wait_for_more(50)
-
-    def stats(self) -> dict:
-        path = self.result if self.result.exists() else self.progress
-        return json.loads(path.read_text()) if path.exists() else {"ok": 0, "failed": 0, "served": {}}
-
-    def wait_for_more(self, count: int, timeout: float = 90) -> None:
-        target = self.stats()["ok"] + count
-        wait_until(lambda: self.stats()["ok"] >= target, timeout=timeout,
-                   what=f"{count} more requests answered through HAProxy (load: {self.stats_text()})")
-
-    def stats_text(self) -> str:
-        s = self.stats()
-        return ", ".join(f"{k} {s.get(k, 0)}" for k in ("ok", "failed", "connect_errors",
-                                                           "retried_stale_keepalive"))
-
-    def stop(self) -> dict:
-        if not self.stop_file.exists():
-            self.stop_file.touch()
-            self.proc.wait(120)
-        return self.stats()
+    return NamespaceLoad(lb, ["/usr/bin/python3", str(LOADGEN), FRONTEND[0], str(FRONTEND[1])], "through HAProxy")
 
 
 @dataclass
@@ -511,7 +481,7 @@ class Fleet:
     lb: SystemdNamespace | None = None
     haproxy: subprocess.Popen[bytes] | None = None
     recorder: StatsRecorder | None = None
-    load: Load | None = None
+    load: NamespaceLoad | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -538,9 +508,9 @@ class Fleet:
             raise
         return self
 
-    def start_load(self) -> Load:
+    def start_load(self) -> NamespaceLoad:
         assert self.lb is not None
-        self.load = Load(self.lb)
+        self.load = haproxy_load(self.lb)
         return self.load
 
     def close(self) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from dataclasses import dataclass
-from pathlib import Path
 
-from harness.systemd import SystemdNamespace
 from scenario import DEMO_APP, DEMO_CONFIG, DEMO_MANAGE, LOAD
+
+from harness.nsload import NamespaceLoad
+from harness.systemd import SystemdNamespace
 from util import REPO, wait_until
 
 APP = "demo"
@@ -228,32 +228,8 @@ def notes_in_state_dir(ns: SystemdNamespace) -> list[str]:
 
 # -- load -----------------------------------------------------------------------------------------
 
-@dataclass
-class Load:
+def demo_load(ns: SystemdNamespace) -> NamespaceLoad:
     """The load generator (scenario.LOAD) running inside over the demo app's socket."""
-
-    ns: SystemdNamespace
-
-    def __post_init__(self) -> None:
-        work = self.ns.workdir
-        self.script, self.stop_file, self.result = work / "load.py", work / "load.stop", \
-            work / "load.json"
-        self.progress = Path(str(self.result) + ".progress")
-        self.script.write_text(LOAD)
-        self.proc = self.ns.popen(["/usr/bin/python3", str(self.script), SOCK,
-                                   str(self.stop_file), str(self.result)])
-        self.wait_for_more(50)
-
-    def stats(self, path: Path | None = None) -> dict:
-        path = path or self.progress
-        return json.loads(path.read_text()) if path.exists() else {"ok": 0, "failed": 0}
-
-    def wait_for_more(self, count: int) -> None:
-        target = self.stats()["ok"] + count
-        wait_until(lambda: self.stats()["ok"] >= target, timeout=90,
-                   what=f"{count} more requests answered under load")
-
-    def stop(self) -> dict:
-        self.stop_file.touch()
-        self.proc.wait(120)
-        return self.stats(self.result)
+    script = ns.workdir / "load.py"
+    script.write_text(LOAD)
+    return NamespaceLoad(ns, ["/usr/bin/python3", str(script), SOCK], "over the demo app's socket")

@@ -12,13 +12,26 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pkgns import (
+    APP,
+    DPKG_ENV,
+    SERVICE,
+    SOCKET,
+    boot,
+    check_demo_app_writes_and_reads_its_secret,
+    demo_load,
+    deploy_demo_app,
+    enablement_links,
+    exists,
+    notes_in_state_dir,
+    processes,
+    request,
+    start_demo_app,
+    write,
+)
+from scenario import PROBE, PROBE_DROPIN
 
 from harness.systemd import SystemdNamespace
-from pkgns import (APP, DPKG_ENV, SERVICE, SOCKET, Load, boot,
-                   check_demo_app_writes_and_reads_its_secret, deploy_demo_app,
-                   enablement_links, exists, notes_in_state_dir, processes, request,
-                   start_demo_app, write)
-from scenario import PROBE, PROBE_DROPIN
 
 # Two package builds (~1 min on a loaded machine) and the whole scenario.
 pytestmark = pytest.mark.timeout(900)
@@ -59,7 +72,7 @@ def test_install_serve_reload_upgrade_under_load_and_purge(ns: SystemdNamespace,
     check_demo_app_writes_and_reads_its_secret(ns, digest)
 
     # Load from here on, through the reload and the upgrade.
-    load = Load(ns)
+    load = demo_load(ns)
 
     # 3. Reload: synchronous, succeeds, still 200, same main process.
     proc = ns.systemctl("reload", SERVICE, timeout=180, check=False)

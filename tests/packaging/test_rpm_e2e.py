@@ -13,11 +13,23 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from pkgns import (
+    SERVICE,
+    SOCKET,
+    boot,
+    check_demo_app_writes_and_reads_its_secret,
+    connect_error,
+    demo_load,
+    deploy_demo_app,
+    enablement_links,
+    exists,
+    notes_in_state_dir,
+    processes,
+    request,
+    start_demo_app,
+)
 
 from harness.systemd import SystemdNamespace
-from pkgns import (SERVICE, SOCKET, Load, boot, check_demo_app_writes_and_reads_its_secret,
-                   connect_error, deploy_demo_app, enablement_links, exists,
-                   notes_in_state_dir, processes, request, start_demo_app)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -45,7 +57,7 @@ def test_install_serve_reload_and_erase(systemd_ns, rpm) -> None:
     check_demo_app_writes_and_reads_its_secret(ns, digest)
 
     # 3. Reload under load: synchronous, 0 failed requests, same main process.
-    load = Load(ns)
+    load = demo_load(ns)
     proc = ns.systemctl("reload", SERVICE, timeout=180, check=False)
     assert proc.returncode == 0, f"systemctl reload failed:\n{proc.stderr}"
     load.wait_for_more(50)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pkgns import SOCKET_DROPIN, SERVICE_DROPIN, readme_block, readme_blocks
+from pkgns import SERVICE_DROPIN, SOCKET_DROPIN, readme_block, readme_blocks
+
 from util import REPO
 
 SECTION_START = "## Deploying with systemd"
