@@ -12,6 +12,7 @@ which keeps the scan near a minute. Against an RSA certificate: the wider cipher
 from __future__ import annotations
 
 import json
+from collections import Counter
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,6 +44,9 @@ def test_testssl_finds_nothing_above_low(make_server, tmp_path):
     findings = scan(server.port, certs.ca, tmp_path / "testssl.json")
     by_id = {f["id"]: f for f in findings}
     summary = "\n".join(f"{f['id']} {f['severity']} {f['finding']}" for f in findings)
+    counts = Counter(f["severity"] for f in findings)
+    low = "; ".join(f"{f['id']}: {f['finding']}" for f in findings if f["severity"] == "LOW")
+    print(f"testssl.sh: {len(findings)} findings, {dict(sorted(counts.items()))}" + (f"; LOW: {low}" if low else ""))
 
     assert [f for f in findings if f["severity"] not in ALLOWED] == [], summary
     for old in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
