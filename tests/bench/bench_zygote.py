@@ -8,7 +8,7 @@ WSGI twin for gunicorn) and, unless --no-django, a Django project from `django-a
 (admin on) hitting /admin/login/ (WSGI for every server).
 
 Replacement: corral with 2 workers on an app whose import sleeps --import-sleep seconds, under a
-light wrk load; one worker is SIGKILLed and the time until `corral status` (polled every 5 ms over
+light wrk load; one worker that has served is SIGKILLed and the time until `corral status` (polled every 5 ms over
 the control socket) shows a ready replacement in its slot is reported for exec, zygote and
 zygote+preload, --kills times each (median).
 
@@ -236,7 +236,11 @@ def replacement_times(tmp: Path, app_dir: Path, import_sleep: float, kills: int)
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             times = []
             for _ in range(kills):
-                victim = ready()[0]
+                # A worker that has served (its heartbeat said so): one killed before it served
+                # counts as a failed boot, and its slot backs off (0.1 s, doubling), which is
+                # corral's crash-loop guard, not the time a replacement takes.
+                wait(lambda: any(w["requests"] > 0 for w in ready()), 60)
+                victim = next(w for w in ready() if w["requests"] > 0)
                 start = time.monotonic()
                 os.kill(victim["pid"], signal.SIGKILL)
                 wait(lambda v=victim: any(w["slot"] == v["slot"] and w["pid"] != v["pid"] for w in ready()), 60,

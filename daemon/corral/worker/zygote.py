@@ -198,6 +198,7 @@ def prepare(config: Any) -> tuple[str | None, bool]:
         import corral.engine.settings
         import corral.engine.tls
         import corral.engine.tlsconfig
+        import corral.engine.websocket  # with the websockets library: 20-30 ms of each worker's boot
         import corral.engine.wsgi
         import corral.worker.balancer
         import corral.worker.identity
