@@ -1,10 +1,16 @@
 """A Starlette app for the browser test: a page whose script opens a WebSocket, sends a message and
-writes the echo (and how the socket ended) into the DOM."""
+writes the echo (and how the socket ended) into the DOM.
+
+The page then loads ``/wait.js``, which the app answers only once the WebSocket is over: until then
+the page has not finished loading, so Chromium's ``--dump-dom`` (which does not wait for WebSocket
+traffic: its virtual time runs on while only a WebSocket is busy) cannot dump it before the echo."""
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.applications import Starlette
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -21,8 +27,18 @@ ws.onmessage = (event) => {
 };
 ws.onclose = (event) => { document.getElementById("closed").textContent = "closed " + event.code; };
 ws.onerror = () => { state.textContent = "error"; };
-</script></body></html>
+</script>
+<script src="/wait.js"></script></body></html>
 """
+
+_done: asyncio.Event | None = None  # set when the page's WebSocket ended (one page per test)
+
+
+def _done_event() -> asyncio.Event:
+    global _done
+    if _done is None:
+        _done = asyncio.Event()
+    return _done
 
 
 async def page(request) -> HTMLResponse:
@@ -35,6 +51,15 @@ async def echo(websocket: WebSocket) -> None:
     await websocket.send_text(f"echo: {text} (via {websocket.scope['http_version']}, "
                               f"{websocket.scope['scheme']})")
     await websocket.receive()  # the browser's close
+    _done_event().set()
 
 
-app = Starlette(routes=[Route("/", page), WebSocketRoute("/echo", echo)])
+async def wait_js(request) -> Response:
+    try:
+        await asyncio.wait_for(_done_event().wait(), 60)
+    except TimeoutError:
+        pass  # the DOM then shows what went wrong
+    return Response("", media_type="text/javascript")
+
+
+app = Starlette(routes=[Route("/", page), Route("/wait.js", wait_js), WebSocketRoute("/echo", echo)])

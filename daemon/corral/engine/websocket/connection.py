@@ -8,7 +8,9 @@ applies), ``drain_for_shutdown()`` and ``force_close()``.
 
 Frames are parsed and written by ``websockets`` (``ServerProtocol``, with its C
 speedups for unmasking): masking, reserved bits and opcodes, control-frame
-rules, the message size limit, close codes and answering pings are its job,
+rules, the message size limit, close codes and answering pings are its job
+(whole, masked, unfragmented data frames are unmasked here, ``_receive_fast``;
+every other frame goes to it),
 and a violation closes the connection with the RFC's code (1002, 1007, 1009)
 before the TCP connection is dropped. This module reassembles fragmented
 messages (checking text as UTF-8 fragment by fragment), queues them for the
@@ -46,6 +48,11 @@ from websockets.server import ServerProtocol
 
 from corral.engine.cycle import ClientDisconnected
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # a websockets built without its C extension
+    from websockets.utils import apply_mask
+
 if TYPE_CHECKING:
     from corral.engine.context import EngineContext
 
@@ -70,6 +77,12 @@ _TEXT_HEADS = _SMALL_HEADS[1]
 _BINARY_HEADS = _SMALL_HEADS[2]
 _MID_HEAD = struct.Struct("!BBH").pack
 _BIG_HEAD = struct.Struct("!BBQ").pack
+_MID_LENGTH = struct.Struct("!H").unpack_from
+_BIG_LENGTH = struct.Struct("!Q").unpack_from
+
+# The receive fast path (``_receive_fast``) keeps an incomplete frame of up to this many bytes
+# to finish it itself; a longer one goes to ServerProtocol as it comes.
+_FAST_FRAME_MAX = 65536 + 14
 
 
 def frame_head(opcode: int, length: int) -> bytes:
@@ -92,6 +105,7 @@ class WebSocketConnection(asyncio.Protocol):
         "ctx", "transport", "proto", "peer", "on_closed", "stats", "bytes_out",
         # incoming messages
         "_messages", "_max_queue", "_waiter", "_parts", "_decoder", "_text", "_read_paused", "_closing_sent",
+        "_fast", "_held", "_owed", "_max_size",
         # outgoing flow control
         "write_paused", "_drain_waiters", "_write_deadline",
         # timers (time.monotonic(); 0.0 = not armed)
@@ -122,6 +136,11 @@ class WebSocketConnection(asyncio.Protocol):
         self._text = False
         self._read_paused = False
         self._closing_sent = False  # we started the closing handshake (or failed the connection)
+        # The receive fast path: on while no extension is negotiated and the connection is open.
+        self._fast = not proto.extensions
+        self._held = b""  # the start of a frame the fast path waits to see whole
+        self._owed = 0  # bytes of the frame being read that ServerProtocol still has to get
+        self._max_size = settings.ws_max_message_size  # ServerProtocol's max_size (handshake.py)
         self.write_paused = False  # over write_buffer_size unsent: send() callers await drained()
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._write_deadline = 0.0
@@ -151,9 +170,100 @@ class WebSocketConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ the transport's events
 
     def data_received(self, data: bytes) -> None:
-        # Hot path. ServerProtocol's ``events`` and ``writes`` lists are read here directly
-        # (what events_received() and data_to_send() return): most reads yield one data
-        # frame and nothing to write, and the two calls would allocate two new lists each time.
+        # Hot path.
+        if self._fast:
+            self._receive_fast(data)
+        else:
+            self._receive(data)
+
+    def _receive_fast(self, data: bytes) -> None:
+        """Hot path: whole, unfragmented, masked text and binary frames are unmasked and handed to
+        the app here; every other frame (control frames, fragments, anything malformed or too big)
+        goes to ServerProtocol, byte for byte, so it judges them as it judges all frames.
+
+        ServerProtocol keeps no state about the data frames it did not see, except that it must
+        get each frame it is given whole: ``_owed`` counts what it still needs of a frame it began.
+        A frame is taken here only when ServerProtocol is between frames and no fragmented
+        message is under way (a new data frame in the middle of one is its error to report).
+        Going through it costs about 3 us a message, most of the server's share of an echo.
+        """
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        size = len(data)
+        pos = 0
+        nbytes = 0
+        proto = self.proto
+        while pos < size:
+            owed = self._owed
+            if owed:
+                end = pos + owed if owed < size - pos else size
+                self._owed = owed - (end - pos)
+                self._receive(data[pos:end])
+                pos = end
+                continue
+            if not self._fast or proto.state is not _OPEN or self._closing_sent or self._lost:
+                self._fast = False  # for good: none of these comes back
+                self.stats.bytes_in += nbytes
+                self._receive(data[pos:] if pos else data)
+                return
+            if size - pos < 2:
+                self._held = data[pos:]
+                break
+            first = data[pos]
+            second = data[pos + 1]
+            if not second & 0x80:
+                # Unmasked: a client's frame must be masked (RFC 6455 section 5.1), and
+                # ServerProtocol fails the connection with 1002; it reads everything from here.
+                self._fast = False
+                continue
+            length = second & 0x7F
+            if length < 126:
+                head = 6
+            elif length == 126:
+                head = 8
+                if size - pos >= 4:
+                    length = _MID_LENGTH(data, pos + 2)[0]
+            else:
+                head = 14
+                if size - pos >= 10:
+                    length = _BIG_LENGTH(data, pos + 2)[0]
+            if size - pos < head:  # the extended length or the mask is still to come
+                self._held = data[pos:]
+                break
+            total = head + length
+            # FIN, no RSV bits, text (1) or binary (2).
+            if ((first == 0x81 or first == 0x82) and self._parts is None
+                    and length <= self._max_size):
+                if size - pos >= total:
+                    start = pos + head
+                    payload = apply_mask(data[start:start + length], data[start - 4:start])
+                    pos += total
+                    nbytes += length
+                    if first == 0x81:
+                        try:
+                            message: str | bytes = str(payload, "utf-8")
+                        except UnicodeDecodeError as exc:
+                            self.stats.bytes_in += nbytes
+                            self._fail(_INVALID_DATA, f"invalid UTF-8 in a text message: {exc.reason}")
+                            self._fast = False
+                            return
+                    else:
+                        message = payload
+                    self._push(message)
+                    continue
+                if total <= _FAST_FRAME_MAX:
+                    self._held = data[pos:]
+                    break
+            # Not for the fast path, or too long to hold: ServerProtocol reads this frame.
+            self._owed = total
+        self.stats.bytes_in += nbytes
+
+    def _receive(self, data: bytes) -> None:
+        """Bytes for ServerProtocol; the frames it parsed go to the app."""
+        # ServerProtocol's ``events`` and ``writes`` lists are read here directly (what
+        # events_received() and data_to_send() return): the two calls would allocate two new
+        # lists each time.
         proto = self.proto
         proto.receive_data(data)
         # After the handshake ServerProtocol's events are only Frames (Request and Response
@@ -233,6 +343,9 @@ class WebSocketConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         proto = self.proto
+        if self._held:  # a frame cut short: ServerProtocol reports it as it reports any
+            held, self._held = self._held, b""
+            self._receive(held)
         proto.receive_eof()  # no close frame first: ServerProtocol records an abnormal closure
         self._flush()
         return False
