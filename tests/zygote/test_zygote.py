@@ -173,6 +173,56 @@ def test_a_zygote_that_cannot_import_the_app_fails_the_reload_and_the_old_code_s
         assert code == 200 and b'"version": "2"' in body
 
 
+def _zygote_states(corral: Corral) -> dict[int, str] | None:
+    """Each zygote's state by generation, straight from the control socket (None: not listening yet)."""
+    from corral.supervisor.control import ControlError
+
+    try:
+        return {z["generation"]: z["state"] for z in corral.status_fast()["zygotes"]}
+    except (ControlError, OSError):
+        return None
+
+
+def test_the_supervisor_answers_while_its_zygote_imports_a_slow_app(tmp_path, app_dir):
+    # The zygote imports for 6 s: the supervisor's loop (the control socket, heartbeats,
+    # systemd's watchdog) must go on meanwhile, and say what it waits for.
+    corral = zcorral(tmp_path, app_dir, workers=2, env={**os.environ, "ZY_IMPORT_SLEEP": "6"})
+    with corral.start(wait=False):
+        booting = wait_until(lambda: (_zygote_states(corral) or {}).get(1) == "booting", 30, 0.05,
+                             "`corral status` to answer while the zygote imports")
+        assert booting
+        data = corral.status_fast()
+        assert data["phase"] == "starting" and data["workers"] == []  # nothing forked before it is ready
+        data = corral.wait_ready()
+        zygote = the_zygote(corral, 1)
+        assert zygote["state"] == "ready" and zygote["forks"] == 2
+        answers_from_every_worker(corral, {w["pid"] for w in data["workers"]})
+        assert "zygote of generation 1" in corral.log() and "ready in " in corral.log()
+
+
+def test_a_zygote_whose_import_hangs_fails_the_reload_at_boot_timeout(tmp_path, app_dir):
+    with zcorral(tmp_path, app_dir, workers=2, boot_timeout=4, reload_timeout=60) as corral:
+        old = {w["pid"] for w in corral.wait_ready()["workers"]}
+        (app_dir / "IMPORT_SLEEP").write_text("120")
+        (app_dir / "VERSION").write_text("2")
+        reload = corral.reload_async()
+        # While the new zygote hangs, the supervisor answers, and the old code serves.
+        wait_until(lambda: (_zygote_states(corral) or {}).get(2) == "booting", 30, 0.05,
+                   "the new generation's zygote importing")
+        code, body, _ = corral.get("/")
+        assert code == 200 and b'"version": "1"' in body
+        out, err = reload.communicate(timeout=60)
+        assert reload.returncode != 0, out
+        assert "not ready after boot_timeout=4s" in out + err
+        status = corral.status()
+        assert status["generation"] == 1 and {w["pid"] for w in corral.ready_workers()} == old
+        assert status["last_reload"]["ok"] is False
+        wait_until(lambda: list((_zygote_states(corral) or {1: "", 2: ""})) == [1], 30, 0.1,
+                   "the hung zygote gone")
+        code, body, _ = corral.get("/")
+        assert code == 200 and b'"version": "1"' in body
+
+
 def test_an_app_that_starts_a_thread_at_import_cannot_be_preloaded(tmp_path, app_dir):
     corral = zcorral(tmp_path, app_dir, workers=2, app="threadapp:app")
     corral.start(wait=False)

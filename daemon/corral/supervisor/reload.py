@@ -327,12 +327,11 @@ class Reloader:
         txn.deadline = self.sup.now() + _reload_timeout(txn.config)
         for index in txn.batches[number]:
             slot = txn.generation.slots[index]
-            worker = sup.start_worker(txn.generation, slot)
-            if worker is None:
-                self._rollback(txn, f"cannot start a worker: {slot.last_error}")
+            # None: it could not start (on_spawn_failed rolled back), or waits for its zygote
+            # (slot.waiting), which the supervisor starts it after.
+            sup.start_worker(txn.generation, slot)
+            if txn.outcome is not None:
                 return
-            # Older code serves meanwhile: a failed warm-up must fail this worker's boot.
-            worker.channel.send(protocol.bare(Kind.RELOAD_GATE))
         sup.update_status(force=True)
 
     def on_ready(self, worker: WorkerProcess) -> None:
@@ -436,6 +435,14 @@ class Reloader:
         self._finish(txn, txn.outcome, ReloadResult.SUCCESS if txn.outcome.ok else ReloadResult.ROLLED_BACK)
 
     # ------------------------------------------------------------------ failure
+
+    def on_spawn_failed(self, generation: Generation, why: str) -> None:
+        """A worker of the new generation could not be started (no process could be made, or its
+        zygote died or stayed silent while importing): the reload rolls back."""
+        txn = self.active
+        if txn is None or txn.generation is not generation or txn.outcome is not None:
+            return
+        self._rollback(txn, f"cannot start a worker: {why}")
 
     def on_lost(self, worker: WorkerProcess, description: str) -> bool:
         """A worker of the new generation exited. True: the transaction handled it."""

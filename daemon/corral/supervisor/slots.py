@@ -55,6 +55,7 @@ class Slot:
     restart_at: float | None = None  # spawn a worker here at this time (backoff), None: not scheduled
     last_error: str | None = None
     replaces: str | None = None  # the worker the next start replaces and why, for its log line
+    waiting: bool = False  # its next worker waits for the generation's zygote to finish importing
 
     def backoff(self) -> float:
         """Delay before the next start: 0.1 s, doubling per consecutive failure, at most 30 s."""

@@ -88,9 +88,19 @@ class SpawnRequest:
     in_flight_slots: int
 
 
+class SpawnPending(Exception):
+    """The worker cannot be started yet, through no fault of its own (its generation's zygote is
+    still importing): the supervisor asks again at ``retry_at`` (its clock), with no backoff."""
+
+    def __init__(self, why: str, retry_at: float) -> None:
+        super().__init__(why)
+        self.retry_at = retry_at
+
+
 class Spawner(Protocol):
     """Starts a worker process. The supervisor's only way to make one, so that tests can hand it
-    fake processes (tests/supervisor/fakes.py); raises OSError when the process cannot start."""
+    fake processes (tests/supervisor/fakes.py); raises OSError when the process cannot start, and
+    SpawnPending when it cannot start yet."""
 
     def __call__(self, request: SpawnRequest) -> WorkerProcess: ...
 

@@ -43,7 +43,7 @@ from corral.supervisor.notify import Notifier
 from corral.supervisor.reaper import Reaper
 from corral.supervisor.reload import Reloader, ReloadOutcome, ReloadResult
 from corral.supervisor.slots import ExitVerdict, Generation, RespawnBudget, Slot
-from corral.supervisor.spawn import Spawner, SpawnRequest, spawn_worker
+from corral.supervisor.spawn import Spawner, SpawnPending, SpawnRequest, spawn_worker
 from corral.supervisor.state import Phase, SupervisorState
 from corral.supervisor.status import status_line
 from corral.supervisor.worker_process import (
@@ -324,10 +324,12 @@ class Supervisor:
     def start_worker(self, generation: Generation, slot: Slot, successor_of: WorkerProcess | None = None
                      ) -> WorkerProcess | None:
         """Start the worker of ``slot`` (or, with ``successor_of``, the one replacing it: a recycle).
-        None when the process cannot be started: the slot then backs off."""
+        None when the process cannot be started (the slot then backs off) or cannot be started yet
+        (``slot.waiting``: its zygote is importing; the slot asks again shortly)."""
         config = generation.config
         state = self.state
         slot.restart_at = None
+        slot.waiting = False
         listeners = self.listeners.for_slot(slot.index, len(generation.slots))
         request = SpawnRequest(state.next_id, slot.index, generation.number, config,
                                listener_fds=[item.fd for item in listeners],
@@ -335,8 +337,18 @@ class Supervisor:
                                in_flight_slots=_in_flight_slots(config))
         try:
             worker = self.spawner(request)
+        except SpawnPending as pending:
+            # Not a failure: no backoff, nothing logged above debug. The supervisor's loop goes on
+            # (heartbeats, WATCHDOG=1, the control socket) while the zygote imports.
+            slot.waiting = True
+            slot.restart_at = pending.retry_at
+            self._wake_at(slot.restart_at)
+            log.debug("slot %d: %s", slot.index, pending)
+            return None
         except OSError as exc:
             self._spawn_failed(config, slot, exc)
+            if generation is state.pending:
+                self.reloader.on_spawn_failed(generation, slot.last_error or str(exc))
             return None
         state.next_id += 1
         worker.spawned_at = self.now()
@@ -347,11 +359,16 @@ class Supervisor:
         state.workers[worker.pid] = worker
         self.metrics.worker_started(worker.pid, slot=slot.index, generation=generation.number)
         self._watch_channel(worker)
-        worker.channel.send(protocol.hello(
+        hello = protocol.hello(
             config.to_json(), {"id": worker.id, "slot": slot.index, "generation": generation.number},
             [{"fd": item.fd, "role": item.role, "address": item.address, "name": item.name} for item in listeners],
             {"fd": self.balance.fd, "cell": worker.balance_cell} if self.balance is not None else None,
-            {"fd": worker.in_flight_fd, "slots": worker.in_flight_slots} if worker.in_flight_fd >= 0 else None))
+            {"fd": worker.in_flight_fd, "slots": worker.in_flight_slots} if worker.in_flight_fd >= 0 else None)
+        worker.channel.send(hello)
+        if generation is state.pending:
+            # Part of a reload, with older code serving meanwhile: a failed warm-up must fail
+            # this worker's boot (reload.py).
+            worker.channel.send(protocol.bare(Kind.RELOAD_GATE))
         if successor_of is not None:
             slot.successor = worker
         else:

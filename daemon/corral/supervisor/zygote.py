@@ -19,8 +19,11 @@ The zygote itself is ``corral.worker.zygote`` (how it imports, preloads and fork
 - The zygote of a generation that is gone (a reload cut over, or rolled back) is told to exit by
   closing its request channel.
 
-Starting a zygote blocks the supervisor's loop until the zygote is ready (the runtime's imports, and the
-app's with preload), at most ``boot_timeout``: workers keep serving meanwhile, only supervision waits.
+Starting a zygote never blocks the supervisor's loop: the zygote is started, and until its
+``zygote_ready`` comes (the runtime's imports, and the app's with preload: seconds for a big app) a
+slot that asks for a worker gets ``SpawnPending`` and asks again every ``POLL_INTERVAL``. Meanwhile
+the supervisor goes on answering heartbeats, systemd's watchdog and the control socket. A zygote
+silent for ``boot_timeout`` is killed and counts as a failed start.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.config import Config
-from corral.supervisor.spawn import SpawnRequest, spawn_worker, worker_argv, worker_env
+from corral.supervisor.spawn import SpawnPending, SpawnRequest, spawn_worker, worker_argv, worker_env
 from corral.supervisor.worker_process import WorkerProcess
 from corral.worker import inflight
 from corral.worker import zygote as wire
@@ -46,6 +49,7 @@ log = logging.getLogger("corral.supervisor")
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 FORK_TIMEOUT = 10.0  # a fork takes milliseconds; a zygote this slow is treated as dead
+POLL_INTERVAL = 0.05  # how soon a slot waiting for its importing zygote asks again
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
 STOP_WAIT = 2.0  # how long an old zygote may take to exit after its channel closed, before SIGKILL
@@ -141,14 +145,42 @@ class Zygote:
     import_seconds: float = 0.0
     forks: int = 0
     stopped_at: float = 0.0
+    boot_timeout: float = 60.0  # how long it may import before it counts as dead
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
+    def poll_ready(self) -> bool:
+        """Whether it is up (ready, or failed with an error its workers report), reading its
+        ``zygote_ready`` if that came; never waits. ZygoteError when it died while importing or
+        stayed silent for ``boot_timeout``."""
+        if self.state != ZygoteState.BOOTING:
+            return True
+        self.sock.settimeout(0.0)
+        try:
+            data = self.sock.recv(wire.MAX_MESSAGE)
+        except BlockingIOError:
+            if time.monotonic() - self.started_at > self.boot_timeout:
+                raise ZygoteError(f"zygote of generation {self.generation} (pid {self.pid}) not ready after "
+                                  f"boot_timeout={self.boot_timeout:g}s (the runtime's and, with preload, "
+                                  "the app's imports); raise boot_timeout if the app is just slow") from None
+            return False
+        if not data:
+            code = self._exit_code()
+            raise ZygoteError(f"zygote of generation {self.generation} (pid {self.pid}) "
+                              f"{'exited' if code is None else _describe(code)} during start")
+        try:
+            self._take_ready(wire.decode(data))
+        except ValueError as exc:
+            raise ZygoteError(f"zygote of generation {self.generation} sent garbage: {exc}") from None
+        return True
+
     def wait_ready(self, timeout: float) -> None:
-        """Read its ``zygote_ready``; ZygoteError when it dies or is silent for ``timeout``."""
-        message = self._receive(timeout, "start")
+        """Read its ``zygote_ready``, waiting up to ``timeout``; ZygoteError when it dies or is silent."""
+        self._take_ready(self._receive(timeout, "start"))
+
+    def _take_ready(self, message: dict[str, Any]) -> None:
         if wire.kind_of(message) is not wire.ZygoteKind.READY:
             raise ZygoteError(f"zygote of generation {self.generation} sent {message.get('t')!r} before ready")
         self.error = message.get("error") if isinstance(message.get("error"), str) else None
@@ -227,7 +259,8 @@ class Zygote:
 
 
 def start_zygote(config: Config, generation: int) -> Zygote:
-    """fork+exec a zygote exactly as a worker is started, and wait until it is ready (or failed)."""
+    """fork+exec a zygote exactly as a worker is started and send it its hello; it is ready (or
+    failed) once ``poll_ready()`` says so."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         proc = subprocess.Popen(
@@ -240,10 +273,9 @@ def start_zygote(config: Config, generation: int) -> Zygote:
         raise
     finally:
         child.close()
-    zygote = Zygote(generation, config, proc, parent)
+    zygote = Zygote(generation, config, proc, parent, boot_timeout=config.boot_timeout)
     try:
         parent.send(wire.encode(wire.zygote_hello(config.to_json(), generation)))
-        zygote.wait_ready(config.boot_timeout)
     except OSError:
         zygote.kill()
         raise
@@ -283,10 +315,28 @@ class StartingSpawner:
         if zygote is None or zygote.state == ZygoteState.EXITED:
             zygote = self._start(request.config, request.generation)
         try:
+            if not self._up(zygote):
+                raise SpawnPending(f"waiting for the zygote of generation {zygote.generation} (pid {zygote.pid}) "
+                                   "to finish importing", self.clock() + POLL_INTERVAL)
             return zygote.fork(request)
         except ZygoteError as exc:
             self._lost(zygote, str(exc))
             raise
+
+    def _up(self, zygote: Zygote) -> bool:
+        """Whether ``zygote`` finished importing (ZygoteError if it died trying); says so once."""
+        booting = zygote.state == ZygoteState.BOOTING
+        if not zygote.poll_ready():
+            return False
+        if booting:
+            what = "with the app preloaded" if zygote.preloaded else "runtime only"
+            if zygote.error:
+                log.error("zygote of generation %d (pid %d) is up but failed: %s; its workers report it",
+                          zygote.generation, zygote.pid, zygote.error)
+            else:
+                log.info("zygote of generation %d (pid %d) ready in %.2fs (%s)", zygote.generation, zygote.pid,
+                         zygote.import_seconds, what)
+        return True
 
     def owns(self, pid: int) -> bool:
         """Whether ``pid`` is one of the zygotes (the reaper leaves it to ``tend``)."""
@@ -313,6 +363,11 @@ class StartingSpawner:
                     self._retired.append(zygote)
             elif code is not None and zygote.state != ZygoteState.EXITED:
                 self._lost(zygote, f"zygote of generation {number} (pid {zygote.pid}) {_describe(code)}")
+            elif zygote.state == ZygoteState.BOOTING:
+                try:
+                    self._up(zygote)  # its state for `corral status`, and its boot_timeout
+                except ZygoteError as exc:
+                    self._lost(zygote, str(exc))
         now = self.clock()
         for number, restart in list(self.restarts.items()):
             config = live_configs.get(number)
@@ -343,13 +398,8 @@ class StartingSpawner:
         if restart is not None:
             self.restarted += 1
             del self.restarts[generation]
-        what = "with the app preloaded" if zygote.preloaded else "runtime only"
-        if zygote.error:
-            log.error("zygote of generation %d (pid %d) is up but failed: %s; its workers report it",
-                      generation, zygote.pid, zygote.error)
-        else:
-            log.info("zygote of generation %d (pid %d) ready in %.2fs (%s)%s", generation, zygote.pid,
-                     zygote.import_seconds, what, " after a restart" if restart is not None else "")
+        log.info("zygote of generation %d (pid %d) starting%s", generation, zygote.pid,
+                 " again" if restart is not None else "")
         return zygote
 
     def _lost(self, zygote: Zygote, why: str) -> None:

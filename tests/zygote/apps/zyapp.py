@@ -3,7 +3,8 @@
 GET /           pid, parent pid, a random number drawn in this request, the app's VERSION file
 GET /leak?mib=N keeps N more MiB of private memory (a leak a USS policy must catch)
 At import it fails when FAIL_IMPORT exists next to it (a broken deploy), and sleeps
-ZY_IMPORT_SLEEP seconds (an app with a slow import).
+ZY_IMPORT_SLEEP seconds (an app with a slow import), and as many more as an IMPORT_SLEEP file
+next to it says (a deploy whose import hangs).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ HERE = Path(__file__).resolve().parent
 if (HERE / "FAIL_IMPORT").exists():
     raise RuntimeError("zyapp: the deploy is broken (FAIL_IMPORT exists)")
 time.sleep(float(os.environ.get("ZY_IMPORT_SLEEP", "0")))
+if (HERE / "IMPORT_SLEEP").exists():  # a deploy whose import hangs
+    time.sleep(float((HERE / "IMPORT_SLEEP").read_text()))
 VERSION = (HERE / "VERSION").read_text().strip() if (HERE / "VERSION").exists() else "1"
 IMPORTED_IN = os.getpid()
 _leak: list[bytearray] = []
