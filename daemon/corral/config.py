@@ -857,11 +857,14 @@ class Config:
                                           "recycle a worker whose memory stays above this (0: off)",
         details=(
             "Measured as memory_metric says: USS (memory only this worker uses: shared pages do not "
-            "count) or RSS, over policy_breaches consecutive samples.")))
-    memory_metric: str = field(metadata=_key(ChoiceKind("uss", "rss"), "uss", Group.POLICIES,
+            "count), PSS or RSS, over policy_breaches consecutive samples.")))
+    memory_metric: str = field(metadata=_key(ChoiceKind("uss", "pss", "rss"), "uss", Group.POLICIES,
                                              "which memory figure max_memory applies to",
         details=(
-            "uss: memory only this worker uses (shared pages do not count); rss: its resident set.")))
+            "uss: memory only this worker uses (shared pages do not count); pss: that plus its "
+            "share of the pages it shares (with a zygote and its siblings, or other processes); "
+            "rss: its resident set, shared pages counted in full (with worker_start: zygote "
+            "that counts what the zygote holds for every worker).")))
     max_fds: int = field(metadata=_key(IntKind(minimum=0), 0, Group.POLICIES,
                                        "recycle a worker with more open fds than this (0: off)",
         details=(

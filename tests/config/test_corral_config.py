@@ -66,7 +66,7 @@ def test_unknown_key_suggests_the_nearest_one(tmp_path):
     ("bind: 8000", r"'bind'.*expected a list of"),
     ("bind: ['localhost']", r"'bind'.*has no port"),
     ("reuse_port: maybe", r"'reuse_port'.*expected a boolean"),
-    ("memory_metric: pss", r"'memory_metric'.*expected one of 'uss', 'rss'"),
+    ("memory_metric: vms", r"'memory_metric'.*expected one of 'uss', 'pss', 'rss'"),
     # engine keys, typed from EngineSettings' annotations
     ("max_body_size: big", r"'max_body_size'.*expected an integer, or null"),
     ("keepalive_timeout: [1]", r"'keepalive_timeout'.*expected a number"),

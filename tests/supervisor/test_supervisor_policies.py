@@ -34,6 +34,14 @@ def test_rss_metric_and_fds():
     assert policies.check_sample(_config(), {"uss": 1 << 40, "rss": 1 << 40, "fds": 10**6}, {}) is None  # off
 
 
+def test_pss_metric_reads_the_pss_figure():
+    config = _config(max_memory="100MiB", memory_metric="pss", policy_breaches=1)
+    sample = {"uss": 50 << 20, "pss": 120 << 20, "rss": 90 << 20}
+    verdict = policies.check_sample(config, sample, {})
+    assert verdict.reason == "memory" and "PSS 120.0 MiB > max_memory 100.0 MiB" in verdict.detail
+    assert policies.check_sample(config, {**sample, "pss": 80 << 20}, {}) is None
+
+
 def test_counters_and_the_workers_own_request():
     assert policies.check_counters({"requests_total": 99}, 1, 100, 0) is None
     assert policies.check_counters({"requests_total": 100}, 1, 100, 0).reason == "max_requests"

@@ -241,10 +241,11 @@ def test_an_app_that_starts_a_thread_at_import_cannot_be_preloaded(tmp_path, app
         assert corral.wait_ready()["workers_ready"] == 1
 
 
-def test_a_uss_policy_recycles_a_leaking_forked_worker(tmp_path, app_dir):
-    # Forked workers share the zygote's pages: their RSS counts them, their USS does not. A limit
-    # between the two recycles only the worker that really grew.
-    with zcorral(tmp_path, app_dir, workers=2, max_memory="48MiB", memory_metric="uss", policy_interval=0.2,
+@pytest.mark.parametrize("metric", ["uss", "pss"])
+def test_a_uss_or_pss_policy_recycles_a_leaking_forked_worker(tmp_path, app_dir, metric):
+    # Forked workers share the zygote's pages: their RSS counts them in full, their USS not at all,
+    # their PSS by share. A limit between those recycles only the worker that really grew.
+    with zcorral(tmp_path, app_dir, workers=2, max_memory="48MiB", memory_metric=metric, policy_interval=0.2,
                  policy_breaches=2) as corral:
         data = corral.wait_ready()
         before = {w["pid"]: w for w in data["workers"]}
@@ -256,7 +257,7 @@ def test_a_uss_policy_recycles_a_leaking_forked_worker(tmp_path, app_dir):
         wait_until(lambda: "recycling worker" in corral.log(), 30, 0.1, "a memory recycle")
         log = corral.log()
         assert f"(pid {leaker}, slot" in log.split("recycling worker", 1)[1].splitlines()[0]
-        assert "USS" in log and "max_memory 48.0 MiB" in log
+        assert f"{metric.upper()} " in log and "max_memory 48.0 MiB" in log
         wait_until(lambda: leaker not in {w["pid"] for w in corral.ready_workers()}
                    and len(corral.ready_workers()) == 2, 30, 0.1, "the leaker replaced")
         others = set(before) - {leaker}

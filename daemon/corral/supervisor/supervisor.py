@@ -810,7 +810,7 @@ class Supervisor:
             with process.oneshot():
                 info = process.memory_full_info()
                 cpu = process.cpu_times()
-                return {"uss": info.uss, "rss": info.rss, "fds": process.num_fds(),
+                return {"uss": info.uss, "pss": info.pss, "rss": info.rss, "fds": process.num_fds(),
                         "cpu_ms": int((cpu.user + cpu.system) * 1000)}
         except (psutil.Error, OSError):
             return None
