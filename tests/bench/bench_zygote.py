@@ -3,16 +3,20 @@
 Memory: each server runs the same app with --workers N; after --requests requests on fresh
 connections, the total USS and PSS of its whole process tree (supervisor, zygote, workers) is
 read from /proc (psutil memory_full_info). Servers: corral exec / zygote / zygote+preload,
-gunicorn (sync, WSGI) with and without --preload, granian, uvicorn. Apps: hello world (ASGI; the
-WSGI twin for gunicorn) and, unless --no-django, a Django project from `django-admin startproject`
-(admin on) hitting /admin/login/ (WSGI for every server).
+gunicorn with and without --preload, granian, uvicorn. Apps: hello world (ASGI; the WSGI twin for
+gunicorn's sync workers); unless --no-fastapi, a small FastAPI service (pydantic models, GET
+/items/7; gunicorn runs uvicorn's worker class); unless --no-django, a Django project from
+`django-admin startproject` (admin on) hitting /admin/login/ (WSGI for every server).
 
 Replacement: corral with 2 workers on an app whose import sleeps --import-sleep seconds, under a
 light wrk load; one worker that has served is SIGKILLed and the time until `corral status` (polled every 5 ms over
 the control socket) shows a ready replacement in its slot is reported for exec, zygote and
 zygote+preload, --kills times each (median).
 
-    .venv/bin/python tests/bench/bench_zygote.py [--workers 4] [--requests 400] [--kills 3]
+Reload: with --workers workers on the same app, the time from `corral reload` until the new
+generation serves with all its workers ready (polled every 10 ms), --reloads times each.
+
+    .venv/bin/python tests/bench/bench_zygote.py [--workers 4] [--requests 400] [--kills 3] [--reloads 3]
 
 A memory figure is a snapshot, not a timed run; replacement times depend on the machine's load
 (printed with the results).
@@ -61,6 +65,42 @@ async def app(scope, receive, send):
 def wsgi(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
     return [BODY]
+'''
+
+# A small FastAPI service: pydantic models, path and query parameters, a JSON body.
+FASTAPI_APP = '''\
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel
+
+app = FastAPI(title="bench items")
+
+
+class Item(BaseModel):
+    id: int
+    name: str
+    price: float
+    tags: list[str] = []
+
+
+ITEMS = {i: Item(id=i, name=f"item {i}", price=i * 1.5, tags=["bench", str(i % 7)]) for i in range(100)}
+
+
+@app.get("/items/{item_id}")
+async def read_item(item_id: int) -> Item:
+    if item_id not in ITEMS:
+        raise HTTPException(404, "no such item")
+    return ITEMS[item_id]
+
+
+@app.get("/items")
+async def list_items(limit: int = 10, tag: str | None = None) -> list[Item]:
+    return [i for i in ITEMS.values() if tag is None or tag in i.tags][:limit]
+
+
+@app.post("/items")
+async def create_item(item: Item) -> Item:
+    ITEMS[item.id] = item
+    return item
 '''
 
 
@@ -123,8 +163,10 @@ def corral_config(tmp: Path, name: str, app: str, app_dir: Path, port: int, work
     return path
 
 
-def servers(tmp: Path, app_dir: Path, asgi: str, wsgi: str, workers: int, port: int
+def servers(tmp: Path, app_dir: Path, asgi: str, wsgi: str | None, workers: int, port: int
             ) -> list[tuple[str, list[str]]]:
+    """The servers to compare: ``asgi == wsgi`` is a WSGI app served as WSGI everywhere; ``wsgi``
+    None an ASGI-only app (gunicorn then runs uvicorn's worker class, as FastAPI users do)."""
     corral = str(BIN / "corral")
     w = str(workers)
     rows = [
@@ -136,9 +178,13 @@ def servers(tmp: Path, app_dir: Path, asgi: str, wsgi: str, workers: int, port: 
     ]
     bind = f"127.0.0.1:{port}"
     if (BIN / "gunicorn").exists():
-        rows.append(("gunicorn", [str(BIN / "gunicorn"), "-w", w, "-b", bind, "--chdir", str(app_dir), wsgi]))
-        rows.append(("gunicorn --preload", [str(BIN / "gunicorn"), "-w", w, "-b", bind, "--chdir", str(app_dir),
-                                            "--preload", wsgi]))
+        gunicorn = [str(BIN / "gunicorn"), "-w", w, "-b", bind, "--chdir", str(app_dir)]
+        if wsgi is None:
+            gunicorn += ["-k", "uvicorn.workers.UvicornWorker"]
+        kind = "" if wsgi is not None else " -k uvicorn"
+        target = wsgi if wsgi is not None else asgi
+        rows.append((f"gunicorn{kind}", [*gunicorn, target]))
+        rows.append((f"gunicorn{kind} --preload", [*gunicorn, "--preload", target]))
     if (BIN / "granian").exists():
         interface = "wsgi" if asgi == wsgi else "asgi"
         rows.append(("granian", [str(BIN / "granian"), "--interface", interface, "--workers", w, "--host",
@@ -154,7 +200,7 @@ def servers(tmp: Path, app_dir: Path, asgi: str, wsgi: str, workers: int, port: 
     return rows
 
 
-def measure_memory(label: str, tmp: Path, app_dir: Path, asgi: str, wsgi: str, path: str, workers: int,
+def measure_memory(label: str, tmp: Path, app_dir: Path, asgi: str, wsgi: str | None, path: str, workers: int,
                    requests: int) -> list[dict[str, Any]]:
     results = []
     for name, cmd in servers(tmp, app_dir, asgi, wsgi, workers, port := free_port()):
@@ -261,6 +307,55 @@ def replacement_times(tmp: Path, app_dir: Path, import_sleep: float, kills: int)
     return results
 
 
+def reload_times(tmp: Path, app_dir: Path, import_sleep: float, reloads: int, workers: int
+                 ) -> list[dict[str, Any]]:
+    """Time from `corral reload` to cut-over (the new generation serving, as `corral status` says,
+    polled every 10 ms), for each worker_start, on the app whose import sleeps."""
+    from corral.supervisor.control import ControlError, request
+
+    results = []
+    for name, extra in (("exec", {}), ("zygote", {"worker_start": "zygote"}),
+                        ("zygote+preload", {"worker_start": "zygote", "preload": True})):
+        port = free_port()
+        config = corral_config(tmp, f"l{name.replace('+', '')}", "hello:app", app_dir, port, workers,
+                               boot_timeout=60, **extra)
+        control = json.loads(config.read_text())["control_socket"]
+        env = {**os.environ, "BENCH_IMPORT_SLEEP": str(import_sleep)}
+        proc = subprocess.Popen([str(BIN / "corral"), "run", "--config", str(config)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            def status(control: str = control) -> dict[str, Any]:
+                return request(control, {"cmd": "status"}, timeout=10)
+
+            def serving(generation: int, status: Any = status) -> bool:
+                try:
+                    data = status()
+                except (ControlError, OSError):  # not listening yet
+                    return False
+                return bool(data["generation"] == generation and data["phase"] == "running"
+                            and sum(w["state"] == "ready" and w["generation"] == generation
+                                    for w in data["workers"]) == workers)
+
+            wait(lambda: serving(1), 120)
+            times = []
+            for number in range(2, reloads + 2):
+                start = time.monotonic()
+                out = subprocess.run([str(BIN / "corral"), "reload", "--control-socket", control],
+                                     capture_output=True, text=True, timeout=120)
+                if out.returncode != 0:
+                    raise RuntimeError(f"reload failed: {out.stderr}")
+                wait(lambda n=number: serving(n), 60, 0.01)
+                times.append(time.monotonic() - start)
+            result = {"worker_start": name, "import_sleep": import_sleep, "workers": workers,
+                      "reload_s": [round(t, 3) for t in times], "median_s": round(statistics.median(times), 3)}
+            results.append(result)
+            print(f"  {name:16} reload to cut-over: median {result['median_s']:6.3f} s (each: {result['reload_s']})",
+                  flush=True)
+        finally:
+            stop(proc)
+    return results
+
+
 def wait(predicate: Any, timeout: float, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -276,11 +371,13 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--import-sleep", type=float, default=2.0)
     parser.add_argument("--no-django", action="store_true")
+    parser.add_argument("--no-fastapi", action="store_true")
+    parser.add_argument("--reloads", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     print(f"bench_zygote: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start", flush=True)
-    out: dict[str, Any] = {"memory": [], "replacement": []}
+    out: dict[str, Any] = {"memory": [], "replacement": [], "reload": []}
     with tempfile.TemporaryDirectory(prefix="bench-zygote-") as name:
         tmp = Path(name)
         app_dir = tmp / "hello"
@@ -290,6 +387,13 @@ def main() -> int:
             print(f"memory, {args.workers} workers, after {args.requests} requests (whole process tree):")
             out["memory"] += measure_memory("hello world", tmp, app_dir, "hello:app", "hello:wsgi", "/",
                                             args.workers, args.requests)
+            if not args.no_fastapi and subprocess.run([str(BIN / "python"), "-c", "import fastapi"],
+                                                      capture_output=True).returncode == 0:
+                fastapi_dir = tmp / "fastapi_app"
+                fastapi_dir.mkdir()
+                (fastapi_dir / "items.py").write_text(FASTAPI_APP)
+                out["memory"] += measure_memory("fastapi", tmp, fastapi_dir, "items:app", None, "/items/7",
+                                                args.workers, args.requests)
             project = None if args.no_django else django_project(tmp)
             if project is not None:
                 out["memory"] += measure_memory("django", tmp, project, "mysite.wsgi:application",
@@ -297,6 +401,8 @@ def main() -> int:
                                                 args.requests)
         print(f"replacement, app import sleeping {args.import_sleep:g}s, under wrk -c8:")
         out["replacement"] = replacement_times(tmp, app_dir, args.import_sleep, args.kills)
+        print(f"reload, {args.workers} workers, app import sleeping {args.import_sleep:g}s:")
+        out["reload"] = reload_times(tmp, app_dir, args.import_sleep, args.reloads, args.workers)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

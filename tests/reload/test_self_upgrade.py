@@ -103,3 +103,38 @@ def test_g_corral_upgraded_on_disk_reload_reexecs_in_place_without_failing_a_req
     assert summary["failed"] == 0, load.failures()[:5]
     assert site.show("MainPID") == main_pid
     assert {r.version for r in load.done() if r.sent > returned} == {"u3"}
+
+
+def test_g_a_self_upgrade_with_zygote_workers_forks_the_new_generation_from_a_new_zygote(site):
+    # worker_start: zygote with preload: the adopted workers (forks of the old image's zygote)
+    # keep serving through the re-exec; the old zygote goes with the old image (its request
+    # channel closes); the new generation is forked from a zygote of the new code.
+    lib = site.ns.workdir / "lib"
+    before = site.fresh("z1", workers=2, worker_start="zygote", preload=True)
+    main_pid = site.show("MainPID")
+    reexecs = before["supervisor"]["code"]["reexecs"]
+    [old_zygote] = before["zygotes"]
+    assert old_zygote["state"] == "ready" and old_zygote["preloaded"] and old_zygote["generation"] == 1
+    old_workers = {w["pid"] for w in before["workers"]}
+    with Load(site.port, clients=8) as load:
+        load.wait_for_more(200)
+        _upgrade(lib, "9.9.10")
+        site.deploy("z2")
+        proc, _, returned = site.reload()
+        assert proc.returncode == 0, proc.stderr + site.ns.console()[-3000:]
+        load.wait_for_more(200)
+        data = site.status()
+        assert site.show("MainPID") == main_pid
+        assert data["supervisor"]["code"]["version"] == "9.9.10"
+        assert data["supervisor"]["code"]["reexecs"] == reexecs + 1
+        assert data["generation"] == 2
+        zygotes = wait_until(lambda: (lambda z: z if [x["generation"] for x in z] == [2] else None)(
+            site.status()["zygotes"]), 60, 0.1, "only the new generation's zygote")
+        assert zygotes[0]["state"] == "ready" and zygotes[0]["pid"] != old_zygote["pid"]
+        assert zygotes[0]["forks"] == 2
+        wait_until(lambda: not {w["pid"] for w in site.status()["workers"]} & old_workers, 60, 0.1,
+                   "the adopted workers drained")
+    summary = load.summary()
+    print(f"(g) self-upgrade with zygote workers: sent {summary['sent']}, failed {summary['failed']}")
+    assert summary["failed"] == 0, load.failures()[:5]
+    assert {r.version for r in load.done() if r.sent > returned} == {"z2"}
