@@ -84,7 +84,9 @@ def test_a_preloaded_zygote_serves_and_its_workers_differ_in_random_state(tmp_pa
         assert f"zygote of generation 1: pid {zygote['pid']}, ready, app preloaded, 3 forks" in text, text
         # The zygote is no worker: it never serves, and the supervisor still never imports the app.
         assert zygote["pid"] not in pids
-        assert "zyapp" not in corral.status()["supervisor"]["modules"]
+        supervisor = corral.status()["supervisor"]
+        assert "zyapp" not in supervisor["modules"]
+        assert supervisor["rss"] < 25 << 20, f"supervisor RSS {supervisor['rss'] / 2**20:.1f} MiB"
 
 
 def test_without_preload_workers_import_the_app_themselves(tmp_path, app_dir):
