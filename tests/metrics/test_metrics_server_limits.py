@@ -170,6 +170,35 @@ def test_connections_being_answered_keep_their_slots_and_newcomers_wait_in_the_k
                 c.close()
 
 
+def test_scrapers_that_just_connected_are_not_closed_for_each_other():
+    """A burst of scrapers over max_connections: a newcomer does not close the connections that
+    were accepted a moment ago and have not sent their request heads yet (they get HEAD_GRACE);
+    it waits its turn, and every one is answered."""
+
+    def status_of(c: socket.socket) -> int | None:
+        try:
+            data = b""
+            while chunk := c.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            return None
+        return split(data)[0] if data else None
+
+    with served(max_connections=2, timeout=60) as (listener, _):
+        first = [connect(listener) for _ in range(2)]
+        wait_until(lambda: accept_queue(listener).depth == 0, what="the first two accepted")
+        newcomer = connect(listener)
+        clients = [*first, newcomer]
+        try:
+            for c in clients:
+                c.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            statuses = [status_of(c) for c in clients]
+        finally:
+            for c in clients:
+                c.close()
+    assert statuses == [200, 200, 200]
+
+
 def test_a_full_server_closes_a_connection_that_had_its_response_before_an_idle_newcomer_waits():
     """A client that read its response but keeps the connection open is closable too."""
     with served(max_connections=1, timeout=60) as (listener, _):

@@ -17,12 +17,13 @@ server on the standard library.
   (``header_timeout``, a few seconds: Prometheus sends it at once), time to
   read the response, and the number of concurrent connections.
 - A scrape always gets a slot. When every slot is taken and a new connection
-  arrives, the oldest connection that has not sent a whole request head (or
-  has had its response) is closed to make room, as nginx and uvicorn shed
-  idle connections; only connections being answered are never closed for
-  another. Silent or slow clients therefore cannot lock Prometheus out; new
-  connections wait in the kernel's queue only while every slot is sending a
-  response.
+  arrives, the oldest connection that has had its response, or has not sent
+  a whole request head within ``HEAD_GRACE`` (half a second), is closed to
+  make room, as nginx and uvicorn shed idle connections; connections being
+  answered, and scrapers that just connected, are never closed for another.
+  Silent or slow clients therefore cannot lock Prometheus out; new
+  connections wait only while every slot is sending a response or has just
+  been opened.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ _ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _LINGER_BYTES = 64 * 1024
 # Seconds between two log reports of connections closed to make room.
 _REPORT_EVERY = 60.0
+# A connection that has not sent its request head is closed to make room for a newcomer only
+# after this long: real scrapers send at once, so only a connection held idle is closed.
+HEAD_GRACE = 0.5
 
 
 class _HeadTooLarge(Exception):
@@ -140,9 +144,12 @@ class MetricsServer:
     # ------------------------------------------------------------------ slots
 
     def _closable(self) -> asyncio.Task[None] | None:
-        """The oldest connection that may be closed to make room, if any."""
+        """The oldest connection that may be closed to make room now, if any: one that had its
+        response, or one that has not sent a whole request head for HEAD_GRACE seconds (so that
+        a burst of scrapers, each sending at once, never closes each other)."""
+        now = time.monotonic()
         for task, slot in self._slots.items():
-            if slot.phase is not _Phase.RESPONDING:
+            if slot.phase is _Phase.CLOSING or (slot.phase is _Phase.HEAD and now - slot.opened >= HEAD_GRACE):
                 return task
         return None
 
@@ -150,8 +157,14 @@ class MetricsServer:
         return len(self._slots) < self._max_connections or self._closable() is not None
 
     async def _wait_for_change(self) -> None:
+        """Until a connection changes phase, or one waiting for its request head passes HEAD_GRACE."""
         self._changed.clear()
-        await self._changed.wait()
+        heads = [slot.opened for slot in self._slots.values() if slot.phase is _Phase.HEAD]
+        timeout = max(min(heads) + HEAD_GRACE - time.monotonic(), 0.0) if heads else None
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass  # that connection may be closed for another now
 
     async def _make_room(self) -> None:
         """Free a slot for a connection just accepted: close the oldest closable one, or wait."""
