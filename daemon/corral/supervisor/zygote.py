@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -157,28 +158,14 @@ class Zygote:
         stayed silent for ``boot_timeout``."""
         if self.state != ZygoteState.BOOTING:
             return True
-        self.sock.settimeout(0.0)
-        try:
-            data = self.sock.recv(wire.MAX_MESSAGE)
-        except BlockingIOError:
+        if not select.select([self.sock], [], [], 0)[0]:  # neither its message nor its exit yet
             if time.monotonic() - self.started_at > self.boot_timeout:
                 raise ZygoteError(f"zygote of generation {self.generation} (pid {self.pid}) not ready after "
                                   f"boot_timeout={self.boot_timeout:g}s (the runtime's and, with preload, "
-                                  "the app's imports); raise boot_timeout if the app is just slow") from None
+                                  "the app's imports); raise boot_timeout if the app is just slow")
             return False
-        if not data:
-            code = self._exit_code()
-            raise ZygoteError(f"zygote of generation {self.generation} (pid {self.pid}) "
-                              f"{'exited' if code is None else _describe(code)} during start")
-        try:
-            self._take_ready(wire.decode(data))
-        except ValueError as exc:
-            raise ZygoteError(f"zygote of generation {self.generation} sent garbage: {exc}") from None
+        self._take_ready(self._receive(FORK_TIMEOUT, "start"))  # readable: returns at once
         return True
-
-    def wait_ready(self, timeout: float) -> None:
-        """Read its ``zygote_ready``, waiting up to ``timeout``; ZygoteError when it dies or is silent."""
-        self._take_ready(self._receive(timeout, "start"))
 
     def _take_ready(self, message: dict[str, Any]) -> None:
         if wire.kind_of(message) is not wire.ZygoteKind.READY:
