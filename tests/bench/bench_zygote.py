@@ -25,6 +25,7 @@ A memory figure is a snapshot, not a timed run; replacement times depend on the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,56 +256,74 @@ def django_project(tmp: Path) -> Path | None:
     return root
 
 
-def replacement_times(tmp: Path, app_dir: Path, import_sleep: float, kills: int) -> list[dict[str, Any]]:
+WORKER_STARTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("exec", {}), ("zygote", {"worker_start": "zygote"}),
+    ("zygote+preload", {"worker_start": "zygote", "preload": True}))
+
+
+@contextlib.contextmanager
+def slow_corral(tmp: Path, app_dir: Path, name: str, extra: dict[str, Any], workers: int, import_sleep: float
+                ) -> Iterator[tuple[int, str, Callable[[], dict[str, Any] | None]]]:
+    """`corral run` of the hello app whose import sleeps ``import_sleep`` seconds; yields its port,
+    its control socket and a status() that answers None until corral listens."""
     from corral.supervisor.control import ControlError, request
 
-    results = []
-    for name, extra in (("exec", {}), ("zygote", {"worker_start": "zygote"}),
-                        ("zygote+preload", {"worker_start": "zygote", "preload": True})):
-        port = free_port()
-        config = corral_config(tmp, f"r{name.replace('+', '')}", "hello:app", app_dir, port, 2,
-                               boot_timeout=60, **extra)
-        control = json.loads(config.read_text())["control_socket"]
-        env = {**os.environ, "BENCH_IMPORT_SLEEP": str(import_sleep)}
-        proc = subprocess.Popen([str(BIN / "corral"), "run", "--config", str(config)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        load = None
+    port = free_port()
+    config = corral_config(tmp, name, "hello:app", app_dir, port, workers, boot_timeout=60, **extra)
+    control = json.loads(config.read_text())["control_socket"]
+    env = {**os.environ, "BENCH_IMPORT_SLEEP": str(import_sleep)}
+    proc = subprocess.Popen([str(BIN / "corral"), "run", "--config", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+
+    def status() -> dict[str, Any] | None:
         try:
-            def ready() -> list[dict[str, Any]]:
-                try:
-                    data = request(control, {"cmd": "status"}, timeout=10)
-                except ControlError:  # not listening yet
-                    return []
-                return [w for w in data["workers"] if w["state"] == "ready"]
+            return request(control, {"cmd": "status"}, timeout=10)
+        except (ControlError, OSError):  # not listening yet
+            return None
+
+    try:
+        yield port, control, status
+    finally:
+        stop(proc)
+
+
+def replacement_times(tmp: Path, app_dir: Path, import_sleep: float, kills: int) -> list[dict[str, Any]]:
+    results = []
+    for name, extra in WORKER_STARTS:
+        with slow_corral(tmp, app_dir, f"r{name.replace('+', '')}", extra, 2, import_sleep) as (port, _, status):
+            def ready(status: Callable[[], dict[str, Any] | None] = status) -> list[dict[str, Any]]:
+                data = status()
+                return [w for w in data["workers"] if w["state"] == "ready"] if data else []
 
             wait(lambda: len(ready()) == 2, 120)
+            load = None
             if shutil.which("wrk"):
                 load = subprocess.Popen(["wrk", "-t1", "-c8", "-d600s", f"http://127.0.0.1:{port}/"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times = []
-            for _ in range(kills):
-                # A worker that has served (its heartbeat said so): one killed before it served
-                # counts as a failed boot, and its slot backs off (0.1 s, doubling), which is
-                # corral's crash-loop guard, not the time a replacement takes.
-                wait(lambda: any(w["requests"] > 0 for w in ready()), 60)
-                victim = next(w for w in ready() if w["requests"] > 0)
-                start = time.monotonic()
-                os.kill(victim["pid"], signal.SIGKILL)
-                wait(lambda v=victim: any(w["slot"] == v["slot"] and w["pid"] != v["pid"] for w in ready()), 60,
-                     0.005)
-                times.append(time.monotonic() - start)
-                wait(lambda: len(ready()) == 2, 60)
-            result = {"worker_start": name, "import_sleep": import_sleep,
-                      "replacement_ms": [round(t * 1000, 1) for t in times],
-                      "median_ms": round(statistics.median(times) * 1000, 1)}
-            results.append(result)
-            print(f"  {name:16} replacement after SIGKILL: median {result['median_ms']:8.1f} ms "
-                  f"(each: {result['replacement_ms']})", flush=True)
-        finally:
-            if load is not None:
-                load.terminate()
-                load.wait(10)
-            stop(proc)
+            try:
+                times = []
+                for _ in range(kills):
+                    # A worker that has served (its heartbeat said so): one killed before it served
+                    # counts as a failed boot, and its slot backs off (0.1 s, doubling), which is
+                    # corral's crash-loop guard, not the time a replacement takes.
+                    wait(lambda: any(w["requests"] > 0 for w in ready()), 60)
+                    victim = next(w for w in ready() if w["requests"] > 0)
+                    start = time.monotonic()
+                    os.kill(victim["pid"], signal.SIGKILL)
+                    wait(lambda v=victim: any(w["slot"] == v["slot"] and w["pid"] != v["pid"] for w in ready()),
+                         60, 0.005)
+                    times.append(time.monotonic() - start)
+                    wait(lambda: len(ready()) == 2, 60)
+            finally:
+                if load is not None:
+                    load.terminate()
+                    load.wait(10)
+        result = {"worker_start": name, "import_sleep": import_sleep,
+                  "replacement_ms": [round(t * 1000, 1) for t in times],
+                  "median_ms": round(statistics.median(times) * 1000, 1)}
+        results.append(result)
+        print(f"  {name:16} replacement after SIGKILL: median {result['median_ms']:8.1f} ms "
+              f"(each: {result['replacement_ms']})", flush=True)
     return results
 
 
@@ -311,28 +331,13 @@ def reload_times(tmp: Path, app_dir: Path, import_sleep: float, reloads: int, wo
                  ) -> list[dict[str, Any]]:
     """Time from `corral reload` to cut-over (the new generation serving, as `corral status` says,
     polled every 10 ms), for each worker_start, on the app whose import sleeps."""
-    from corral.supervisor.control import ControlError, request
-
     results = []
-    for name, extra in (("exec", {}), ("zygote", {"worker_start": "zygote"}),
-                        ("zygote+preload", {"worker_start": "zygote", "preload": True})):
-        port = free_port()
-        config = corral_config(tmp, f"l{name.replace('+', '')}", "hello:app", app_dir, port, workers,
-                               boot_timeout=60, **extra)
-        control = json.loads(config.read_text())["control_socket"]
-        env = {**os.environ, "BENCH_IMPORT_SLEEP": str(import_sleep)}
-        proc = subprocess.Popen([str(BIN / "corral"), "run", "--config", str(config)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        try:
-            def status(control: str = control) -> dict[str, Any]:
-                return request(control, {"cmd": "status"}, timeout=10)
-
-            def serving(generation: int, status: Any = status) -> bool:
-                try:
-                    data = status()
-                except (ControlError, OSError):  # not listening yet
-                    return False
-                return bool(data["generation"] == generation and data["phase"] == "running"
+    for name, extra in WORKER_STARTS:
+        with slow_corral(tmp, app_dir, f"l{name.replace('+', '')}", extra, workers, import_sleep) as (
+                _, control, status):
+            def serving(generation: int, status: Callable[[], dict[str, Any] | None] = status) -> bool:
+                data = status()
+                return bool(data and data["generation"] == generation and data["phase"] == "running"
                             and sum(w["state"] == "ready" and w["generation"] == generation
                                     for w in data["workers"]) == workers)
 
@@ -346,13 +351,11 @@ def reload_times(tmp: Path, app_dir: Path, import_sleep: float, reloads: int, wo
                     raise RuntimeError(f"reload failed: {out.stderr}")
                 wait(lambda n=number: serving(n), 60, 0.01)
                 times.append(time.monotonic() - start)
-            result = {"worker_start": name, "import_sleep": import_sleep, "workers": workers,
-                      "reload_s": [round(t, 3) for t in times], "median_s": round(statistics.median(times), 3)}
-            results.append(result)
-            print(f"  {name:16} reload to cut-over: median {result['median_s']:6.3f} s (each: {result['reload_s']})",
-                  flush=True)
-        finally:
-            stop(proc)
+        result = {"worker_start": name, "import_sleep": import_sleep, "workers": workers,
+                  "reload_s": [round(t, 3) for t in times], "median_s": round(statistics.median(times), 3)}
+        results.append(result)
+        print(f"  {name:16} reload to cut-over: median {result['median_s']:6.3f} s (each: {result['reload_s']})",
+              flush=True)
     return results
 
 
