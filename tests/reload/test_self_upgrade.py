@@ -52,29 +52,38 @@ def _upgrade(lib: Path, version: str) -> None:
     init.write_text(text[:start] + f'__version__ = "{version}"' + text[end:])
 
 
+def _upgrade_and_reload(site: Site, load: Load, before: dict, version: str, app_version: str) -> float:
+    """Upgrade corral on disk to ``version``, deploy ``app_version`` and reload under ``load``: the
+    supervisor re-executes in place (same MainPID, one more re-exec, the next generation) and its
+    adopted workers drain. Returns when the reload command returned (time.monotonic())."""
+    main_pid = site.show("MainPID")
+    old_workers = {w["pid"] for w in before["workers"]}
+    _upgrade(site.ns.workdir / "lib", version)
+    site.deploy(app_version)
+    proc, _, returned = site.reload()
+    assert proc.returncode == 0, proc.stderr + site.ns.console()[-3000:]
+    load.wait_for_more(200)
+    data = site.status()
+    assert site.show("MainPID") == main_pid
+    assert data["pid"] == int(main_pid)
+    assert data["supervisor"]["code"]["version"] == version
+    assert data["supervisor"]["code"]["reexecs"] == before["supervisor"]["code"]["reexecs"] + 1
+    assert data["generation"] == before["generation"] + 1
+    # The adopted old workers were drained; every worker now is new.
+    wait_until(lambda: not {w["pid"] for w in site.status()["workers"]} & old_workers, 60, 0.1,
+               "the adopted workers drained")
+    return returned
+
+
 def test_g_corral_upgraded_on_disk_reload_reexecs_in_place_without_failing_a_request(site):
     lib = site.ns.workdir / "lib"
     before = site.fresh("u1", workers=2)
     assert before["supervisor"]["code"]["path"] == str(lib / "corral")
+    assert before["supervisor"]["code"]["reexecs"] == 0
     main_pid = site.show("MainPID")
-    old_workers = {w["pid"] for w in before["workers"]}
     with Load(site.port, clients=8) as load:
         load.wait_for_more(200)
-
-        _upgrade(lib, "9.9.9")
-        site.deploy("u2")
-        proc, _, returned = site.reload()
-        assert proc.returncode == 0, proc.stderr + site.ns.console()[-3000:]
-        load.wait_for_more(200)
-        data = site.status()
-        assert site.show("MainPID") == main_pid
-        assert data["pid"] == int(main_pid)
-        assert data["supervisor"]["code"]["version"] == "9.9.9"
-        assert data["supervisor"]["code"]["reexecs"] == 1
-        assert data["generation"] == 2
-        # The adopted old workers were drained; every worker now is new.
-        wait_until(lambda: not {w["pid"] for w in site.status()["workers"]} & old_workers, 60, 0.1,
-                   "the adopted workers drained")
+        _upgrade_and_reload(site, load, before, "9.9.9", "u2")
 
         # A reload without a code change does not re-execute.
         site.deploy("u3")
@@ -109,31 +118,16 @@ def test_g_a_self_upgrade_with_zygote_workers_forks_the_new_generation_from_a_ne
     # worker_start: zygote with preload: the adopted workers (forks of the old image's zygote)
     # keep serving through the re-exec; the old zygote goes with the old image (its request
     # channel closes); the new generation is forked from a zygote of the new code.
-    lib = site.ns.workdir / "lib"
     before = site.fresh("z1", workers=2, worker_start="zygote", preload=True)
-    main_pid = site.show("MainPID")
-    reexecs = before["supervisor"]["code"]["reexecs"]
     [old_zygote] = before["zygotes"]
     assert old_zygote["state"] == "ready" and old_zygote["preloaded"] and old_zygote["generation"] == 1
-    old_workers = {w["pid"] for w in before["workers"]}
     with Load(site.port, clients=8) as load:
         load.wait_for_more(200)
-        _upgrade(lib, "9.9.10")
-        site.deploy("z2")
-        proc, _, returned = site.reload()
-        assert proc.returncode == 0, proc.stderr + site.ns.console()[-3000:]
-        load.wait_for_more(200)
-        data = site.status()
-        assert site.show("MainPID") == main_pid
-        assert data["supervisor"]["code"]["version"] == "9.9.10"
-        assert data["supervisor"]["code"]["reexecs"] == reexecs + 1
-        assert data["generation"] == 2
+        returned = _upgrade_and_reload(site, load, before, "9.9.10", "z2")
         zygotes = wait_until(lambda: (lambda z: z if [x["generation"] for x in z] == [2] else None)(
             site.status()["zygotes"]), 60, 0.1, "only the new generation's zygote")
         assert zygotes[0]["state"] == "ready" and zygotes[0]["pid"] != old_zygote["pid"]
         assert zygotes[0]["forks"] == 2
-        wait_until(lambda: not {w["pid"] for w in site.status()["workers"]} & old_workers, 60, 0.1,
-                   "the adopted workers drained")
     summary = load.summary()
     print(f"(g) self-upgrade with zygote workers: sent {summary['sent']}, failed {summary['failed']}")
     assert summary["failed"] == 0, load.failures()[:5]
