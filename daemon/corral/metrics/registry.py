@@ -3,7 +3,7 @@
 The supervisor feeds a ``Metrics`` object from two sources and nothing else:
 
 * worker heartbeats, once a second per worker: the engine's counters as a plain
-  dict (see ``parse_heartbeat`` for the keys), and the psutil sample the health
+  dict (see ``parse_heartbeat`` for the keys), and the /proc sample the health
   policies take anyway (``worker_process``);
 * its own events: worker started / ready / draining / exited (with the restart
   reason), generation changes, reload outcomes, event-loop lag.
@@ -398,7 +398,7 @@ class Metrics:
 
     def worker_process(self, pid: int, *, rss_bytes: int, uss_bytes: int | None = None,
                        cpu_seconds: float | None = None, open_fds: int | None = None) -> None:
-        """Record the psutil sample the health policies took of a worker."""
+        """Record the /proc sample the health policies took of a worker."""
         w = self._worker(pid)
         w.rss_bytes, w.uss_bytes, w.cpu_seconds, w.open_fds = rss_bytes, uss_bytes, cpu_seconds, open_fds
 

@@ -1,4 +1,4 @@
-"""Health policies: deciding, from heartbeats and psutil samples, which worker must go.
+"""Health policies: deciding, from heartbeats and /proc samples, which worker must go.
 
 Pure decisions on plain data, so they are unit-tested without processes. Each
 sampled policy (memory, fds) needs ``breaches`` consecutive samples over its
@@ -49,7 +49,7 @@ class Verdict:
 
 
 def check_sample(config: Config, sample: dict[str, int], breaches: dict[str, int]) -> Verdict | None:
-    """Update the consecutive-breach counters from one psutil sample; a Verdict when one trips."""
+    """Update the consecutive-breach counters from one /proc sample (corral.metrics.procfs); a Verdict when one trips."""
     verdict = None
     memory = sample.get(config.memory_metric)
     if config.max_memory and memory is not None:

@@ -7,15 +7,12 @@ import sys
 import time
 from typing import Any, Protocol
 
-import psutil
-
 from corral.config import Config
+from corral.metrics import procfs
 from corral.supervisor.identity import PACKAGE_DIR, CodeIdentity
 from corral.supervisor.listeners import Listener, Listeners
 from corral.supervisor.slots import Generation
 from corral.supervisor.state import Phase, SupervisorState
-
-_SELF = psutil.Process()
 
 
 class Reporting(Protocol):
@@ -69,8 +66,7 @@ def snapshot(sup: Reporting) -> dict[str, Any]:
     now = time.monotonic()
     state = sup.state
     generation = state.generation
-    with _SELF.oneshot():
-        memory = _SELF.memory_full_info()
+    rss, uss, _pss = procfs.memory(os.getpid())
     workers = []
     for worker in sorted(state.workers.values(), key=lambda w: (w.generation, w.slot, w.id)):
         stats = worker.stats
@@ -128,8 +124,8 @@ def snapshot(sup: Reporting) -> dict[str, Any]:
             # corral's own code this image runs (a reload re-executes when the installed code differs)
             "code": {"path": str(PACKAGE_DIR), "version": sup.code_identity.version,
                      "digest": sup.code_identity.digest, "reexecs": state.reexecs},
-            "rss": memory.rss,
-            "uss": memory.uss,
+            "rss": rss,
+            "uss": uss,
             "python": sys.executable,
             # Top-level packages loaded in the supervisor: proves it never imported the app,
             # uvloop or httptools.

@@ -30,10 +30,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from corral.config import Config, engine_keys
 from corral.logs import print_error, reopen_log_files
+from corral.metrics import procfs
 from corral.metrics.registry import RESTART_REASONS, Metrics
 from corral.supervisor import devreload, identity, policies, reexec
 from corral.supervisor.control import ControlServer
@@ -122,7 +121,6 @@ class Supervisor:
         shared = not any(item.group for item in listeners.http())
         self.balance = BalanceTable.create() if config.accept_balance and shared else None
         self.cells = CellAllocator(self.balance) if self.balance else None
-        self._processes: dict[int, psutil.Process] = {}
         if self.zygotes is not None and config.worker_start == ZYGOTE:
             # Before the reaper looks: forked workers are re-parented to us (zygote.py).
             self.zygotes.subreaper = become_subreaper()
@@ -540,7 +538,6 @@ class Supervisor:
         """Drop an exited worker from every table; what it left behind is returned."""
         state = self.state
         state.workers.pop(worker.pid, None)
-        self._processes.pop(worker.pid, None)
         self._bad_heartbeats.discard(worker.pid)
         worker.state = EXITED
         if self._loop is not None:
@@ -804,15 +801,8 @@ class Supervisor:
 
     def _sample_one(self, worker: WorkerProcess) -> dict[str, int] | None:
         try:
-            process = self._processes.get(worker.pid)
-            if process is None:
-                process = self._processes[worker.pid] = psutil.Process(worker.pid)
-            with process.oneshot():
-                info = process.memory_full_info()
-                cpu = process.cpu_times()
-                return {"uss": info.uss, "pss": info.pss, "rss": info.rss, "fds": process.num_fds(),
-                        "cpu_ms": int((cpu.user + cpu.system) * 1000)}
-        except (psutil.Error, OSError):
+            return procfs.sample(worker.pid)
+        except (OSError, ValueError, IndexError):  # it exited meanwhile (or /proc said something odd)
             return None
 
     def config_of(self, worker: WorkerProcess) -> Config:

@@ -63,7 +63,7 @@ class WorkerProcess:
     max_requests: int = 0  # with jitter applied; 0 = off
     max_lifetime: float = 0.0  # with jitter applied; 0 = off
     breaches: dict[str, int] = field(default_factory=dict)  # policy -> consecutive breaches
-    sample: dict[str, int] = field(default_factory=dict)  # last psutil sample (uss, rss, fds)
+    sample: dict[str, int] = field(default_factory=dict)  # last /proc sample (corral.metrics.procfs.SAMPLE_KEYS)
     successor_of: int | None = None  # id of the worker this one replaces (a recycle)
     identity: dict[str, Any] | None = None  # the app code it serves (version, file hash, git), from "ready"
     requests_at_ready: int = 0  # requests it had answered when ready (a reload gate's own probes)

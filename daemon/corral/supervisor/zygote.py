@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.config import Config
+from corral.metrics import procfs
 from corral.supervisor.spawn import SpawnPending, SpawnRequest, spawn_worker, worker_argv, worker_env
 from corral.supervisor.worker_process import WorkerProcess
 from corral.worker import inflight
@@ -426,12 +427,10 @@ class StartingSpawner:
 
 def _memory(pid: int) -> dict[str, int | None]:
     try:
-        import psutil
-
-        info = psutil.Process(pid).memory_full_info()
-        return {"uss": int(info.uss), "pss": int(getattr(info, "pss", 0)) or None}
-    except Exception:  # noqa: BLE001  (psutil.Error, OSError: it just exited; only a figure)
+        _rss, uss, pss = procfs.memory(pid)
+    except (OSError, ValueError):  # it just exited; only a figure
         return {"uss": None, "pss": None}
+    return {"uss": uss, "pss": pss}
 
 
 def _describe(code: int) -> str:
