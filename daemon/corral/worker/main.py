@@ -37,7 +37,7 @@ from corral.logs import reopen_log_files, setup_logging
 from corral.worker import probe, protocol
 from corral.worker.check import DEPENDENCY_HINT
 from corral.worker.identity import app_identity
-from corral.worker.protocol import Channel, ChannelClosed, Kind
+from corral.worker.protocol import Channel, ChannelClosed, Kind, KnownConfig
 
 if TYPE_CHECKING:
     from corral.engine.settings import EngineSettings
@@ -72,15 +72,25 @@ def main(argv: Sequence[str]) -> int:
     if args.zygote:
         from corral.worker import zygote
 
-        return zygote.run(args.channel_fd, main)
-    channel = Channel(socket.socket(fileno=args.channel_fd))
+        return zygote.run(args.channel_fd, run)
+    return run(args.channel_fd)
+
+
+def run(channel_fd: int, known: KnownConfig | None = None) -> int:
+    """A worker's whole life on its control channel; returns its exit status.
+
+    ``known``: the config a zygote read before it forked this worker. When the hello carries
+    the same, the worker takes it as it is instead of checking every key again: parsing again
+    would write to (and so copy) the pages this worker shares with the zygote.
+    """
+    channel = Channel(socket.socket(fileno=channel_fd))
     try:
         hello = channel.receive_blocking(timeout=30)
     except (ChannelClosed, OSError, ValueError) as exc:  # closed, timed out, or not a message
         print(f"corral worker: no hello from the supervisor: {exc!r}", file=sys.stderr)
         return 2
     try:
-        config = Config.from_json(hello["config"])
+        config = config_of(hello, known)
     except ConfigError as exc:  # a supervisor of another corral version; it runs this copy's boot.py
         return _boot_failed(channel, f"cannot read the config the supervisor sent: {exc}")
     setup_logging(config.log_level, role="corral-worker")
@@ -102,6 +112,13 @@ def main(argv: Sequence[str]) -> int:
     runtime = WorkerRuntime(hello, config, channel)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(runtime.run())
+
+
+def config_of(hello: dict[str, Any], known: KnownConfig | None) -> Config:
+    """The config the hello carries: ``known``'s when it was read from the same data."""
+    if known is not None and hello["config"] == known.data:
+        return known.config
+    return Config.from_json(hello["config"])
 
 
 def _boot_failed(channel: Channel, message: str) -> int:

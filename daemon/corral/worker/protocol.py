@@ -43,7 +43,10 @@ import errno
 import json
 import socket
 from collections.abc import Iterator, Mapping
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+
+if TYPE_CHECKING:
+    from corral.config import Config
 
 MAX_MESSAGE = 1 << 20
 
@@ -100,6 +103,14 @@ class Hello(TypedDict):
     listeners: list[ListenerInfo]
     balance: BalanceInfo | None
     in_flight: InFlightInfo | None
+
+
+class KnownConfig(NamedTuple):
+    """A config a zygote already read and checked, with the hello data it was read from: a worker
+    it forks takes it as it is when its own hello carries the same data (corral.worker.main.run)."""
+
+    data: dict[str, Any]
+    config: Config
 
 
 class Retiring(TypedDict):

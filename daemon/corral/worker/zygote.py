@@ -54,7 +54,10 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict
 
-WorkerMain = Callable[[Sequence[str]], int]  # corral.worker.main.main, handed in (no import cycle)
+from corral.worker.protocol import KnownConfig
+
+# corral.worker.main.run (handed in: no import cycle): a worker's life on its channel fd
+WorkerMain = Callable[[int, KnownConfig | None], int]
 
 log = logging.getLogger("corral.zygote")
 
@@ -164,9 +167,11 @@ def run(channel_fd: int, worker_main: WorkerMain) -> int:
         config = Config.from_json(hello["config"])
     except (ConfigError, KeyError) as exc:
         error: str | None = f"cannot read the config the supervisor sent: {exc}"
+        known = None
         preloaded = False
         seconds = 0.0
     else:
+        known = KnownConfig(hello["config"], config)
         setup_logging(config.log_level, role="corral-zygote")
         start = time.monotonic()
         error, preloaded = prepare(config)
@@ -179,7 +184,7 @@ def run(channel_fd: int, worker_main: WorkerMain) -> int:
     ready: ZygoteReady = {"t": ZygoteKind.READY, "pid": os.getpid(), "preloaded": preloaded, "error": error,
                           "seconds": round(seconds, 3)}
     sock.send(encode(ready))
-    return serve(sock, error, worker_main)
+    return serve(sock, error, worker_main, known)
 
 
 def prepare(config: Any) -> tuple[str | None, bool]:
@@ -261,7 +266,8 @@ def _thread_count() -> int:
         return threading.active_count()
 
 
-def serve(sock: socket.socket, error: str | None, worker_main: WorkerMain) -> int:
+def serve(sock: socket.socket, error: str | None, worker_main: WorkerMain,
+          known: KnownConfig | None = None) -> int:
     """Fork workers until the request channel closes."""
     while True:
         try:
@@ -286,7 +292,7 @@ def serve(sock: socket.socket, error: str | None, worker_main: WorkerMain) -> in
             continue
         reply: Forked | ForkFailed
         try:
-            reply = {"t": ZygoteKind.FORKED, "pid": fork_worker(sock, message, fds, error, worker_main)}
+            reply = {"t": ZygoteKind.FORKED, "pid": fork_worker(sock, message, fds, error, worker_main, known)}
         except (OSError, ValueError, KeyError) as exc:
             reply = {"t": ZygoteKind.FORK_FAILED, "error": f"fork failed: {exc}"}
         finally:
@@ -299,13 +305,12 @@ def serve(sock: socket.socket, error: str | None, worker_main: WorkerMain) -> in
 
 
 def fork_worker(sock: socket.socket, request: Mapping[str, Any], fds: Sequence[int], error: str | None,
-                worker_main: WorkerMain) -> int:
+                worker_main: WorkerMain, known: KnownConfig | None = None) -> int:
     """Fork a worker through a middle process that exits at once; returns the worker's pid."""
     targets = [int(t) for t in request["targets"]]
     if len(targets) != len(fds):
         raise ValueError(f"{len(fds)} fds came with a request naming {len(targets)}")
-    args = ["--channel-fd", str(int(request["channel"])), "--slot", str(int(request["slot"])),
-            "--generation", str(int(request["generation"]))]
+    channel_fd = int(request["channel"])
     read_end, write_end = os.pipe()
     middle = os.fork()
     if middle == 0:
@@ -315,7 +320,7 @@ def fork_worker(sock: socket.socket, request: Mapping[str, Any], fds: Sequence[i
             worker = os.fork()
             if worker == 0:
                 os.close(write_end)
-                _become_worker(sock, fds, targets, args, error, worker_main)  # never returns
+                _become_worker(sock, fds, targets, channel_fd, error, worker_main, known)  # never returns
             os.write(write_end, str(worker).encode())
             status = 0
         finally:
@@ -333,8 +338,9 @@ def fork_worker(sock: socket.socket, request: Mapping[str, Any], fds: Sequence[i
     return int(data)
 
 
-def _become_worker(sock: socket.socket, fds: Sequence[int], targets: Sequence[int], args: list[str],
-                   error: str | None, worker_main: WorkerMain) -> None:
+
+def _become_worker(sock: socket.socket, fds: Sequence[int], targets: Sequence[int], channel_fd: int,
+                   error: str | None, worker_main: WorkerMain, known: KnownConfig | None) -> None:
     code = 1
     try:
         os.setpgid(0, 0)  # a process group of its own, as an exec'd worker has
@@ -346,11 +352,10 @@ def _become_worker(sock: socket.socket, fds: Sequence[int], targets: Sequence[in
         # from the OS costs nothing and covers a Random the app seeded at import.
         random.seed()
         gc.enable()  # the frozen objects stay out of its collections
-        channel_fd = int(args[1])
         if error is not None:
             code = _report(channel_fd, error)
         else:
-            code = worker_main(args)
+            code = worker_main(channel_fd, known)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001  (the worker's last word; the process ends here either way)
