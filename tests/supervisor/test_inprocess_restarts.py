@@ -176,3 +176,23 @@ def test_a_successor_that_fails_to_boot_leaves_the_old_worker_serving():
         h.close()
 
     run(body)
+
+
+def test_workers_that_exit_together_while_stopping_are_each_handled_once(caplog):
+    # Handling one exit while stopping reaps again (_check_stopped); the outer reap must not then
+    # handle the others a second time (twice logged, twice counted in the metrics).
+    async def body() -> None:
+        h = Harness(make_config(workers=3))
+        workers = await h.start()
+        h.sup.stop(graceful=True)
+        for worker in workers:
+            worker.proc.exit_code = 0  # all gone before the supervisor looks
+        with caplog.at_level("INFO", logger="corral.supervisor"):
+            h.tick()
+        for worker in workers:
+            lines = [r for r in caplog.messages if f"(pid {worker.proc.pid}) exited" in r]
+            assert len(lines) == 1, lines
+        assert not h.state.workers
+        h.close()
+
+    run(body)

@@ -496,8 +496,10 @@ class Supervisor:
     # ------------------------------------------------------------------ process exits
 
     def _reap(self) -> None:
-        for worker in list(self.state.workers.values()):
-            if worker.poll() is not None:
+        workers = self.state.workers
+        for worker in list(workers.values()):
+            # An exit handler may reap again (_check_stopped): skip whom that already handled.
+            if workers.get(worker.pid) is worker and worker.poll() is not None:
                 self._on_exit(worker)
         self._tend_zygotes()
         if self.reaper is not None:  # after the workers: their exit status stays theirs
