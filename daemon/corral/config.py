@@ -757,6 +757,14 @@ class Config:
             "Workers then share the app's memory and start at once, but the app must start no thread, "
             "connection or open file at import (docs/zygote.md); a zygote that has started threads "
             "refuses to preload and says why. Ignored with worker_start: exec.")))
+    standby: bool = field(metadata=_key(BoolKind(), False, Group.WORKERS,
+                                        "keep one extra worker booted (app imported, warm-up passed) but not "
+                                        "serving, to take over a slot the moment one is lost or recycled",
+        details=(
+            "A crashed, hung or recycled worker is then replaced in milliseconds even when the app takes "
+            "seconds to import (without preload, or with worker_start: exec), at the cost of one more "
+            "worker's memory. The standby takes no traffic until it is given a slot; then a new standby "
+            "boots behind it. Only the serving generation keeps one (docs/zygote.md).")))
     python: str = field(metadata=_key(OptionalKind(StrKind()), None, Group.APP,
                                       "the app's Python interpreter (null: corral's own)", metavar="PYTHON",
         details=(

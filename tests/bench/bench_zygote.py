@@ -10,8 +10,9 @@ gunicorn's sync workers); unless --no-fastapi, a small FastAPI service (pydantic
 
 Replacement: corral with 2 workers on an app whose import sleeps --import-sleep seconds, under a
 light wrk load; one worker that has served is SIGKILLed and the time until `corral status` (polled every 5 ms over
-the control socket) shows a ready replacement in its slot is reported for exec, zygote and
-zygote+preload, --kills times each (median).
+the control socket) shows a ready replacement in its slot is reported for exec, zygote,
+zygote+preload and zygote+standby (a standby worker booted ahead: config standby), --kills times each
+(median).
 
 Reload: with --workers workers on the same app, the time from `corral reload` until the new
 generation serves with all its workers ready (polled every 10 ms), --reloads times each.
@@ -258,7 +259,8 @@ def django_project(tmp: Path) -> Path | None:
 
 WORKER_STARTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("exec", {}), ("zygote", {"worker_start": "zygote"}),
-    ("zygote+preload", {"worker_start": "zygote", "preload": True}))
+    ("zygote+preload", {"worker_start": "zygote", "preload": True}),
+    ("zygote+standby", {"worker_start": "zygote", "standby": True}))
 
 
 @contextlib.contextmanager
@@ -307,6 +309,9 @@ def replacement_times(tmp: Path, app_dir: Path, import_sleep: float, kills: int)
                     # counts as a failed boot, and its slot backs off (0.1 s, doubling), which is
                     # corral's crash-loop guard, not the time a replacement takes.
                     wait(lambda: any(w["requests"] > 0 for w in ready()), 60)
+                    if extra.get("standby"):  # the standby the last kill used is booted again
+                        wait(lambda: any(w["state"] == "standby" for w in (status() or {}).get("workers", [])),
+                             120)
                     victim = next(w for w in ready() if w["requests"] > 0)
                     start = time.monotonic()
                     os.kill(victim["pid"], signal.SIGKILL)

@@ -142,6 +142,9 @@ class FakeWorker:
     def boot_error(self, error: str) -> None:
         self.channel.send(protocol.boot_error(error))
 
+    def standby(self) -> None:
+        self.channel.send(protocol.bare(Kind.STANDBY))
+
     def quiesced(self) -> None:
         self.channel.send(protocol.bare(Kind.QUIESCED))
 

@@ -52,7 +52,7 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 RESTART_REASONS = ("crash", "hung", "memory", "fds", "max_requests", "lifetime", "deadline",
                    "reload", "boot_failed", "boot_timeout")
 RELOAD_OUTCOMES = ("success", "rolled_back", "aborted")
-WORKER_STATES = ("booting", "ready", "draining")
+WORKER_STATES = ("booting", "standby", "ready", "draining")
 
 # Reloads take seconds to minutes (app import, readiness gate, drain).
 RELOAD_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -284,6 +284,16 @@ class Metrics:
         """A worker process was spawned (it boots: imports the app, runs lifespan startup)."""
         self._workers[pid] = _Worker(pid=pid, slot=slot, generation=generation,
                                      started=self._clock(), started_wall=self._wall())
+
+    def worker_standby(self, pid: int) -> None:
+        """A standby (config standby, slot -1) booted; it serves nothing until it takes a slot."""
+        self._worker(pid).state = "standby"
+
+    def worker_slot(self, pid: int, slot: int) -> None:
+        """A standby took ``slot``: it boots there (serves) until it is ready."""
+        worker = self._worker(pid)
+        worker.slot = slot
+        worker.state = "booting"
 
     def worker_ready(self, pid: int) -> None:
         self._worker(pid).state = "ready"

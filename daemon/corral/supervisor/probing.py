@@ -34,7 +34,7 @@ from corral.metrics.agent import AgentServer
 from corral.metrics.server import MetricsServer
 from corral.supervisor.listeners import Listeners, Role
 from corral.supervisor.state import Phase, SupervisorState
-from corral.supervisor.worker_process import BOOTING, DRAINING, READY, WorkerProcess
+from corral.supervisor.worker_process import BOOTING, DRAINING, READY, STANDBY, WorkerProcess
 
 __all__ = ["ProbeHost", "ProbeServers", "host_state"]
 
@@ -92,7 +92,7 @@ def host_state(sup: ProbeHost) -> probes.HostState:
 
 
 def _alive(worker: WorkerProcess, config: Config, now: float) -> bool:
-    if worker.state in (READY, DRAINING):
+    if worker.state in (READY, DRAINING, STANDBY):
         age = worker.heartbeat_age(now)
         return age is not None and age <= config.timeout
     if worker.state == BOOTING:

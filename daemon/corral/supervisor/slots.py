@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 from corral.config import Config
-from corral.supervisor.worker_process import READY, WorkerProcess
+from corral.supervisor.worker_process import READY, STANDBY, WorkerProcess
 
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
@@ -117,12 +117,24 @@ class RespawnBudget:
         return max(at, now + -self.tokens / self.rate)
 
 
+STANDBY_SLOT = -1  # the index of a generation's standby seat (and of a standby worker's slot until promoted)
+
+
 @dataclass
 class Generation:
     number: int
     config: Config
     slots: list[Slot] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
+    # config standby: the extra worker booted ahead of need, and its seat (backoff, last error).
+    # Not in ``slots``: it serves nothing until a slot takes it (Supervisor.start_worker).
+    standby_seat: Slot = field(default_factory=lambda: Slot(STANDBY_SLOT))
+
+    @property
+    def standby(self) -> WorkerProcess | None:
+        """The standby, once it has booted and can take a slot at once."""
+        worker = self.standby_seat.worker
+        return worker if worker is not None and worker.state == STANDBY else None
 
     def workers(self) -> list[WorkerProcess]:
         return [w for slot in self.slots for w in slot.workers()]

@@ -193,7 +193,8 @@ def render_table(data: dict[str, Any]) -> str:
     rows = [header]
     for w in data["workers"]:
         state = w["state"] + (f" ({w['reason']})" if w["reason"] and w["state"] != "ready" else "")
-        rows.append((str(w["pid"]), str(w["generation"]), str(w["slot"]), state, str(w["requests"]),
+        slot = str(w["slot"]) if w["slot"] >= 0 else "-"  # a standby has no slot yet
+        rows.append((str(w["pid"]), str(w["generation"]), slot, state, str(w["requests"]),
                      str(w["in_flight"]), str(w["connections_open"]), str(w.get("websockets_open", 0)),
                      _mib(w["uss"]) if w["uss"] is not None else "-", _duration(w["age"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

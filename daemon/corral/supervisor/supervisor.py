@@ -41,7 +41,7 @@ from corral.supervisor.listeners import Listener, Listeners, SocketError, bind_r
 from corral.supervisor.notify import Notifier
 from corral.supervisor.reaper import Reaper
 from corral.supervisor.reload import Reloader, ReloadOutcome, ReloadResult
-from corral.supervisor.slots import ExitVerdict, Generation, RespawnBudget, Slot
+from corral.supervisor.slots import STANDBY_SLOT, ExitVerdict, Generation, RespawnBudget, Slot
 from corral.supervisor.spawn import Spawner, SpawnPending, SpawnRequest, spawn_worker
 from corral.supervisor.state import Phase, SupervisorState
 from corral.supervisor.status import status_line
@@ -51,6 +51,7 @@ from corral.supervisor.worker_process import (
     EXITED,
     KILLED,
     READY,
+    STANDBY,
     WorkerProcess,
 )
 from corral.supervisor.zygote import ZYGOTE, StartingSpawner, become_subreaper
@@ -141,6 +142,7 @@ class Supervisor:
             Kind.HEARTBEAT: self._on_heartbeat, Kind.READY: self._on_ready_message,
             Kind.BOOTED: self._on_booted, Kind.BOOT_ERROR: self._on_boot_error,
             Kind.DRAINING: self._on_draining, Kind.QUIESCED: self._on_quiesced,
+            Kind.STANDBY: self._on_standby,
         }
         for item in listeners.items:
             self._watch_listener(item)
@@ -254,6 +256,14 @@ class Supervisor:
             pass  # a heartbeat the metrics reject was logged when it came; the next one counts
 
     def reexec_state(self) -> dict[str, Any]:
+        # A standby is not carried across the exec: it stops (its channel closes with this image)
+        # and the new image boots another.
+        generation = self.state.generation
+        if generation is not None and generation.standby_seat.worker is not None:
+            standby = generation.standby_seat.worker
+            generation.standby_seat.worker = None
+            standby.stop_gracefully(policies.RELOAD, 0.0, self.now())
+            self._forget(standby)
         return reexec.capture(self)
 
     def installed_code(self) -> CodeIdentity:
@@ -328,7 +338,11 @@ class Supervisor:
         state = self.state
         slot.restart_at = None
         slot.waiting = False
-        listeners = self.listeners.for_slot(slot.index, len(generation.slots))
+        standing_by = slot is generation.standby_seat
+        if not standing_by and generation.standby is not None:
+            return self._promote(generation, slot, generation.standby, successor_of)
+        # A standby gets every slot's listeners: it learns which are its own when it takes a slot.
+        listeners = self.listeners.http() if standing_by else self.listeners.for_slot(slot.index, len(generation.slots))
         request = SpawnRequest(state.next_id, slot.index, generation.number, config,
                                listener_fds=[item.fd for item in listeners],
                                extra_fds=[self.balance.fd] if self.balance is not None else [],
@@ -361,7 +375,8 @@ class Supervisor:
             config.to_json(), {"id": worker.id, "slot": slot.index, "generation": generation.number},
             [{"fd": item.fd, "role": item.role, "address": item.address, "name": item.name} for item in listeners],
             {"fd": self.balance.fd, "cell": worker.balance_cell} if self.balance is not None else None,
-            {"fd": worker.in_flight_fd, "slots": worker.in_flight_slots} if worker.in_flight_fd >= 0 else None)
+            {"fd": worker.in_flight_fd, "slots": worker.in_flight_slots} if worker.in_flight_fd >= 0 else None,
+            standby=standing_by)
         worker.channel.send(hello)
         if generation is state.pending:
             # Part of a reload, with older code serving meanwhile: a failed warm-up must fail
@@ -371,11 +386,61 @@ class Supervisor:
             slot.successor = worker
         else:
             slot.worker = worker
+        if standing_by:
+            log.info("worker %d (pid %d) starting as the standby of generation %d", worker.id, worker.pid,
+                     generation.number)
+            return worker
         log.info("worker %d (pid %d) starting in slot %d, generation %d: %s", worker.id, worker.pid,
                  slot.index, generation.number, self._start_reason(generation, slot, successor_of))
         if successor_of is None:
             slot.replaces = None
         return worker
+
+    def _promote(self, generation: Generation, slot: Slot, worker: WorkerProcess,
+                 successor_of: WorkerProcess | None) -> WorkerProcess:
+        """config standby: the booted standby takes ``slot`` at once (it says ready once it serves
+        there), and a new standby boots behind it."""
+        now = self.now()
+        generation.standby_seat.worker = None
+        listeners = self.listeners.for_slot(slot.index, len(generation.slots))
+        worker.slot = slot.index
+        worker.state = BOOTING  # until its "ready": it serves from then on
+        worker.spawned_at = now  # its lifetime (max_lifetime) and its "ready in" count from here
+        worker.successor_of = successor_of.id if successor_of else None
+        worker.channel.send(protocol.promote(slot.index, [item.fd for item in listeners]))
+        self.metrics.worker_slot(worker.pid, slot.index)
+        if successor_of is not None:
+            slot.successor = worker
+        else:
+            slot.worker = worker
+        log.info("worker %d (pid %d), the standby, takes slot %d, generation %d: %s", worker.id, worker.pid,
+                 slot.index, generation.number, self._start_reason(generation, slot, successor_of))
+        if successor_of is None:
+            slot.replaces = None
+        generation.standby_seat.restart_at = now  # the next standby boots on the next tick (_keep_standby)
+        return worker
+
+    def _keep_standby(self, now: float) -> None:
+        """config standby: the serving generation keeps one standby booting or booted; any other
+        standby (an older generation's, or one the config no longer wants) is retired."""
+        generation = self.state.generation
+        wanted = (generation is not None and generation.config.standby and self.phase is Phase.RUNNING
+                  and not self.reloader.busy)
+        for worker in list(self.state.workers.values()):
+            if (worker.slot == STANDBY_SLOT and worker.state in (BOOTING, STANDBY)
+                    and (not wanted or generation is None or worker.generation != generation.number)):
+                self.retire(worker, policies.RELOAD if wanted else policies.STOP)
+                if generation is not None and generation.standby_seat.worker is worker:
+                    generation.standby_seat.worker = None
+        if not wanted or generation is None:
+            return
+        seat = generation.standby_seat
+        if seat.worker is not None:
+            return
+        if seat.restart_at is None:
+            seat.restart_at = now + seat.backoff()
+        if now >= seat.restart_at:
+            self.start_worker(generation, seat)
 
     def _spawn_failed(self, config: Config, slot: Slot, exc: OSError) -> None:
         slot.failures += 1
@@ -440,6 +505,25 @@ class Supervisor:
         if isinstance(message.get("requests"), int):
             worker.requests_at_ready = message["requests"]
         self._on_ready(worker, now)
+
+    def _standby_of(self, worker: WorkerProcess) -> Generation | None:
+        """The generation whose standby ``worker`` is (not yet given a slot), if any."""
+        for generation in (self.state.generation, self.state.pending):
+            if generation is not None and generation.standby_seat.worker is worker:
+                return generation
+        return None
+
+    def _on_standby(self, worker: WorkerProcess, message: Message, now: float) -> None:
+        generation = self._standby_of(worker)
+        if worker.state != BOOTING or generation is None:
+            return
+        worker.state = STANDBY
+        worker.last_heartbeat = now
+        self.metrics.worker_standby(worker.pid)
+        generation.standby_seat.failures = 0
+        log.info("worker %d (pid %d) on standby, booted in %.2fs (generation %d)", worker.id, worker.pid,
+                 now - worker.spawned_at, worker.generation)
+        self.update_status(force=True)
 
     def _on_booted(self, worker: WorkerProcess, message: Message, now: float) -> None:
         worker.last_heartbeat = now
@@ -525,9 +609,12 @@ class Supervisor:
         if self.phase is Phase.STOPPING:
             self._exited_while_stopping(exit)
             return
+        standby_of = self._standby_of(worker)
         generation = self.state.generation_of(worker)
         slot = generation.slot_of(worker) if generation is not None else None
-        if generation is None or slot is None:
+        if standby_of is not None:
+            self._standby_exited(exit, standby_of.standby_seat)
+        elif generation is None or slot is None:
             self._retired_exited(exit)
         elif generation is self.state.pending and self.reloader.on_lost(worker, exit.description):
             pass  # a reload's new worker died before it was ready: the reload rolled back
@@ -573,6 +660,17 @@ class Supervisor:
         level = logging.INFO if worker.returncode == 0 or worker.stop_reason else logging.WARNING
         log.log(level, "worker %d (pid %d, %s) %s", worker.id, worker.pid, worker.stop_reason or "retired",
                 exit.description)
+        self.update_status(force=True)
+
+    def _standby_exited(self, exit: WorkerExit, seat: Slot) -> None:
+        """The standby died before it took a slot: the next one boots after the seat's backoff."""
+        worker = exit.worker
+        seat.worker = None
+        seat.failures += 1
+        seat.restart_at = exit.now + seat.backoff()
+        seat.last_error = worker.boot_error or exit.description
+        log.error("standby worker %d (pid %d) %s; another boots in %.1fs%s", worker.id, worker.pid,
+                  exit.description, seat.backoff(), _error_suffix(worker))
         self.update_status(force=True)
 
     def _successor_exited(self, exit: WorkerExit, slot: Slot) -> None:
@@ -702,6 +800,7 @@ class Supervisor:
             self._check_stopped()
             return
         self._restart_due(now)
+        self._keep_standby(now)
         self._watch_health(now)
         if now - self.last_sample >= self.config.policy_interval:
             self.last_sample = now
@@ -743,7 +842,7 @@ class Supervisor:
                     "(app import + lifespan startup); raise boot_timeout if the app is just slow")
                 log.error("worker %d (pid %d) %s; killing it", worker.id, worker.pid, worker.boot_error)
                 worker.kill_hung(policies.BOOT_TIMEOUT, now, HUNG_KILL_GRACE)
-            elif worker.state in (READY, DRAINING):
+            elif worker.state in (READY, DRAINING, STANDBY):
                 self._check_heartbeat(worker, now)
             if worker.state == READY and self.phase is Phase.RUNNING and not self.reloader.busy:
                 verdict = policies.check_counters(worker.stats, worker.age(now), worker.max_requests,

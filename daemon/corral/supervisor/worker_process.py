@@ -19,6 +19,7 @@ log = logging.getLogger("corral.supervisor")
 
 # Worker states, in lifecycle order.
 BOOTING = "booting"  # spawned; importing the app / running lifespan startup
+STANDBY = "standby"  # booted and warmed up, serving nothing until it is given a slot (config: standby)
 READY = "ready"  # serving
 DRAINING = "draining"  # told to stop gracefully; finishing in-flight requests
 KILLED = "killed"  # hung or overdue: traceback requested / SIGKILL sent

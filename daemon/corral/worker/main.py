@@ -5,7 +5,8 @@ Started by the supervisor through ``boot.py`` (fresh interpreter). Lifecycle:
 1. read the ``hello`` (config, identity, listening fds) from the control channel;
 2. import the app and run lifespan startup, with the event loop already running
    (heartbeats flow during a slow startup);
-3. serve, and say ``ready``;
+3. serve, and say ``ready``. A standby (``standby`` in the hello) says ``standby`` instead and
+   waits, serving nothing, until the supervisor gives it a slot (``promote``);
 4. TERM (or the supervisor's end of the channel closing): stop accepting, finish
    in-flight requests within graceful_timeout, lifespan shutdown, exit 0. Open
    WebSockets close with 1012 if the supervisor said it is replacing us (its
@@ -142,6 +143,7 @@ class WorkerRuntime:
         self.restart = False  # the supervisor replaces us (reload, recycle): WebSockets close with 1012
         self.close_keep_alive = False  # a drain was announced (drain_delay): every response closes
         self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._promoted: asyncio.Future[None] | None = None  # a standby's wait for its slot
         self._loop: asyncio.AbstractEventLoop  # set by run(), before anything reads it
         self._fast_stop: asyncio.Future[None] | None = None  # held: the loop keeps only weak references
 
@@ -194,6 +196,8 @@ class WorkerRuntime:
             # The gate zeroed the counters; a heartbeat sent during it may have carried its requests.
             # Before "ready", so the supervisor never counts them as served (backoff, max_requests).
             self._send_heartbeat()
+        if self.hello.get("standby") and not self.stop_event.is_set():
+            await self._wait_for_slot()
         if self.stop_event.is_set():
             await self.server.shutdown(0)
             return 0
@@ -255,6 +259,34 @@ class WorkerRuntime:
             for warning in tlsconfig.warnings(settings):
                 log.warning("%s", warning)
         return context
+
+    async def _wait_for_slot(self) -> None:
+        """A standby: booted and warmed up, it says so and waits, serving nothing, until the
+        supervisor gives it a slot (``promote``) or stops it."""
+        self._promoted = self._loop.create_future()  # resolved by promote, or by stop()
+        self.channel.send(protocol.bare(Kind.STANDBY))
+        log.debug("on standby")
+        self._on_channel()  # a promotion may be waiting already
+        await self._promoted
+
+    def _promote(self, slot: int, fds: list[int]) -> None:
+        """Take ``slot``: serve on its listeners (``fds``), close the other slots' (a standby got them all)."""
+        if self._promoted is None or self._promoted.done():
+            return
+        keep = set(fds)
+        listeners = []
+        for item in self.hello["listeners"]:
+            if item.get("role", "http") != "http" or item["fd"] in keep:
+                listeners.append(item)
+            else:
+                try:
+                    os.close(item["fd"])
+                except OSError:
+                    pass
+        self.hello["listeners"] = listeners
+        self.hello["worker"]["slot"] = slot
+        log.debug("promoted to slot %d", slot)
+        self._promoted.set_result(None)
 
     async def _serve(self, settings: EngineSettings, tls: ssl.SSLContext | None) -> None:
         """Accept on the app listeners: TLS on those ssl_listeners picks (all, by default)."""
@@ -356,6 +388,8 @@ class WorkerRuntime:
             return
         self.graceful = graceful
         self.stop_event.set()
+        if self._promoted is not None and not self._promoted.done():
+            self._promoted.set_result(None)  # a standby stopped before it got a slot
 
     def park(self) -> None:
         """A rolling reload replaced us: take no new connections, but keep the app loaded (and answer
@@ -401,6 +435,8 @@ class WorkerRuntime:
                     self.restart = bool(message.get("restart"))
                 elif kind is Kind.DRAIN_NOTICE:
                     self.drain_notice(bool(message.get("on")))
+                elif kind is Kind.PROMOTE:
+                    self._promote(int(message["slot"]), [int(fd) for fd in message["listeners"]])
         except ChannelClosed:
             # The supervisor is gone: nobody will replace or watch us; drain and leave.
             self._loop.remove_reader(self.channel.fileno())

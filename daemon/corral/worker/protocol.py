@@ -16,6 +16,7 @@ Supervisor -> worker:
   ``unpark``  that reload rolled back: accept again
   ``drain_notice`` corral announced a stop to the load balancers (``drain_delay``): ``on`` true: keep
               serving, but answer with ``Connection: close`` so clients reconnect elsewhere; false: undo
+  ``promote`` a standby worker (hello ``standby``) takes ``slot``: serve on ``listeners`` (fds)
   ``retiring`` (right before the stop signal) why: ``restart`` is true for a reload, recycle or
               scale-down (the service goes on: WebSockets close with 1012), false on stop (1001)
 Worker -> supervisor:
@@ -27,6 +28,7 @@ Worker -> supervisor:
   ``draining`` the worker stopped accepting and is finishing in-flight requests
   ``quiesced`` while draining: no idle connection is left open (only busy ones, each closing after
               its response), so no new request can reach this worker any more
+  ``standby`` a standby is booted (app imported, startup and warm-up passed) and waits for ``promote``
 
 (A worker that wants to be replaced, e.g. for a WSGI request stuck past its deadline, says
 so in its heartbeat's ``wants_recycle``, which the supervisor's health policies read.)
@@ -61,6 +63,7 @@ class Kind(enum.StrEnum):
     UNPARK = "unpark"
     RETIRING = "retiring"
     DRAIN_NOTICE = "drain_notice"
+    PROMOTE = "promote"  # a standby takes a slot: serve on these listeners
     # worker -> supervisor
     BOOTED = "booted"
     READY = "ready"
@@ -68,6 +71,7 @@ class Kind(enum.StrEnum):
     BOOT_ERROR = "boot_error"
     DRAINING = "draining"
     QUIESCED = "quiesced"
+    STANDBY = "standby"  # booted and warmed up; waiting for a slot (PROMOTE)
 
 
 Message = Mapping[str, Any]  # one decoded datagram: a JSON object with a "t"
@@ -103,6 +107,13 @@ class Hello(TypedDict):
     listeners: list[ListenerInfo]
     balance: BalanceInfo | None
     in_flight: InFlightInfo | None
+    standby: bool  # boot, then wait for PROMOTE before serving (``listeners``: every slot's)
+
+
+class Promote(TypedDict):
+    t: str
+    slot: int
+    listeners: list[int]  # the fds (of the hello's listeners) to serve on; the others are closed
 
 
 class KnownConfig(NamedTuple):
@@ -148,9 +159,13 @@ class BootError(TypedDict):
 
 
 def hello(config: dict[str, Any], worker: WorkerInfo, listeners: list[ListenerInfo],
-          balance: BalanceInfo | None, in_flight: InFlightInfo | None) -> Hello:
+          balance: BalanceInfo | None, in_flight: InFlightInfo | None, standby: bool = False) -> Hello:
     return {"t": Kind.HELLO, "config": config, "worker": worker, "listeners": listeners,
-            "balance": balance, "in_flight": in_flight}
+            "balance": balance, "in_flight": in_flight, "standby": standby}
+
+
+def promote(slot: int, listeners: list[int]) -> Promote:
+    return {"t": Kind.PROMOTE, "slot": slot, "listeners": listeners}
 
 
 def retiring(reason: str, restart: bool) -> Retiring:
