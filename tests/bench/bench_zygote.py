@@ -1,12 +1,13 @@
 """Memory and worker-replacement benchmark for worker_start: zygote (docs/zygote.md).
 
 Memory: each server runs the same app with --workers N; after --requests requests on fresh
-connections, the total USS and PSS of its whole process tree (supervisor, zygote, workers) is
-read from /proc (psutil memory_full_info). Servers: corral exec / zygote / zygote+preload,
-gunicorn with and without --preload, granian, uvicorn. Apps: hello world (ASGI; the WSGI twin for
-gunicorn's sync workers); unless --no-fastapi, a small FastAPI service (pydantic models, GET
-/items/7; gunicorn runs uvicorn's worker class); unless --no-django, a Django project from
-`django-admin startproject` (admin on) hitting /admin/login/ (WSGI for every server).
+connections, the total USS and PSS of its whole process tree (supervisor, zygote, workers) is read
+from /proc (psutil memory_full_info). Servers: corral exec / zygote / zygote+preload /
+zygote+standby (one more worker, booted and idle), gunicorn with and without --preload, granian,
+uvicorn. Apps: hello world (ASGI; the WSGI twin for gunicorn's sync workers); unless --no-fastapi, a
+small FastAPI service (pydantic models, GET /items/7; gunicorn runs uvicorn's worker class); unless
+--no-django, a Django project from `django-admin startproject` (admin on) hitting /admin/login/
+(WSGI for every server).
 
 Replacement: corral with 2 workers on an app whose import sleeps --import-sleep seconds, under a
 light wrk load; one worker that has served is SIGKILLed and the time until `corral status` (polled every 5 ms over
@@ -178,6 +179,8 @@ def servers(tmp: Path, app_dir: Path, asgi: str, wsgi: str | None, workers: int,
             tmp, "mzyg", asgi, app_dir, port, workers, worker_start="zygote"))]),
         ("corral zygote+preload", [corral, "run", "--config", str(corral_config(
             tmp, "mpre", asgi, app_dir, port, workers, worker_start="zygote", preload=True))]),
+        ("corral zygote+standby", [corral, "run", "--config", str(corral_config(
+            tmp, "msby", asgi, app_dir, port, workers, worker_start="zygote", standby=True))]),
     ]
     bind = f"127.0.0.1:{port}"
     if (BIN / "gunicorn").exists():
@@ -224,7 +227,7 @@ def measure_memory(label: str, tmp: Path, app_dir: Path, asgi: str, wsgi: str | 
                     raise RuntimeError(f"{name} did not start: {' '.join(cmd)}\n{err[-2000:]}")
                 time.sleep(0.1)
             # Every worker up (the slowest exec'd ones too), then the requests.
-            wait_for_processes(proc.pid, workers)
+            wait_for_processes(proc.pid, workers + (2 if "standby" in name else 0))  # + zygote and standby
             for _ in range(requests):
                 get(port, path)
             time.sleep(0.5)
