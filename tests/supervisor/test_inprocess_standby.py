@@ -124,3 +124,30 @@ def test_without_the_key_no_standby_starts():
         h.close()
 
     run(body)
+
+
+def test_with_reuse_port_scaling_renews_the_standby_since_the_sockets_change():
+    # Each slot has its own SO_REUSEPORT socket and the standby holds them all: after TTOU its
+    # copy of the closed socket would take connections nobody accepts; after TTIN it lacks the new one.
+    async def body() -> None:
+        h = Harness(make_config(workers=1, standby=True, reuse_port=True, bind=["127.0.0.1:0"]))
+        first = await _with_standby(h)
+        h.sup.scale(1)  # TTIN: binds the new slot's socket, so the standby is retired
+        assert signal.SIGTERM in first.proc.signals
+        assert h.state.generation.standby_seat.worker is None
+        added = h.spawner.workers[-1]
+        assert added.process.slot == 1  # a fresh worker for the new slot, not the stale standby
+        added.ready()
+        await h.until(lambda: added.state == "ready", "the new slot's worker ready")
+        await h.exit(first, 0)
+        h.tick()
+        second = h.spawner.workers[-1]
+        assert second.process.slot == STANDBY_SLOT
+        second.standby()
+        await h.until(lambda: second.state == STANDBY, "the new standby")
+        h.sup.scale(-1)  # TTOU: closes slot 1's socket, so the standby holding a copy goes too
+        assert signal.SIGTERM in second.proc.signals
+        h.close()
+        h.sup.listeners.close()
+
+    run(body)

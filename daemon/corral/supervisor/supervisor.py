@@ -1020,6 +1020,7 @@ class Supervisor:
             for item in self.listeners.items:
                 if id(item) not in known:
                     self._watch_listener(item)
+            self._renew_standby(generation)  # it holds every slot's sockets: not the new one's
         generation.slots.append(slot)
         self.metrics.set_desired_workers(len(generation.slots))
         self.state.respawns.resize(len(generation.slots))
@@ -1037,7 +1038,18 @@ class Supervisor:
             worker.stop_reason = policies.SCALE_DOWN
             self.retire(worker, policies.SCALE_DOWN)
         if self.config.reuse_port and not self.listeners.from_systemd:
+            # The standby holds a copy of the closed socket, which would go on taking its share
+            # of new connections and never accept them.
+            self._renew_standby(generation)
             self._close_reuse_port_group(slot.index + 1)
+
+    def _renew_standby(self, generation: Generation) -> None:
+        """The slots' sockets changed: retire the standby (booting or booted); a new one boots with
+        the new set on the next tick."""
+        seat = generation.standby_seat
+        if seat.worker is not None:
+            standby, seat.worker, seat.restart_at = seat.worker, None, None
+            self.retire(standby, policies.SCALE_DOWN)
 
     def _close_reuse_port_group(self, group: int) -> None:
         for item in [i for i in self.listeners.items if i.group == group]:

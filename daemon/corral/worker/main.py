@@ -144,6 +144,7 @@ class WorkerRuntime:
         self.close_keep_alive = False  # a drain was announced (drain_delay): every response closes
         self._heartbeat_handle: asyncio.TimerHandle | None = None
         self._promoted: asyncio.Future[None] | None = None  # a standby's wait for its slot
+        self.cannot_serve = False  # a standby given a slot whose sockets it does not hold
         self._loop: asyncio.AbstractEventLoop  # set by run(), before anything reads it
         self._fast_stop: asyncio.Future[None] | None = None  # held: the loop keeps only weak references
 
@@ -197,10 +198,10 @@ class WorkerRuntime:
             # Before "ready", so the supervisor never counts them as served (backoff, max_requests).
             self._send_heartbeat()
         if self.hello.get("standby") and not self.stop_event.is_set():
-            await self._wait_for_slot()
+            await self.wait_for_slot()
         if self.stop_event.is_set():
             await self.server.shutdown(0)
-            return 0
+            return EXIT_BOOT_ERROR if self.cannot_serve else 0
         await self._serve(settings, tls)
         if self.close_keep_alive:  # announced while we booted
             self.server.set_close_keep_alive(True)
@@ -260,20 +261,28 @@ class WorkerRuntime:
                 log.warning("%s", warning)
         return context
 
-    async def _wait_for_slot(self) -> None:
+    async def wait_for_slot(self) -> None:
         """A standby: booted and warmed up, it says so and waits, serving nothing, until the
         supervisor gives it a slot (``promote``) or stops it."""
-        self._promoted = self._loop.create_future()  # resolved by promote, or by stop()
+        self._promoted = asyncio.get_running_loop().create_future()  # resolved by promote, or by stop()
         self.channel.send(protocol.bare(Kind.STANDBY))
         log.debug("on standby")
         self._on_channel()  # a promotion may be waiting already
         await self._promoted
 
-    def _promote(self, slot: int, fds: list[int]) -> None:
+    def promote(self, slot: int, fds: list[int]) -> None:
         """Take ``slot``: serve on its listeners (``fds``), close the other slots' (a standby got them all)."""
         if self._promoted is None or self._promoted.done():
             return
         keep = set(fds)
+        missing = keep - {item["fd"] for item in self.hello["listeners"]}
+        if missing:  # the supervisor's sockets changed since our hello: we cannot serve that slot
+            log.error("promoted to slot %d, but fds %s are not among our listeners; exiting", slot,
+                      sorted(missing))
+            self.channel.send(protocol.boot_error(f"the standby was not given the sockets of slot {slot}"))
+            self.cannot_serve = True
+            self.stop(False)
+            return
         listeners = []
         for item in self.hello["listeners"]:
             if item.get("role", "http") != "http" or item["fd"] in keep:
@@ -436,7 +445,7 @@ class WorkerRuntime:
                 elif kind is Kind.DRAIN_NOTICE:
                     self.drain_notice(bool(message.get("on")))
                 elif kind is Kind.PROMOTE:
-                    self._promote(int(message["slot"]), [int(fd) for fd in message["listeners"]])
+                    self.promote(int(message["slot"]), [int(fd) for fd in message["listeners"]])
         except ChannelClosed:
             # The supervisor is gone: nobody will replace or watch us; drain and leave.
             self._loop.remove_reader(self.channel.fileno())
