@@ -151,3 +151,20 @@ def test_with_reuse_port_scaling_renews_the_standby_since_the_sockets_change():
         h.sup.listeners.close()
 
     run(body)
+
+
+def test_a_standby_that_cannot_be_spawned_backs_off_and_says_so(caplog):
+    async def body() -> None:
+        h = Harness(make_config(workers=1, standby=True))
+        await h.start()
+        h.spawner.failures.append(OSError(24, "Too many open files"))
+        with caplog.at_level("ERROR", logger="corral.supervisor"):
+            h.tick()
+        seat = h.state.generation.standby_seat
+        assert seat.worker is None and seat.failures == 1
+        assert any(m.startswith("the standby: cannot start") for m in caplog.messages), caplog.messages
+        h.tick(seat.backoff())
+        assert h.spawner.workers[-1].process.slot == STANDBY_SLOT
+        h.close()
+
+    run(body)

@@ -449,7 +449,8 @@ class Supervisor:
             slot.last_error = f"cannot start a worker in app_dir {config.app_dir}: {exc.strerror}"
         else:
             slot.last_error = f"cannot start {config.python}: {exc}"
-        log.error("slot %d: %s; retrying in %.1fs", slot.index, slot.last_error, slot.backoff())
+        where = "the standby" if slot.index == STANDBY_SLOT else f"slot {slot.index}"
+        log.error("%s: %s; retrying in %.1fs", where, slot.last_error, slot.backoff())
 
     def _watch_channel(self, worker: WorkerProcess) -> None:
         assert self._loop is not None, "attach() the supervisor to its loop first"
