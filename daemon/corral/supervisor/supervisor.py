@@ -382,19 +382,25 @@ class Supervisor:
             # Part of a reload, with older code serving meanwhile: a failed warm-up must fail
             # this worker's boot (reload.py).
             worker.channel.send(protocol.bare(Kind.RELOAD_GATE))
+        if standing_by:
+            slot.worker = worker
+            log.info("worker %d (pid %d) starting as the standby of generation %d", worker.id, worker.pid,
+                     generation.number)
+            return worker
+        self._seat(generation, slot, worker, successor_of, " starting in")
+        return worker
+
+    def _seat(self, generation: Generation, slot: Slot, worker: WorkerProcess,
+              successor_of: WorkerProcess | None, how: str) -> None:
+        """Put a worker just started (or a standby just promoted) in ``slot``, and say why."""
         if successor_of is not None:
             slot.successor = worker
         else:
             slot.worker = worker
-        if standing_by:
-            log.info("worker %d (pid %d) starting as the standby of generation %d", worker.id, worker.pid,
-                     generation.number)
-            return worker
-        log.info("worker %d (pid %d) starting in slot %d, generation %d: %s", worker.id, worker.pid,
+        log.info("worker %d (pid %d)%s slot %d, generation %d: %s", worker.id, worker.pid, how,
                  slot.index, generation.number, self._start_reason(generation, slot, successor_of))
         if successor_of is None:
             slot.replaces = None
-        return worker
 
     def _promote(self, generation: Generation, slot: Slot, worker: WorkerProcess,
                  successor_of: WorkerProcess | None) -> WorkerProcess:
@@ -409,14 +415,7 @@ class Supervisor:
         worker.successor_of = successor_of.id if successor_of else None
         worker.channel.send(protocol.promote(slot.index, [item.fd for item in listeners]))
         self.metrics.worker_slot(worker.pid, slot.index)
-        if successor_of is not None:
-            slot.successor = worker
-        else:
-            slot.worker = worker
-        log.info("worker %d (pid %d), the standby, takes slot %d, generation %d: %s", worker.id, worker.pid,
-                 slot.index, generation.number, self._start_reason(generation, slot, successor_of))
-        if successor_of is None:
-            slot.replaces = None
+        self._seat(generation, slot, worker, successor_of, ", the standby, takes")
         generation.standby_seat.restart_at = now  # the next standby boots on the next tick (_keep_standby)
         return worker
 
@@ -424,23 +423,23 @@ class Supervisor:
         """config standby: the serving generation keeps one standby booting or booted; any other
         standby (an older generation's, or one the config no longer wants) is retired."""
         generation = self.state.generation
-        wanted = (generation is not None and generation.config.standby and self.phase is Phase.RUNNING
-                  and not self.reloader.busy)
+        wanted = (generation if generation is not None and generation.config.standby
+                  and self.phase is Phase.RUNNING and not self.reloader.busy else None)
         for worker in list(self.state.workers.values()):
             if (worker.slot == STANDBY_SLOT and worker.state in (BOOTING, STANDBY)
-                    and (not wanted or generation is None or worker.generation != generation.number)):
+                    and (wanted is None or worker.generation != wanted.number)):
                 self.retire(worker, policies.RELOAD if wanted else policies.STOP)
                 if generation is not None and generation.standby_seat.worker is worker:
                     generation.standby_seat.worker = None
-        if not wanted or generation is None:
+        if wanted is None:
             return
-        seat = generation.standby_seat
+        seat = wanted.standby_seat
         if seat.worker is not None:
             return
         if seat.restart_at is None:
             seat.restart_at = now + seat.backoff()
         if now >= seat.restart_at:
-            self.start_worker(generation, seat)
+            self.start_worker(wanted, seat)
 
     def _spawn_failed(self, config: Config, slot: Slot, exc: OSError) -> None:
         slot.failures += 1
