@@ -182,7 +182,7 @@ class Zygote:
         table = inflight.create(request.in_flight_slots) if request.in_flight_slots > 0 else -1
         try:
             fds = [child.fileno(), *request.listener_fds, *request.extra_fds, *([table] if table >= 0 else [])]
-            message = wire.fork_request(request.slot, request.generation, fds, child.fileno())
+            message = wire.fork_request(fds, child.fileno())
             try:
                 socket.send_fds(self.sock, [wire.encode(message)], fds)
                 reply = self._receive(FORK_TIMEOUT, "fork")

@@ -28,7 +28,7 @@ The zygote exits when its request channel closes: the supervisor closes it once 
 generation is gone, and the kernel closes it when the supervisor dies.
 
 Request protocol (``SOCK_SEQPACKET``; one JSON object per datagram, with a ``"t"``):
-  supervisor -> zygote: ``zygote_hello`` {config, generation}; ``fork`` {slot, generation, targets}
+  supervisor -> zygote: ``zygote_hello`` {config, generation}; ``fork`` {targets, channel}
                         with one fd per target (SCM_RIGHTS)
   zygote -> supervisor: ``zygote_ready`` {pid, preloaded, error, seconds}; ``forked`` {pid};
                         ``fork_failed`` {error}
@@ -90,8 +90,6 @@ class ZygoteHello(TypedDict):
 
 class ForkRequest(TypedDict):
     t: str
-    slot: int
-    generation: int
     targets: list[int]  # the fd number each passed fd must have in the worker, in order
     channel: int  # which target is the worker's control channel
 
@@ -118,8 +116,8 @@ def zygote_hello(config: dict[str, Any], generation: int) -> ZygoteHello:
     return {"t": ZygoteKind.HELLO, "config": config, "generation": generation}
 
 
-def fork_request(slot: int, generation: int, targets: list[int], channel: int) -> ForkRequest:
-    return {"t": ZygoteKind.FORK, "slot": slot, "generation": generation, "targets": targets, "channel": channel}
+def fork_request(targets: list[int], channel: int) -> ForkRequest:
+    return {"t": ZygoteKind.FORK, "targets": targets, "channel": channel}
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
@@ -336,7 +334,6 @@ def fork_worker(sock: socket.socket, request: Mapping[str, Any], fds: Sequence[i
     if not data:
         raise OSError("the middle process exited without forking a worker")
     return int(data)
-
 
 
 def _become_worker(sock: socket.socket, fds: Sequence[int], targets: Sequence[int], channel_fd: int,
