@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["SAMPLE_KEYS", "memory", "sample"]
+__all__ = ["SAMPLE_KEYS", "memory", "sample", "stat_fields"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -45,13 +45,19 @@ def memory(pid: int) -> tuple[int, int, int]:
     return rss * 1024, uss * 1024, pss * 1024  # /proc gives kB
 
 
-def sample(pid: int) -> dict[str, int]:
-    """Memory, open fds and CPU time of ``pid`` (keyed by SAMPLE_KEYS); OSError once it is gone (or not ours to read)."""
-    rss, uss, pss = memory(pid)
+def stat_fields(pid: int | str) -> list[bytes]:
+    """The fields of ``/proc/PID/stat`` (``pid``: a number or "self") after the command name:
+    index 0 is field 3 (state) of proc(5)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = stat[stat.rindex(b")") + 2:].split()
+    return stat[stat.rindex(b")") + 2:].split()
+
+
+def sample(pid: int) -> dict[str, int]:
+    """Memory, open fds and CPU time of ``pid`` (keyed by SAMPLE_KEYS); OSError once it is gone (or not ours to read)."""
+    rss, uss, pss = memory(pid)
+    fields = stat_fields(pid)
     ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15: utime, stime
     return {"rss": rss, "uss": uss, "pss": pss, "fds": len(os.listdir(f"/proc/{pid}/fd")),
             "cpu_ms": ticks * 1000 // _TICKS}

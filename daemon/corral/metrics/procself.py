@@ -11,6 +11,8 @@ import resource
 from functools import cache
 from typing import NamedTuple
 
+from corral.metrics.procfs import stat_fields
+
 __all__ = ["SelfProcess", "self_process"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -36,11 +38,7 @@ def _boot_time() -> float:
 
 @cache
 def _start_time() -> float:
-    with open("/proc/self/stat", "rb") as f:
-        stat = f.read()
-    # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
-    fields = stat[stat.rindex(b")") + 2:].split()
-    return _boot_time() + int(fields[19]) / _TICKS  # field 22, starttime, in clock ticks
+    return _boot_time() + int(stat_fields("self")[19]) / _TICKS  # field 22, starttime, in clock ticks
 
 
 def self_process() -> SelfProcess:
