@@ -24,22 +24,28 @@ def _runtime(tmp_path, fds: list[int]) -> tuple[WorkerRuntime, Channel]:
     return runtime, Channel(theirs)
 
 
-def _sockets(n: int) -> list[socket.socket]:
-    return [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+def _listening_fds(n: int) -> list[int]:
+    return [socket.socket(socket.AF_INET, socket.SOCK_STREAM).detach() for _ in range(n)]
+
+
+async def _promote(tmp_path, fds: list[int], slot: int, keep: list[int]) -> tuple[WorkerRuntime, list[str]]:
+    """A standby holding ``fds`` waits for its slot, then is promoted to ``slot`` with ``keep``;
+    returns it once the wait is over, and what it told the supervisor after its "standby"."""
+    runtime, supervisor = _runtime(tmp_path, fds)
+    runtime.stop_event = asyncio.Event()
+    waiting = asyncio.ensure_future(runtime.wait_for_slot())
+    await asyncio.sleep(0)
+    assert [m["t"] for m in supervisor.receive()] == ["standby"]
+    runtime.promote(slot, keep)
+    await asyncio.wait_for(waiting, 5)  # the wait is over: it serves now, or stops
+    return runtime, [m["t"] for m in supervisor.receive()]
 
 
 def test_promotion_keeps_the_slots_sockets_and_closes_the_others(tmp_path):
-    socks = _sockets(3)
-    fds = [s.detach() for s in socks]
+    fds = _listening_fds(3)
 
     async def body() -> None:
-        runtime, supervisor = _runtime(tmp_path, fds)
-        runtime.stop_event = asyncio.Event()
-        waiting = asyncio.ensure_future(runtime.wait_for_slot())
-        await asyncio.sleep(0)
-        assert [m["t"] for m in supervisor.receive()] == ["standby"]
-        runtime.promote(0, [fds[1]])
-        await asyncio.wait_for(waiting, 5)  # the wait is over: it serves now
+        runtime, _told = await _promote(tmp_path, fds, 0, [fds[1]])
         assert not runtime.stop_event.is_set()
         assert [item["fd"] for item in runtime.hello["listeners"]] == [fds[1]]
         assert runtime.hello["worker"]["slot"] == 0
@@ -58,18 +64,12 @@ def test_promotion_keeps_the_slots_sockets_and_closes_the_others(tmp_path):
 
 
 def test_promotion_to_sockets_the_standby_does_not_hold_is_refused(tmp_path):
-    socks = _sockets(1)
-    fds = [s.detach() for s in socks]
+    fds = _listening_fds(1)
 
     async def body() -> None:
-        runtime, supervisor = _runtime(tmp_path, fds)
-        runtime.stop_event = asyncio.Event()
-        waiting = asyncio.ensure_future(runtime.wait_for_slot())
-        await asyncio.sleep(0)
-        runtime.promote(1, [fds[0] + 1000])
-        await asyncio.wait_for(waiting, 5)
+        runtime, told = await _promote(tmp_path, fds, 1, [fds[0] + 1000])
         assert runtime.stop_event.is_set() and runtime.cannot_serve
-        assert [m["t"] for m in supervisor.receive()] == ["standby", "boot_error"]
+        assert told == ["boot_error"]
 
     try:
         asyncio.run(body())
