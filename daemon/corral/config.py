@@ -757,6 +757,19 @@ class Config:
             "Workers then share the app's memory and start at once, but the app must start no thread, "
             "connection or open file at import (docs/zygote.md); a zygote that has started threads "
             "refuses to preload and says why. Ignored with worker_start: exec.")))
+    preload_warmup: bool = field(metadata=_key(
+        BoolKind(), False, Group.WORKERS,
+        "with preload, send the warm-up request (warmup:) once in the zygote too, before any worker is "
+        "forked, so that what the app loads on its first request is shared by every worker",
+        details=(
+            "Django imports its URLconf, views and templates on the first request, not at import: done "
+            "in the zygote, the workers share them instead of each loading its own copy; point "
+            "warmup.path at a page that loads what most pages use (docs/zygote.md). WSGI apps only: an "
+            "ASGI request needs an event loop, which the zygote must not hold when it forks. The request "
+            "must leave no thread, connection or open file behind (Django closes its database connection "
+            "after each request unless CONN_MAX_AGE is set); a zygote whose warm-up does refuses to "
+            "start workers and names them. Each worker still sends its own warm-up. Ignored without "
+            "preload, or with warmup: false.")))
     standby: bool = field(metadata=_key(BoolKind(), False, Group.WORKERS,
                                         "keep one extra worker booted (app imported, warm-up passed) but not "
                                         "serving, to take over a slot the moment one is lost or recycled",

@@ -3,8 +3,10 @@
 Memory: each server runs the same app with --workers N; after --requests requests on fresh
 connections, the total USS and PSS of its whole process tree (supervisor, zygote, workers) is read
 from /proc (psutil memory_full_info). Servers: corral exec / zygote / zygote+preload /
-zygote+standby (one more worker, booted and idle), gunicorn with and without --preload, granian,
-uvicorn. Apps: hello world (ASGI; the WSGI twin for gunicorn's sync workers); unless --no-fastapi, a
+zygote+standby (one more worker, booted and idle), and for a WSGI app zygote+preload with
+preload_warmup (the warm-up request, at the page measured, sent once in the zygote too);
+gunicorn with and without --preload, granian, uvicorn. Bytecode is compiled first, as a package
+install does. Apps: hello world (ASGI; the WSGI twin for gunicorn's sync workers); unless --no-fastapi, a
 small FastAPI service (pydantic models, GET /items/7; gunicorn runs uvicorn's worker class); unless
 --no-django, a Django project from `django-admin startproject` (admin on) hitting /admin/login/
 (WSGI for every server).
@@ -27,6 +29,7 @@ A memory figure is a snapshot, not a timed run; replacement times depend on the 
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import http.client
 import json
@@ -47,6 +50,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO / "daemon"))
+
+import corral as corral_package  # noqa: E402  (only to find its directory)
 
 HELLO = '''\
 import os, time
@@ -167,10 +172,11 @@ def corral_config(tmp: Path, name: str, app: str, app_dir: Path, port: int, work
     return path
 
 
-def servers(tmp: Path, app_dir: Path, asgi: str, wsgi: str | None, workers: int, port: int
+def servers(tmp: Path, app_dir: Path, asgi: str, wsgi: str | None, workers: int, port: int, path: str
             ) -> list[tuple[str, list[str]]]:
     """The servers to compare: ``asgi == wsgi`` is a WSGI app served as WSGI everywhere; ``wsgi``
-    None an ASGI-only app (gunicorn then runs uvicorn's worker class, as FastAPI users do)."""
+    None an ASGI-only app (gunicorn then runs uvicorn's worker class, as FastAPI users do). A WSGI
+    app also gets a row with preload_warmup, its warm-up request at ``path``, the page measured."""
     corral = str(BIN / "corral")
     w = str(workers)
     rows = [
@@ -182,6 +188,10 @@ def servers(tmp: Path, app_dir: Path, asgi: str, wsgi: str | None, workers: int,
         ("corral zygote+standby", [corral, "run", "--config", str(corral_config(
             tmp, "msby", asgi, app_dir, port, workers, worker_start="zygote", standby=True))]),
     ]
+    if asgi == wsgi:
+        rows.append(("corral preload_warmup", [corral, "run", "--config", str(corral_config(
+            tmp, "mwarm", asgi, app_dir, port, workers, worker_start="zygote", preload=True, preload_warmup=True,
+            warmup={"path": path}))]))
     bind = f"127.0.0.1:{port}"
     if (BIN / "gunicorn").exists():
         gunicorn = [str(BIN / "gunicorn"), "-w", w, "-b", bind, "--chdir", str(app_dir)]
@@ -209,7 +219,12 @@ def servers(tmp: Path, app_dir: Path, asgi: str, wsgi: str | None, workers: int,
 def measure_memory(label: str, tmp: Path, app_dir: Path, asgi: str, wsgi: str | None, path: str, workers: int,
                    requests: int) -> list[dict[str, Any]]:
     results = []
-    for name, cmd in servers(tmp, app_dir, asgi, wsgi, workers, port := free_port()):
+    # The bytecode of the app and of corral compiled beforehand, as a package install does: a
+    # module without it (PYTHONDONTWRITEBYTECODE, a read-only tree) is compiled in every process
+    # that imports it, which costs each process memory that production does not pay.
+    compileall.compile_dir(str(app_dir), quiet=1)
+    compileall.compile_dir(str(Path(corral_package.__file__).parent), quiet=1)
+    for name, cmd in servers(tmp, app_dir, asgi, wsgi, workers, port := free_port(), path):
         cmd = [c.replace(f":{port}", f":{port}") for c in cmd]
         env = {**os.environ, "PYTHONPATH": str(app_dir)}
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=app_dir,

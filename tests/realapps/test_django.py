@@ -70,14 +70,18 @@ class Mode:
     id: str
     interface: Interface
     threads: int = 0
+    config: dict[str, Any] = field(default_factory=dict)  # more of corral's config keys
 
     @property
     def app(self) -> str:
         return f"blog.{self.interface.value}:application"
 
 
+# wsgi-zygote-warmup: two workers forked from a zygote that imported the project and sent it the
+# warm-up request (GET /, the post list: a database query) before forking (docs/zygote.md).
+ZYGOTE_WARMUP = {"worker_start": "zygote", "preload": True, "preload_warmup": True, "workers": 2}
 MODES = [Mode("wsgi-inline", Interface.WSGI, threads=0), Mode("wsgi-threads4", Interface.WSGI, threads=4),
-         Mode("asgi", Interface.ASGI)]
+         Mode("wsgi-zygote-warmup", Interface.WSGI, config=ZYGOTE_WARMUP), Mode("asgi", Interface.ASGI)]
 
 
 # --------------------------------------------------------------------------- normalising
@@ -212,7 +216,7 @@ def site(request: pytest.FixtureRequest, migrated: Path, tmp_path_factory: pytes
     theirs_data = copy_state(migrated, tmp / "peer-data")
     env = {"DJANGO_SETTINGS_MODULE": "blog.settings"}
     corral = CorralServer(tmp, mode.app, app_dir=PROJECT, interface=mode.interface.value, threads=mode.threads,
-                          env={**env, "BLOG_DATA_DIR": str(ours_data)})
+                          env={**env, "BLOG_DATA_DIR": str(ours_data)}, **mode.config)
     try:
         peer_env = {**env, "BLOG_DATA_DIR": str(theirs_data)}
         if mode.interface is Interface.WSGI:
@@ -233,6 +237,17 @@ def site(request: pytest.FixtureRequest, migrated: Path, tmp_path_factory: pytes
 
 
 # --------------------------------------------------------------------------- the scenario, in order
+
+
+def test_workers_come_from_a_zygote_only_where_the_mode_says(site: Site) -> None:
+    zygotes = site.corral.status()["zygotes"]
+    if not site.mode.config.get("preload_warmup"):
+        assert zygotes == []
+        return
+    # The list page ran its query in the zygote, which left no database connection open (it would
+    # have refused to fork and named the fd), and the preloaded zygote serves the workers.
+    assert "warm-up in the zygote: GET / (Host: 127.0.0.1) -> 200" in site.corral.log(), site.corral.log()
+    assert [(z["state"], z["preloaded"]) for z in zygotes] == [("ready", True)], zygotes
 
 
 def test_admin_redirects_to_login(site: Site) -> None:

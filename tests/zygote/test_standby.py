@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -20,15 +19,7 @@ import pytest
 
 from util import Corral, wait_until
 
-APPS = Path(__file__).resolve().parent / "apps"
 IMPORT_SLEEP = 3.0
-
-
-@pytest.fixture
-def app_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "app"
-    shutil.copytree(APPS, target, ignore=shutil.ignore_patterns("__pycache__"))
-    return target
 
 
 def standby_corral(tmp_path: Path, app_dir: Path, worker_start: str = "zygote", **config: Any) -> Corral:

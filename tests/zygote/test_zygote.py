@@ -20,16 +20,6 @@ import pytest
 
 from util import Corral, Load, wait_until
 
-APPS = Path(__file__).resolve().parent / "apps"
-
-
-@pytest.fixture
-def app_dir(tmp_path: Path) -> Path:
-    """A private copy of the apps: the tests deploy into it (VERSION, FAIL_IMPORT)."""
-    target = tmp_path / "app"
-    shutil.copytree(APPS, target, ignore=shutil.ignore_patterns("__pycache__"))
-    return target
-
 
 def zcorral(tmp_path: Path, app_dir: Path, workers: int = 2, preload: bool = True, app: str = "zyapp:app",
             **config: Any) -> Corral:

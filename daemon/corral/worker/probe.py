@@ -234,10 +234,14 @@ async def warm_up(address: str | bytes, settings: Mapping[str, Any]) -> str:
 
 
 def _https_upgrade(answer: Answer, path: str) -> bool:
+    return is_https_upgrade(answer.status, answer.location, path)
+
+
+def is_https_upgrade(status: int, location: str | None, path: str) -> bool:
     """A redirect to the https URL of the very path asked for (a plain-http request refused)."""
-    if not 300 <= answer.status < 400 or not answer.location:
+    if not 300 <= status < 400 or not location:
         return False
-    target = urlsplit(answer.location)
+    target = urlsplit(location)
     return target.scheme == "https" and (target.path or "/") == (urlsplit(path).path or "/")
 
 

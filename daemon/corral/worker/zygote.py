@@ -6,7 +6,8 @@ scrubbed environment, ``app_dir`` as cwd, a process group of its own), with ``--
 1. reads its ``zygote_hello`` (the generation's config) from its request channel;
 2. imports the runtime every worker needs (uvloop, httptools, the engine) and, with ``preload``,
    the app's module; then checks that no thread was started (a fork copies only the forking
-   thread: a preloaded app whose threads hold a lock would deadlock its workers);
+   thread: a preloaded app whose threads hold a lock would deadlock its workers); with
+   ``preload_warmup`` too, sends the app its warm-up request (``corral.worker.zygote_warmup``);
 3. ``gc.freeze()``s what it imported, so that no collection in a worker writes to (and so copies)
    the pages it shares with the zygote, and says ``zygote_ready``;
 4. forks one worker per ``fork`` request, with the fds that came with it (SCM_RIGHTS) moved to the
@@ -229,7 +230,32 @@ def prepare(config: Any) -> tuple[str | None, bool]:
                 f"{'s' if threads > 2 else ''} ({names or 'not Python threads'}); a fork copies only the "
                 "forking thread, so workers would inherit locks nobody releases. Start threads in the app's "
                 "lifespan startup (or on first use) instead of at import, or set preload: false"), False
+    if config.preload_warmup and config.warmup is not None:
+        error = _warm_up(config)
+        if error is not None:
+            return error, False
     return None, True
+
+
+def _warm_up(config: Any) -> str | None:
+    """preload_warmup: the warm-up request, once, in the zygote (corral.worker.zygote_warmup)."""
+    from corral.appload import detect_interface, load_app, parse_spec
+    from corral.worker.zygote_warmup import WarmupRefused, warm_up
+
+    if parse_spec(config.app)[2]:
+        return (f"preload_warmup: {config.app} is an app factory, which each worker calls after the fork, so "
+                "the zygote has no app to warm up; name the app object (MODULE:ATTR), or set preload_warmup: false")
+    try:
+        app = load_app(config.app, app_dir=config.app_dir)
+    except Exception as exc:
+        log.error("the app failed to load in the zygote (preload)", exc_info=exc)
+        return "preload: " + "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
+    interface = config.interface if config.interface != "auto" else detect_interface(app)
+    try:
+        log.info("warm-up in the zygote: %s", warm_up(app, interface, config.warmup))
+    except WarmupRefused as exc:
+        return str(exc)
+    return None
 
 
 def _import_app(config: Any) -> None:

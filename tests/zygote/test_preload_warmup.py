@@ -1,0 +1,217 @@
+"""preload_warmup: the warm-up request sent once in a preloading zygote (corral.worker.zygote_warmup).
+
+In-process: warm_up() against small WSGI apps (what it sends, the https retry, the timeout, and
+the leftovers it refuses). Real processes: with the key, the module an app imports on its first
+request is imported once, by the zygote, and every worker serves with that copy; without it each
+worker imports its own; a warm-up that keeps a file open stops the start with the fd named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_zygote import the_zygote, zcorral
+
+from corral.worker.zygote_warmup import WarmupRefused, warm_up
+from util import wait_until
+
+WARMUP = {"path": "/", "host": None, "max_status": 499, "timeout": 30.0}
+
+
+class Recorder:
+    """A WSGI app that records each environ it is called with and answers with ``answer(environ)``."""
+
+    def __init__(self, answer: Any = None) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.answer = answer or (lambda environ: ("200 OK", [("Content-Length", "2")], [b"ok"]))
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        self.calls.append(environ)
+        status, headers, body = self.answer(environ)
+        start_response(status, headers)
+        return body
+
+
+def test_it_sends_one_get_with_a_host_the_app_accepts():
+    app = Recorder()
+    described = warm_up(app, "wsgi", {**WARMUP, "path": "/home?x=1"})
+    assert len(app.calls) == 1
+    environ = app.calls[0]
+    assert (environ["REQUEST_METHOD"], environ["PATH_INFO"], environ["QUERY_STRING"]) == ("GET", "/home", "x=1")
+    assert environ["HTTP_HOST"] == "localhost"
+    assert environ["HTTP_USER_AGENT"] == "corral-warmup"
+    assert environ["wsgi.url_scheme"] == "http"
+    assert environ["wsgi.input"].read() == b""
+    assert described.startswith("GET /home?x=1 (Host: localhost) -> 200")
+
+
+def test_a_redirect_to_https_is_asked_again_as_https():
+    def answer(environ):
+        if environ["wsgi.url_scheme"] != "https":
+            return "301 Moved Permanently", [("Location", "https://localhost/")], [b""]
+        return "200 OK", [], [b"ok"]
+
+    app = Recorder(answer)
+    assert "-> 200" in warm_up(app, "wsgi", WARMUP)
+    assert [e["wsgi.url_scheme"] for e in app.calls] == ["http", "https"]
+    assert app.calls[1]["HTTP_X_FORWARDED_PROTO"] == "https"
+
+
+def test_a_warm_up_that_hangs_is_stopped_at_its_timeout_even_through_the_apps_except():
+    def answer(environ):
+        try:
+            time.sleep(60)
+        except Exception:  # noqa: BLE001  an app that turns every error into a 500
+            return "500 Internal Server Error", [], [b""]
+        return "200 OK", [], [b""]
+
+    start = time.monotonic()
+    described = warm_up(Recorder(answer), "wsgi", {**WARMUP, "timeout": 0.5})
+    assert time.monotonic() - start < 10
+    assert "no answer" in described
+
+
+def test_an_app_error_is_left_to_the_workers_warm_up():
+    def answer(environ):
+        raise RuntimeError("urls.py is broken")
+
+    assert "no answer" in warm_up(Recorder(answer), "wsgi", WARMUP)
+
+
+def test_a_file_left_open_is_refused_and_named(tmp_path):
+    kept: list[Any] = []
+
+    def answer(environ):
+        kept.append(open(tmp_path / "db.sqlite3", "wb"))  # noqa: SIM115
+        return "200 OK", [], [b"ok"]
+
+    try:
+        with pytest.raises(WarmupRefused) as refused:
+            warm_up(Recorder(answer), "wsgi", WARMUP)
+        assert f"({tmp_path / 'db.sqlite3'})" in str(refused.value)
+        assert "set preload_warmup: false" in str(refused.value)
+    finally:
+        for f in kept:
+            f.close()
+
+
+def test_a_file_closed_with_the_response_is_fine(tmp_path):
+    class Body(list):
+        def close(self):
+            self.file.close()
+
+    def answer(environ):
+        body = Body([b"ok"])
+        body.file = open(tmp_path / "db.sqlite3", "wb")  # noqa: SIM115
+        return "200 OK", [], body
+
+    assert "-> 200" in warm_up(Recorder(answer), "wsgi", WARMUP)
+
+
+def test_a_thread_left_running_is_refused_and_named():
+    stop = threading.Event()
+
+    def answer(environ):
+        threading.Thread(target=stop.wait, name="cache-filler", daemon=True).start()
+        return "200 OK", [], [b"ok"]
+
+    try:
+        with pytest.raises(WarmupRefused, match="thread 'cache-filler'"):
+            warm_up(Recorder(answer), "wsgi", WARMUP)
+    finally:
+        stop.set()
+
+
+def test_an_asgi_app_is_refused():
+    with pytest.raises(WarmupRefused, match="WSGI apps only"):
+        warm_up(Recorder(), "asgi", WARMUP)
+
+
+# ------------------------------------------------------------------ real processes
+
+
+def lazy_importers(app_dir: Path) -> list[int]:
+    log = app_dir / "lazy.log"
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def answers(corral: Any, pids: set[int]) -> dict[int, dict[str, Any]]:
+    seen: dict[int, dict[str, Any]] = {}
+
+    def all_seen() -> bool:
+        status, body, _ = corral.get("/")
+        assert status == 200, body
+        data = json.loads(body)
+        seen[data["pid"]] = data
+        return pids <= set(seen)
+
+    wait_until(all_seen, 60, 0.0, f"an answer from each of {sorted(pids)}")
+    return seen
+
+
+def test_the_zygote_imports_what_the_first_request_loads_and_every_worker_shares_it(tmp_path, app_dir):
+    with zcorral(tmp_path, app_dir, workers=3, app="warmwsgi:app", preload_warmup=True) as corral:
+        zygote = the_zygote(corral, 1)["pid"]
+        workers = {w["pid"] for w in corral.status()["workers"]}
+        for pid, data in answers(corral, workers).items():
+            assert data["lazy_imported_in"] == zygote, (pid, data)
+        assert lazy_importers(app_dir) == [zygote]  # once, and never again in a worker
+        assert "warm-up in the zygote: GET / (Host: localhost) -> 200" in corral.log()
+
+
+def test_without_the_key_each_worker_imports_its_own(tmp_path, app_dir):
+    with zcorral(tmp_path, app_dir, workers=2, app="warmwsgi:app") as corral:
+        workers = {w["pid"] for w in corral.status()["workers"]}
+        for pid, data in answers(corral, workers).items():
+            assert data["lazy_imported_in"] == pid
+        assert sorted(lazy_importers(app_dir)) == sorted(workers)
+
+
+def test_a_warm_up_that_keeps_a_file_open_stops_the_start_and_names_it(tmp_path, app_dir):
+    corral = zcorral(tmp_path, app_dir, workers=2, app="warmwsgi:app", preload_warmup=True,
+                     warmup={"path": "/keep"})
+    corral.start(wait=False)
+    try:
+        assert corral.proc is not None
+        code = corral.proc.wait(60)
+        log = corral.log()
+        assert code != 0, log
+        assert "preload_warmup refused: the warm-up request in the zygote (GET /keep" in log, log
+        assert f"({app_dir / 'warmwsgi.py'})" in log, log
+    finally:
+        corral.stop()
+    # The same app and warm-up without the key: each worker keeps its own file, which is fine.
+    (tmp_path / "ok").mkdir()
+    with zcorral(tmp_path / "ok", app_dir, workers=1, app="warmwsgi:app", warmup={"path": "/keep"}) as corral:
+        assert corral.wait_ready()["workers_ready"] == 1
+
+
+@pytest.mark.parametrize(("app", "refusal"), [
+    ("zyapp:app", "preload_warmup runs WSGI apps only"),
+    ("warmwsgi:make()", "preload_warmup: warmwsgi:make() is an app factory"),
+])
+def test_an_app_the_zygote_cannot_warm_up_stops_the_start_with_the_fix(tmp_path, app_dir, app, refusal):
+    corral = zcorral(tmp_path, app_dir, workers=1, app=app, preload_warmup=True)
+    corral.start(wait=False)
+    try:
+        assert corral.proc is not None
+        assert corral.proc.wait(60) != 0
+        assert refusal in corral.log(), corral.log()
+        assert "set preload_warmup: false" in corral.log()
+    finally:
+        corral.stop()
+
+
+def test_without_preload_the_key_changes_nothing(tmp_path, app_dir):
+    with zcorral(tmp_path, app_dir, workers=2, preload=False, app="warmwsgi:app", preload_warmup=True) as corral:
+        workers = {w["pid"] for w in corral.status()["workers"]}
+        for pid, data in answers(corral, workers).items():
+            assert data["lazy_imported_in"] == pid
+        assert "warm-up in the zygote" not in corral.log()
+        assert os.getpid() not in lazy_importers(app_dir)
