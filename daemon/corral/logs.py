@@ -108,13 +108,20 @@ def setup_logging(level: str = "info", *, role: str = "corral") -> None:
     handler.addFilter(NotWrittenByTheApp())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    _set_level(root, logging.getLevelName(level.upper()))
     access_handler = logging.StreamHandler(sys.stderr)
     access_handler.setFormatter(JournalFormatter("%(message)s") if journal else logging.Formatter("%(message)s"))
     access = logging.getLogger(ACCESS_LOGGER)
     access.handlers[:] = [access_handler]
     access.propagate = False
-    access.setLevel(logging.INFO)
+    _set_level(access, logging.INFO)
+
+
+def _set_level(logger: logging.Logger, level: int) -> None:
+    """``setLevel`` only where the level changes: it clears the cache of every logger there is,
+    which in a worker forked from a zygote writes to (and so copies) the pages of each one."""
+    if logger.level != level:
+        logger.setLevel(level)
 
 
 def reopen_log_files() -> int:

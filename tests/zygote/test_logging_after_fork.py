@@ -1,0 +1,41 @@
+"""A forked worker's logging set-up leaves the loggers it inherited alone when their level holds.
+
+``Logger.setLevel`` clears the level cache of every logger in the process. In a worker forked from a
+zygote that writes to every logger object (Django alone has dozens), copying the pages they sit on;
+``setup_logging`` with the level the zygote already set must not do it (corral.logs).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from corral.logs import setup_logging
+
+
+@pytest.fixture
+def restore_logging():
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    yield
+    root.handlers[:], level = saved
+    root.setLevel(level)
+
+
+def test_the_same_level_again_keeps_every_loggers_cache(restore_logging):
+    setup_logging("warning", role="corral-zygote")
+    app_logger = logging.getLogger("someapp.views")
+    assert app_logger.isEnabledFor(logging.INFO) is False  # fills its cache
+    assert app_logger._cache == {logging.INFO: False}
+    setup_logging("warning", role="corral-worker")  # what a forked worker does
+    assert app_logger._cache == {logging.INFO: False}
+    assert logging.getLogger().handlers[0].formatter._fmt.find("corral-worker[") != -1
+
+
+def test_another_level_still_takes_effect(restore_logging):
+    setup_logging("warning", role="corral-zygote")
+    app_logger = logging.getLogger("someapp.views")
+    assert app_logger.isEnabledFor(logging.INFO) is False
+    setup_logging("info", role="corral-worker")
+    assert app_logger.isEnabledFor(logging.INFO) is True
