@@ -246,7 +246,8 @@ def test_workers_come_from_a_zygote_only_where_the_mode_says(site: Site) -> None
         return
     # The list page ran its query in the zygote, which left no database connection open (it would
     # have refused to fork and named the fd), and the preloaded zygote serves the workers.
-    assert "warm-up in the zygote: GET / (Host: 127.0.0.1) -> 200" in site.corral.log(), site.corral.log()
+    assert "warm-up in the zygote: GET / (Host: 127.0.0.1) -> 200, 10 requests in " in site.corral.log(), \
+        site.corral.log()
     assert [(z["state"], z["preloaded"]) for z in zygotes] == [("ready", True)], zygotes
 
 
