@@ -67,22 +67,39 @@ def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServe
         server.stop()
 
 
-@pytest.fixture(scope="module", params=[0, 4], ids=["inline", "threads4"])
+# (threads, more config keys): inline, a thread pool, and workers forked from a zygote that
+# imported the app and sent it its warm-up request before forking (docs/zygote.md).
+MODES = {"inline": (0, {}), "threads4": (4, {}),
+         "zygote-warmup": (0, {"worker_start": "zygote", "preload": True, "preload_warmup": True, "workers": 2})}
+
+
+@pytest.fixture(scope="module", params=list(MODES))
 def diff(request: pytest.FixtureRequest, gunicorn: GunicornServer,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Diff]:
+    threads, config = MODES[request.param]
     corral = CorralServer(tmp_path_factory.mktemp(f"flask-corral-{request.param}"), APP, app_dir=APP_DIR,
-                          interface="wsgi", threads=request.param)
+                          interface="wsgi", threads=threads, **config)
     pair = Diff(corral, gunicorn)
     try:
         yield pair
     finally:
         corral.stop()
-        print(f"\n[realapps flask threads={request.param}] {pair.compared} requests compared with gunicorn")
+        print(f"\n[realapps flask {request.param}] {pair.compared} requests compared with gunicorn")
 
 
 def corral_of(diff: Diff) -> CorralServer:
     assert isinstance(diff.ours, CorralServer)
     return diff.ours
+
+
+def test_workers_come_from_a_zygote_only_in_the_zygote_mode(diff: Diff) -> None:
+    corral = corral_of(diff)
+    zygotes = corral.status()["zygotes"]
+    if not corral.config.get("preload_warmup"):
+        assert zygotes == []
+        return
+    assert "warm-up in the zygote: GET / (Host: localhost) -> 200, 10 requests in " in corral.log(), corral.log()
+    assert [(z["state"], z["preloaded"]) for z in zygotes] == [("ready", True)], zygotes
 
 
 # --------------------------------------------------------------------------- sync views
