@@ -86,9 +86,11 @@ def test_an_app_error_is_left_to_the_workers_warm_up_and_not_asked_again():
     assert len(app.calls) == 1
 
 
-def test_a_server_error_is_not_asked_again():
-    app = Recorder(lambda environ: ("500 Internal Server Error", [], [b""]))
-    assert "-> 500, 1 request in " in warm_up(app, "wsgi", WARMUP)
+@pytest.mark.parametrize("status", ["404 Not Found", "500 Internal Server Error"])
+def test_an_error_status_is_not_asked_again(status):
+    app = Recorder(lambda environ: (status, [], [b""]))
+    assert f"-> {status[:3]}, 1 request in " in warm_up(app, "wsgi", WARMUP)
+    assert len(app.calls) == 1
 
 
 def test_a_file_left_open_is_refused_and_named(tmp_path):

@@ -53,7 +53,7 @@ class WarmupTimeout(BaseException):
 
 
 def warm_up(app: Callable[..., Any], interface: str, settings: Mapping[str, Any]) -> str:
-    """Send the warm-up request to ``app`` (REPEATS times while it answers below 500, all within
+    """Send the warm-up request to ``app`` (REPEATS times while it answers 2xx or 3xx, all within
     ``timeout``); returns what it last answered, raises WarmupRefused."""
     if interface != "wsgi":
         raise WarmupRefused(
@@ -73,7 +73,9 @@ def warm_up(app: Callable[..., Any], interface: str, settings: Mapping[str, Any]
     sent = 1
     while sent < REPEATS:
         left = timeout - (time.monotonic() - start)
-        if not 0 < status < 500 or left <= 0:  # no answer, or an error: asking again would not settle anything
+        # Only a page that answers is asked again: an error would not settle anything, and an
+        # app logs each 404 or 500 (Django: "Not Found: /"), which ten times is noise.
+        if not 200 <= status < 400 or left <= 0:
             break
         status, location = _call(app, path, host, scheme, left)
         sent += 1
