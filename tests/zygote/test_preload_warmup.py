@@ -210,6 +210,25 @@ def test_a_warm_up_that_keeps_a_file_open_stops_the_start_and_names_it(tmp_path,
         assert corral.wait_ready()["workers_ready"] == 1
 
 
+def test_a_deploy_whose_warm_up_keeps_a_file_open_fails_the_reload_and_the_old_code_serves(tmp_path, app_dir):
+    with zcorral(tmp_path, app_dir, workers=2, app="warmwsgi:app", preload_warmup=True) as corral:
+        old = {w["pid"] for w in corral.wait_ready()["workers"]}
+        (app_dir / "KEEP").write_text("")
+        result = corral.reload()
+        assert result.returncode != 0, result.stdout
+        assert "preload_warmup refused" in result.stderr + result.stdout
+        status = corral.status()
+        assert status["generation"] == 1 and {w["pid"] for w in corral.ready_workers()} == old
+        code, _, _ = corral.get("/")
+        assert code == 200
+        # Fixed: the next reload's zygote warms up, and its workers serve.
+        (app_dir / "KEEP").unlink()
+        result = corral.reload()
+        assert result.returncode == 0, result.stderr
+        assert corral.status()["generation"] == 3
+        assert {w["pid"] for w in corral.ready_workers()}.isdisjoint(old)
+
+
 @pytest.mark.parametrize(("app", "refusal"), [
     ("zyapp:app", "preload_warmup runs WSGI apps only"),
     ("warmwsgi:make()", "preload_warmup: warmwsgi:make() is an app factory"),

@@ -3,6 +3,7 @@
 GET /         imports ``lazyviews`` (once per process) and answers with the pid that serves and
               the pid that imported ``lazyviews``
 GET /keep     also opens a file and keeps it open (like a database connection kept across requests)
+A KEEP file next to it makes every path keep one (a deploy that starts keeping a connection open).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ _kept: list[object] = []
 
 
 def app(environ, start_response):
-    if environ["PATH_INFO"] == "/keep" and not _kept:
+    keep = environ["PATH_INFO"] == "/keep" or os.path.exists(os.path.join(os.path.dirname(__file__), "KEEP"))
+    if keep and not _kept:
         _kept.append(open(os.path.join(os.path.dirname(__file__), "warmwsgi.py"), "rb"))  # noqa: SIM115
     lazyviews = importlib.import_module("lazyviews")
     body = json.dumps({"pid": os.getpid(), "lazy_imported_in": lazyviews.IMPORTED_IN,
