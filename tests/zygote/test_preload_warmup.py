@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_zygote import the_zygote, zcorral
+from test_zygote import failed_start_log, the_zygote, zcorral
 
 from corral.worker.zygote_warmup import REPEATS, WarmupRefused, warm_up
 from util import wait_until
@@ -192,18 +192,10 @@ def test_without_the_key_each_worker_imports_its_own(tmp_path, app_dir):
 
 
 def test_a_warm_up_that_keeps_a_file_open_stops_the_start_and_names_it(tmp_path, app_dir):
-    corral = zcorral(tmp_path, app_dir, workers=2, app="warmwsgi:app", preload_warmup=True,
-                     warmup={"path": "/keep"})
-    corral.start(wait=False)
-    try:
-        assert corral.proc is not None
-        code = corral.proc.wait(60)
-        log = corral.log()
-        assert code != 0, log
-        assert "preload_warmup refused: the warm-up request in the zygote (GET /keep" in log, log
-        assert f"({app_dir / 'warmwsgi.py'})" in log, log
-    finally:
-        corral.stop()
+    log = failed_start_log(zcorral(tmp_path, app_dir, workers=2, app="warmwsgi:app", preload_warmup=True,
+                                   warmup={"path": "/keep"}))
+    assert "preload_warmup refused: the warm-up request in the zygote (GET /keep" in log, log
+    assert f"({app_dir / 'warmwsgi.py'})" in log, log
     # The same app and warm-up without the key: each worker keeps its own file, which is fine.
     (tmp_path / "ok").mkdir()
     with zcorral(tmp_path / "ok", app_dir, workers=1, app="warmwsgi:app", warmup={"path": "/keep"}) as corral:
@@ -234,15 +226,9 @@ def test_a_deploy_whose_warm_up_keeps_a_file_open_fails_the_reload_and_the_old_c
     ("warmwsgi:make()", "preload_warmup: warmwsgi:make() is an app factory"),
 ])
 def test_an_app_the_zygote_cannot_warm_up_stops_the_start_with_the_fix(tmp_path, app_dir, app, refusal):
-    corral = zcorral(tmp_path, app_dir, workers=1, app=app, preload_warmup=True)
-    corral.start(wait=False)
-    try:
-        assert corral.proc is not None
-        assert corral.proc.wait(60) != 0
-        assert refusal in corral.log(), corral.log()
-        assert "set preload_warmup: false" in corral.log()
-    finally:
-        corral.stop()
+    log = failed_start_log(zcorral(tmp_path, app_dir, workers=1, app=app, preload_warmup=True))
+    assert refusal in log, log
+    assert "set preload_warmup: false" in log
 
 
 def test_without_preload_the_key_changes_nothing(tmp_path, app_dir):

@@ -26,6 +26,19 @@ def zcorral(tmp_path: Path, app_dir: Path, workers: int = 2, preload: bool = Tru
     return Corral(tmp_path, app, app_dir, workers=workers, worker_start="zygote", preload=preload, **config)
 
 
+def failed_start_log(corral: Corral, timeout: float = 60) -> str:
+    """Start ``corral``, which must exit non-zero by itself; returns its log."""
+    corral.start(wait=False)
+    try:
+        assert corral.proc is not None
+        code = corral.proc.wait(timeout)
+        log = corral.log()
+        assert code != 0, log
+        return log
+    finally:
+        corral.stop()
+
+
 def answers_from_every_worker(corral: Corral, pids: set[int], timeout: float = 60) -> dict[int, dict[str, Any]]:
     """GET / on fresh connections until each of ``pids`` has answered at least once."""
     seen: dict[int, dict[str, Any]] = {}
@@ -216,17 +229,9 @@ def test_a_zygote_whose_import_hangs_fails_the_reload_at_boot_timeout(tmp_path, 
 
 
 def test_an_app_that_starts_a_thread_at_import_cannot_be_preloaded(tmp_path, app_dir):
-    corral = zcorral(tmp_path, app_dir, workers=2, app="threadapp:app")
-    corral.start(wait=False)
-    try:
-        assert corral.proc is not None
-        code = corral.proc.wait(60)
-        log = corral.log()
-        assert code != 0, log
-        assert "preload refused: importing threadapp:app started 1 thread (app-poller)" in log, log
-        assert "set preload: false" in log
-    finally:
-        corral.stop()
+    log = failed_start_log(zcorral(tmp_path, app_dir, workers=2, app="threadapp:app"))
+    assert "preload refused: importing threadapp:app started 1 thread (app-poller)" in log, log
+    assert "set preload: false" in log
     # Without preload the same app is fine: each worker starts its own thread after the fork.
     (tmp_path / "ok").mkdir()
     with zcorral(tmp_path / "ok", app_dir, workers=1, preload=False, app="threadapp:app") as corral:
