@@ -759,12 +759,14 @@ class Config:
             "refuses to preload and says why. Ignored with worker_start: exec.")))
     preload_warmup: bool = field(metadata=_key(
         BoolKind(), False, Group.WORKERS,
-        "with preload, send the warm-up request (warmup:) once in the zygote too, before any worker is "
+        "with preload, send the warm-up request (warmup:) in the zygote too, before any worker is "
         "forked, so that what the app loads on its first request is shared by every worker",
         details=(
             "Django imports its URLconf, views and templates on the first request, not at import: done "
             "in the zygote, the workers share them instead of each loading its own copy; point "
-            "warmup.path at a page that loads what most pages use (docs/zygote.md). WSGI apps only: an "
+            "warmup.path at a page that loads what most pages use (docs/zygote.md). It is sent 10 times "
+            "while it answers 2xx or 3xx (once otherwise), so that Python's in-place specialisation of "
+            "the code it runs is shared too. WSGI apps only: an "
             "ASGI request needs an event loop, which the zygote must not hold when it forks. The request "
             "must leave no thread, connection or open file behind (Django closes its database connection "
             "after each request unless CONN_MAX_AGE is set); a zygote whose warm-up does refuses to "
