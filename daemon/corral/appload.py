@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -89,3 +90,15 @@ def detect_interface(app: Callable[..., Any]) -> str:
     required = [p for p in params
                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
     return "asgi" if len(required) == 3 else "wsgi"
+
+
+def interface_of(app: Callable[..., Any], configured: str) -> str:
+    """The interface to serve ``app`` with: ``configured`` (the ``interface`` key), or the guess of
+    :func:`detect_interface` when that is ``auto``."""
+    return detect_interface(app) if configured == "auto" else configured
+
+
+def error_line(exc: BaseException) -> str:
+    """The last line of ``exc`` as Python prints it (``ModuleNotFoundError: No module named 'x'``):
+    the app's error in one line, for a boot error, STATUS= or a reload's answer."""
+    return "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["SAMPLE_KEYS", "memory", "sample", "stat_fields"]
+__all__ = ["SAMPLE_KEYS", "memory", "sample", "stat_fields", "thread_ids"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -52,6 +52,11 @@ def stat_fields(pid: int | str) -> list[bytes]:
         stat = f.read()
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
     return stat[stat.rindex(b")") + 2:].split()
+
+
+def thread_ids(pid: int | str) -> set[int]:
+    """The ids of ``pid``'s threads (``pid``: a number or "self"), C-level ones included."""
+    return {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
 def sample(pid: int) -> dict[str, int]:

@@ -43,7 +43,7 @@ def check(config: Config) -> int:
     except ImportError as exc:
         print(f"corral: cannot import corral's engine: {exc}", file=sys.stderr)
         problems += 1
-    from corral.appload import detect_interface, load_app
+    from corral.appload import detect_interface, error_line, load_app
 
     if config.app is None:
         print("corral: no app given: pass MODULE:ATTR or set app: in the config", file=sys.stderr)
@@ -52,8 +52,7 @@ def check(config: Config) -> int:
         app = load_app(config.app, app_dir=config.app_dir)
     except Exception as exc:  # noqa: BLE001  (importing the app runs its code, which may raise anything)
         traceback.print_exception(exc, file=sys.stderr)
-        message = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
-        print(f"corral: cannot load the app {config.app!r}: {message}", file=sys.stderr)
+        print(f"corral: cannot load the app {config.app!r}: {error_line(exc)}", file=sys.stderr)
         return 1
     interface = config.interface
     detected = detect_interface(app)

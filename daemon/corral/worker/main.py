@@ -29,7 +29,6 @@ import socket
 import ssl
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -340,13 +339,10 @@ class WorkerRuntime:
         return time.monotonic() - start
 
     def _load_app(self) -> tuple[Any, str]:
-        from corral.appload import detect_interface, load_app
+        from corral.appload import interface_of, load_app
 
         app = load_app(self._app_spec(), app_dir=self.config.app_dir)
-        interface = self.config.interface
-        if interface == "auto":
-            interface = detect_interface(app)
-        return app, interface
+        return app, interface_of(app, self.config.interface)
 
     def _app_spec(self) -> str:
         if self.config.app is None:  # `corral run` refuses to start without one
@@ -357,8 +353,9 @@ class WorkerRuntime:
         # The app's own traceback, logged (under journald every line of it at priority err) ...
         log.error("the app failed to start", exc_info=exc)
         # ... and its last line for the supervisor's exit message and STATUS=.
-        message = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
-        self.channel.send(protocol.boot_error(message))
+        from corral.appload import error_line
+
+        self.channel.send(protocol.boot_error(error_line(exc)))
         return EXIT_BOOT_ERROR
 
     def _record_in_flight(self) -> None:

@@ -218,10 +218,8 @@ def prepare(config: Any) -> tuple[str | None, bool]:
         return f"the zygote runs {threads} threads before importing the app; cannot preload", False
     try:
         _import_app(config)
-    except Exception as exc:
-        log.error("the app failed to import in the zygote (preload)", exc_info=exc)
-        message = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
-        return f"preload: {message}", False
+    except Exception as exc:  # noqa: BLE001  (importing the app runs its code, which may raise anything)
+        return _preload_failed("import", exc), False
     _remember_identity(config)
     threads = _thread_count()
     if threads > 1:
@@ -237,9 +235,18 @@ def prepare(config: Any) -> tuple[str | None, bool]:
     return None, True
 
 
+def _preload_failed(step: str, exc: Exception) -> str:
+    """The app failed to ``step`` (import, load) in the zygote: its traceback logged, its last line
+    the zygote's error."""
+    from corral.appload import error_line
+
+    log.error("the app failed to %s in the zygote (preload)", step, exc_info=exc)
+    return f"preload: {error_line(exc)}"
+
+
 def _warm_up(config: Any) -> str | None:
-    """preload_warmup: the warm-up request, once, in the zygote (corral.worker.zygote_warmup)."""
-    from corral.appload import detect_interface, load_app, parse_spec
+    """preload_warmup: the warm-up request, in the zygote before any fork (corral.worker.zygote_warmup)."""
+    from corral.appload import interface_of, load_app, parse_spec
     from corral.worker.zygote_warmup import WarmupRefused, warm_up
 
     if parse_spec(config.app)[2]:
@@ -247,12 +254,10 @@ def _warm_up(config: Any) -> str | None:
                 "the zygote has no app to warm up; name the app object (MODULE:ATTR), or set preload_warmup: false")
     try:
         app = load_app(config.app, app_dir=config.app_dir)
-    except Exception as exc:
-        log.error("the app failed to load in the zygote (preload)", exc_info=exc)
-        return "preload: " + "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
-    interface = config.interface if config.interface != "auto" else detect_interface(app)
+    except Exception as exc:  # noqa: BLE001  (as above; logged by _preload_failed)
+        return _preload_failed("load", exc)
     try:
-        log.info("warm-up in the zygote: %s", warm_up(app, interface, config.warmup))
+        log.info("warm-up in the zygote: %s", warm_up(app, interface_of(app, config.interface), config.warmup))
     except WarmupRefused as exc:
         return str(exc)
     return None
@@ -283,9 +288,11 @@ def _remember_identity(config: Any) -> None:
 
 
 def _thread_count() -> int:
-    """Threads of this process, C-level ones included (from /proc)."""
+    """How many threads this process runs, C-level ones included."""
+    from corral.metrics.procfs import thread_ids
+
     try:
-        return len(os.listdir("/proc/self/task"))
+        return len(thread_ids("self"))
     except OSError:
         return threading.active_count()
 

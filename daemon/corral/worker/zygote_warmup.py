@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from corral.engine.wsgi.environ import build_environ, environ_base
 from corral.engine.wsgi.filewrapper import FileWrapper
+from corral.metrics.procfs import thread_ids
 from corral.worker.probe import WARMUP_USER_AGENT, app_host, is_https_upgrade
 
 log = logging.getLogger("corral.zygote")
@@ -63,7 +64,7 @@ def warm_up(app: Callable[..., Any], interface: str, settings: Mapping[str, Any]
     host = str(settings.get("host") or app_host())
     timeout = float(settings.get("timeout", 30.0))
     fds_before = open_fds()
-    threads_before = thread_ids()
+    threads_before = thread_ids("self")
     start = time.monotonic()
     scheme = "http"
     status, location = _call(app, path, host, scheme, timeout)
@@ -106,17 +107,12 @@ def open_fds() -> dict[int, str]:
     return fds
 
 
-def thread_ids() -> set[int]:
-    """This process's threads, C-level ones included (``/proc/self/task``)."""
-    return {int(tid) for tid in os.listdir("/proc/self/task")}
-
-
 def _leftovers(fds_before: Mapping[int, str], threads_before: set[int]) -> str:
     new_fds = [f"fd {fd} ({target})" for fd, target in sorted(open_fds().items())
                if fds_before.get(fd) != target]
     names = {t.native_id: t.name for t in threading.enumerate()}
     new_threads = [f"thread {names[tid]!r}" if tid in names else f"thread {tid} (not started by Python)"
-                   for tid in sorted(thread_ids() - threads_before)]
+                   for tid in sorted(thread_ids("self") - threads_before)]
     return ", ".join(new_fds + new_threads)
 
 
