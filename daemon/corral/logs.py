@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import NamedTuple
 
 _PRIORITY = {
     logging.CRITICAL: 2,
@@ -86,6 +87,15 @@ def print_error(message: str) -> None:
     print("\n".join(prefix + line for line in message.splitlines() or [""]), file=sys.stderr, flush=True)
 
 
+class LogSetup(NamedTuple):
+    """What :func:`setup_logging` installs, built ahead: a zygote builds its workers' before it
+    forks them, since building handlers in a forked worker copies pages it shares with the zygote."""
+
+    level: int
+    handler: logging.Handler  # the root logger's
+    access_handler: logging.Handler  # the access log's (logger ``corral.access``)
+
+
 def setup_logging(level: str = "info", *, role: str = "corral") -> None:
     """Configure the root logger to write to stderr in the right dialect.
 
@@ -94,6 +104,11 @@ def setup_logging(level: str = "info", *, role: str = "corral") -> None:
     stay one JSON object per line. It logs at INFO whatever ``level`` is, as an
     access log is wanted or switched off as a whole.
     """
+    install_logging(log_setup(level, role=role))
+
+
+def log_setup(level: str = "info", *, role: str = "corral") -> LogSetup:
+    """The handlers :func:`setup_logging` installs for ``role``, not installed yet."""
     journal = stderr_is_journal()
     handler = logging.StreamHandler(sys.stderr)
     if journal:
@@ -106,13 +121,18 @@ def setup_logging(level: str = "info", *, role: str = "corral") -> None:
             )
         )
     handler.addFilter(NotWrittenByTheApp())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    _set_level(root, logging.getLevelName(level.upper()))
     access_handler = logging.StreamHandler(sys.stderr)
     access_handler.setFormatter(JournalFormatter("%(message)s") if journal else logging.Formatter("%(message)s"))
+    return LogSetup(logging.getLevelName(level.upper()), handler, access_handler)
+
+
+def install_logging(setup: LogSetup) -> None:
+    """Make ``setup``'s handlers the root logger's and the access log's."""
+    root = logging.getLogger()
+    root.handlers[:] = [setup.handler]
+    _set_level(root, setup.level)
     access = logging.getLogger(ACCESS_LOGGER)
-    access.handlers[:] = [access_handler]
+    access.handlers[:] = [setup.access_handler]
     access.propagate = False
     _set_level(access, logging.INFO)
 

@@ -4,11 +4,15 @@ shares with the zygote. A hello with other data is read afresh, and bad data sti
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from corral.config import ConfigError, load
-from corral.worker.main import config_of
+from corral.engine.settings import EngineSettings
+from corral.worker.main import config_of, zygote_built
 from corral.worker.protocol import KnownConfig
+from corral.worker.zygote import engine_settings
 
 
 def _known(tmp_path) -> KnownConfig:
@@ -42,3 +46,36 @@ def test_bad_data_still_fails_when_a_zygote_config_is_known(tmp_path):
     known = _known(tmp_path)
     with pytest.raises(ConfigError):
         config_of({"config": {**known.data, "workers": "many"}}, known)
+
+
+# What the zygote builds from its config (the engine's settings: zygote.engine_settings; the log
+# handlers) is taken by each worker whose config is the zygote's (corral.worker.main.zygote_built).
+# Building them in a worker would copy pages it shares with the zygote.
+
+
+def test_a_worker_on_the_zygotes_config_takes_what_the_zygote_built(tmp_path):
+    config = load(None, {"app": "demo:app", "app_dir": str(tmp_path), "max_connections": 7}, environ={})
+    settings = engine_settings(config)
+    assert settings == EngineSettings(max_connections=7)
+    known = KnownConfig(config.to_json(), config, settings)
+    assert zygote_built(config_of({"config": config.to_json()}, known), known) is known
+
+
+def test_a_worker_on_another_config_builds_its_own(tmp_path):
+    known = _known(tmp_path)
+    known = known._replace(settings=engine_settings(known.config))
+    other = config_of({"config": {**known.data, "workers": 3}}, known)
+    assert zygote_built(other, known) is None
+    assert zygote_built(known.config, None) is None
+
+
+def test_settings_the_zygote_cannot_build_are_left_to_each_worker(tmp_path):
+    # A TLS file removed since the config was loaded: the zygote builds nothing, so each worker
+    # fails its boot with the error itself (the supervisor reports it) rather than serving.
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not a certificate")
+    config = load(None, {"app": "demo:app", "app_dir": str(tmp_path)}, environ={})
+    broken = dataclasses.replace(config, engine={**config.engine, "ssl_certfile": str(cert)})
+    with pytest.raises(ValueError):
+        EngineSettings(**broken.engine)
+    assert engine_settings(broken) is None

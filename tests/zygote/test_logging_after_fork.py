@@ -8,10 +8,11 @@ zygote that writes to every logger object (Django alone has dozens), copying the
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
-from corral.logs import setup_logging
+from corral.logs import ACCESS_LOGGER, install_logging, log_setup, setup_logging
 
 
 @pytest.fixture
@@ -40,3 +41,17 @@ def test_another_level_still_takes_effect(restore_logging):
     assert app_logger.isEnabledFor(logging.INFO) is False
     setup_logging("info", role="corral-worker")
     assert app_logger.isEnabledFor(logging.INFO) is True
+
+
+def test_handlers_built_ahead_install_as_setup_logging_does(restore_logging):
+    # A zygote builds its workers' handlers before forking (KnownConfig.logging); a worker installs them.
+    setup_logging("warning", role="corral-zygote")
+    built = log_setup("info", role="corral-worker")
+    assert logging.getLogger().handlers[0] is not built.handler  # building installs nothing
+    install_logging(built)
+    root = logging.getLogger()
+    assert root.handlers == [built.handler] and root.level == logging.INFO
+    access = logging.getLogger(ACCESS_LOGGER)
+    assert access.handlers == [built.access_handler] and not access.propagate
+    record = logging.LogRecord("someapp.views", logging.WARNING, __file__, 1, "hello", None, None)
+    assert f"corral-worker[{os.getpid()}]: hello" in built.handler.format(record)

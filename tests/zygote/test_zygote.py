@@ -92,6 +92,17 @@ def test_a_preloaded_zygote_serves_and_its_workers_differ_in_random_state(tmp_pa
         assert supervisor["rss"] < 25 << 20, f"supervisor RSS {supervisor['rss'] / 2**20:.1f} MiB"
 
 
+def test_forked_workers_log_as_workers_under_their_own_pid(tmp_path, app_dir):
+    # Their log handlers were built by the zygote (KnownConfig.logging), before any fork.
+    with zcorral(tmp_path, app_dir, workers=2, log_level="debug") as corral:
+        pids = {w["pid"] for w in corral.wait_ready()["workers"]}
+        zygote = the_zygote(corral, 1)["pid"]
+        log = corral.log()
+        for pid in pids:
+            assert f"corral-worker[{pid}]: passed the gate" in log, log
+        assert f"corral-worker[{zygote}]" not in log, log
+
+
 def test_without_preload_workers_import_the_app_themselves(tmp_path, app_dir):
     with zcorral(tmp_path, app_dir, workers=2, preload=False) as corral:
         data = corral.wait_ready()

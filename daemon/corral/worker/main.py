@@ -33,11 +33,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from corral.config import Config, ConfigError, apply_log_config
-from corral.logs import reopen_log_files, setup_logging
+from corral.logs import install_logging, log_setup, reopen_log_files
 from corral.worker import probe, protocol
 from corral.worker.check import DEPENDENCY_HINT
 from corral.worker.identity import app_identity
-from corral.worker.protocol import Channel, ChannelClosed, Kind, KnownConfig
+from corral.worker.protocol import WORKER_LOG_ROLE, Channel, ChannelClosed, Kind, KnownConfig
 
 if TYPE_CHECKING:
     from corral.engine.settings import EngineSettings
@@ -93,7 +93,9 @@ def run(channel_fd: int, known: KnownConfig | None = None) -> int:
         config = config_of(hello, known)
     except ConfigError as exc:  # a supervisor of another corral version; it runs this copy's boot.py
         return _boot_failed(channel, f"cannot read the config the supervisor sent: {exc}")
-    setup_logging(config.log_level, role="corral-worker")
+    built = zygote_built(config, known)
+    install_logging(built.logging if built is not None and built.logging is not None
+                    else log_setup(config.log_level, role=WORKER_LOG_ROLE))
     try:
         apply_log_config(config.log_config)
     except ConfigError as exc:
@@ -109,7 +111,7 @@ def run(channel_fd: int, known: KnownConfig | None = None) -> int:
         import uvloop
     except ImportError as exc:
         return _boot_failed(channel, f"cannot import uvloop with {sys.executable}: {exc}; {DEPENDENCY_HINT}")
-    runtime = WorkerRuntime(hello, config, channel)
+    runtime = WorkerRuntime(hello, config, channel, built.settings if built is not None else None)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(runtime.run())
 
@@ -121,6 +123,12 @@ def config_of(hello: dict[str, Any], known: KnownConfig | None) -> Config:
     return Config.from_json(hello["config"])
 
 
+def zygote_built(config: Config, known: KnownConfig | None) -> KnownConfig | None:
+    """``known`` when ``config`` is the zygote's own: what the zygote built from it serves this
+    worker as it is (engine settings, log handlers). None: the worker builds its own."""
+    return known if known is not None and config is known.config else None
+
+
 def _boot_failed(channel: Channel, message: str) -> int:
     log.error("%s", message)
     channel.send(protocol.boot_error(message))
@@ -128,10 +136,12 @@ def _boot_failed(channel: Channel, message: str) -> int:
 
 
 class WorkerRuntime:
-    def __init__(self, hello: dict[str, Any], config: Config, channel: Channel) -> None:
+    def __init__(self, hello: dict[str, Any], config: Config, channel: Channel,
+                 settings: EngineSettings | None = None) -> None:
         self.hello = hello
         self.config = config
         self.channel = channel
+        self.known_settings = settings  # built by the zygote from this config (KnownConfig)
         self.server: Any = None
         self.stop_event: asyncio.Event | None = None
         self.graceful = True
@@ -166,7 +176,7 @@ class WorkerRuntime:
             from corral.engine import Server
             from corral.engine.settings import EngineSettings
 
-            settings = EngineSettings(**self.config.engine)
+            settings = self.known_settings or EngineSettings(**self.config.engine)
         except ImportError as exc:
             return _boot_failed(self.channel, f"cannot import corral's engine with {sys.executable}: {exc}; "
                                               + DEPENDENCY_HINT)

@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 if TYPE_CHECKING:
     from corral.config import Config
+    from corral.engine.settings import EngineSettings
+    from corral.logs import LogSetup
 
 MAX_MESSAGE = 1 << 20
 
@@ -116,12 +118,26 @@ class Promote(TypedDict):
     listeners: list[int]  # the fds (of the hello's listeners) to serve on; the others are closed
 
 
+WORKER_LOG_ROLE = "corral-worker"  # a worker's name in its log lines: corral-worker[PID]
+
+
 class KnownConfig(NamedTuple):
     """A config a zygote already read and checked, with the hello data it was read from: a worker
-    it forks takes it as it is when its own hello carries the same data (corral.worker.main.run)."""
+    it forks takes it as it is when its own hello carries the same data (corral.worker.main.run).
+
+    Built in the zygote from it too, since building them in a forked worker writes to (and so
+    copies) pages it shares with the zygote: together about 1.4 MiB of a Django tree's USS with
+    4 workers (docs/zygote.md):
+
+    - ``settings``: the engine's settings (None: each worker builds its own, and reports what is
+      wrong with them);
+    - ``logging``: the worker's log handlers (corral.logs.log_setup, role ``corral-worker``).
+    """
 
     data: dict[str, Any]
     config: Config
+    settings: EngineSettings | None = None
+    logging: LogSetup | None = None
 
 
 class Retiring(TypedDict):

@@ -53,9 +53,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from corral.worker.protocol import KnownConfig
+from corral.worker.protocol import WORKER_LOG_ROLE, KnownConfig
+
+if TYPE_CHECKING:
+    from corral.engine.settings import EngineSettings
 
 # corral.worker.main.run (handed in: no import cycle): a worker's life on its channel fd
 WorkerMain = Callable[[int, KnownConfig | None], int]
@@ -160,7 +163,7 @@ def run(channel_fd: int, worker_main: WorkerMain) -> int:
         print(f"corral zygote: no hello from the supervisor: {exc!r}", file=sys.stderr)
         return 2
     from corral.config import Config, ConfigError
-    from corral.logs import setup_logging
+    from corral.logs import log_setup, setup_logging
 
     try:
         config = Config.from_json(hello["config"])
@@ -170,11 +173,12 @@ def run(channel_fd: int, worker_main: WorkerMain) -> int:
         preloaded = False
         seconds = 0.0
     else:
-        known = KnownConfig(hello["config"], config)
         setup_logging(config.log_level, role="corral-zygote")
         start = time.monotonic()
         error, preloaded = prepare(config)
         seconds = time.monotonic() - start
+        known = KnownConfig(hello["config"], config, None if error else engine_settings(config),
+                            log_setup(config.log_level, role=WORKER_LOG_ROLE))
     if error:
         log.error("%s", error)
     # What the zygote imported is never collected again: a collection in a worker would write to
@@ -233,6 +237,17 @@ def prepare(config: Any) -> tuple[str | None, bool]:
         if error is not None:
             return error, False
     return None, True
+
+
+def engine_settings(config: Any) -> EngineSettings | None:
+    """The engine's settings, built once here for every worker (KnownConfig); None when they are
+    invalid: each worker then builds its own and reports the error as its boot error."""
+    from corral.engine.settings import EngineSettings
+
+    try:
+        return EngineSettings(**config.engine)
+    except (TypeError, ValueError):
+        return None
 
 
 def _preload_failed(step: str, exc: Exception) -> str:
