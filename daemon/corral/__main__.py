@@ -1,3 +1,3 @@
-from corral.cli import main
+from corral.entry import main
 
 raise SystemExit(main())

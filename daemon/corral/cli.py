@@ -434,7 +434,9 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; ``argv`` None: this process's own (``sys.argv``)."""
     args = parse_command_line(argv)
+    args.argv = None if argv is None else list(argv)  # what `corral run` re-executes (launch)
     try:
         if args.command in ("run", "check") and args.config and args.config.endswith(".py"):
             raise ConfigError(gunicorn_config_message(args.config))
@@ -461,37 +463,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Load the config, then become the supervisor (corral.supervisor.launch): returns only on failure."""
+    from corral.supervisor import launch
     from corral.supervisor.listeners import secure_standard_fds
     from corral.supervisor.reaper import prepare_pid1
 
     secure_standard_fds()  # before anything opens a file: `corral run <&-` must not put a socket on fd 0
     prepare_pid1()  # a container's PID 1: logs to stdout, SIGTERM honoured while starting
-    # The supervisor never speaks TLS, but asyncio imports ssl when it can, which maps
-    # libssl and libcrypto: about 6 MiB of the supervisor's 25 MiB budget. Python
-    # built without ssl is a supported asyncio configuration; this makes ours one.
-    if "ssl" not in sys.modules:
-        sys.modules["ssl"] = None  # type: ignore[assignment]
-    overrides = key_values(args)
+    config: Config | None
     try:
-        config = load(args.config, overrides)
+        config = load(args.config, key_values(args))
     except ConfigError as exc:
-        config = _config_after_reexec(exc)
-    from corral.supervisor import run
+        from corral.supervisor import reexec
 
-    # A reload re-reads the same file, environment and flags.
-    return run(config, reload_config=lambda: load(args.config, overrides))
-
-
-def _config_after_reexec(error: ConfigError) -> Config:
-    """An in-place re-exec must not die on a config file broken since its preflight (its
-    workers would be orphaned): it goes on with the config it ran with. A normal start fails."""
-    from corral.supervisor import reexec
-
-    state = reexec.take_state()
-    if state is None:
-        raise error
-    print(f"corral: {error}; re-executed in place: keeping the running config", file=sys.stderr, flush=True)
-    return reexec.config_from_json(state["config"])
+        # An in-place re-exec must not die on a config file broken since its preflight (its
+        # workers would be orphaned): it goes on with the config it ran with, which the
+        # supervisor's image reads from the re-exec state. A normal start fails.
+        if not reexec.state_pending():
+            raise
+        print(f"corral: {exc}; re-executed in place: keeping the running config", file=sys.stderr, flush=True)
+        config = None
+    try:
+        launch.exec_supervisor(config, args.argv)
+    except launch.LaunchError as exc:
+        print_error(f"corral: {exc}")
+    return 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import enum
 import functools
 import math
@@ -1099,6 +1098,8 @@ class _Raw:
 
 
 def _suggest(name: str, valid: Iterable[str]) -> str:
+    import difflib  # only for an error: the supervisor, which imports this module, never loads it
+
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else "; see conf/corral.yaml for every key"
 

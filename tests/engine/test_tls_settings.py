@@ -261,7 +261,7 @@ def test_corral_check_warns_of_an_expired_certificate(certs, tmp_path):
 
 
 def test_without_the_ssl_module_the_file_checks_still_run(certs):
-    # The supervisor keeps ssl out of its process (corral.cli); its config check still reads the
+    # The supervisor keeps ssl out of its process (corral.supervisor.launch); its config check still reads the
     # files, and leaves OpenSSL's own checks (the key matches) to corral check and the workers.
     code = ("import sys; sys.modules['ssl'] = None\n"
             "from corral.engine.settings import EngineSettings as E\n"

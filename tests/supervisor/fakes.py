@@ -21,7 +21,7 @@ import itertools
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,7 +180,7 @@ def make_config(**values: Any) -> Config:
 class Harness:
     """One Supervisor with fake processes, a fake clock and a fake notifier, on the running loop."""
 
-    def __init__(self, config: Config, reload_config: Callable[[], Config] | None = None) -> None:
+    def __init__(self, config: Config, reload_config: Callable[[], Awaitable[Config]] | None = None) -> None:
         self.clock = FakeClock()
         self.spawner = FakeSpawner()
         self.notifier = FakeNotifier()
@@ -191,7 +191,7 @@ class Harness:
                               installed_code=lambda: CODE)
         self.sup.attach(asyncio.get_running_loop())
 
-    def _reload_config(self) -> Config:
+    async def _reload_config(self) -> Config:
         return self.next_config or self.config
 
     # ------------------------------------------------------------------ reading

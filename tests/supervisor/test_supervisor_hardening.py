@@ -132,6 +132,10 @@ def test_corral_serves_with_closed_standard_fds(tmp_path, close):
             assert status == 200, body
             assert b"sock" not in body and b"closed" not in body, body  # e.g. b"0:chr 1:chr 2:reg"
         assert len(corral.ready_workers()) == 2
+        # /dev/null in the supervisor's image too: the command line's image opened it, and the
+        # re-exec into the supervisor (corral.supervisor.launch) kept it.
+        for fd in close:
+            assert os.readlink(f"/proc/{corral.proc.pid}/fd/{fd}") == "/dev/null"
         log = corral.log()
     assert "Socket operation on non-socket" not in log and "no worker could boot" not in log
     assert "all 2 workers ready" in log  # the supervisor logs to stderr, which stays open

@@ -74,6 +74,10 @@ def test_supervisor_never_imports_app_or_engine_and_stays_small(tmp_path):
         data = corral.status()
         modules = set(data["supervisor"]["modules"])
         assert not modules & set(FORBIDDEN), modules & set(FORBIDDEN)
+        # Nor what only the command line's image of `corral run` needs (corral.supervisor.launch),
+        # nor ssl, which asyncio would load (libssl, libcrypto) had launch.serve not kept it out.
+        assert not modules & {"argparse", "yaml", "difflib", "ssl", "_ssl"}, modules
+        assert "asyncio" in modules and "corral" in modules
         # ... while the workers did load them (the test would be vacuous otherwise).
         worker = psutil.Process(data["workers"][0]["pid"])
         maps = open(f"/proc/{worker.pid}/maps").read()

@@ -246,7 +246,7 @@ class EngineSettings:
         try:
             from corral.engine.tls import build_context
         except ImportError:
-            # No ssl module: the supervisor keeps it out (corral.cli). OpenSSL's checks (the key
+            # No ssl module: the supervisor keeps it out (corral.supervisor.launch). OpenSSL's checks (the key
             # matches, the passphrase opens it) then run in corral check and in every worker.
             return
         build_context(self)

@@ -5,7 +5,7 @@ config key at fault and ends with the fix, because the checks run three times:
 when the supervisor loads the config, in ``corral check``, and in each worker.
 
 This module never imports ``ssl``: the supervisor keeps it out of its process
-(``corral.cli``: libssl and libcrypto would take a quarter of its memory), yet
+(``corral.supervisor.launch``: libssl and libcrypto would take a quarter of its memory), yet
 its config check should still catch a missing or unreadable file or a key with
 no passphrase. What needs OpenSSL (the key matches the certificate, the
 passphrase opens the key, the cipher list) is checked by

@@ -7,13 +7,13 @@ lists the packages it has loaded, and a test holds it to that.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from corral.config import Config
 
-# Imported lazily: the CLI must be able to keep ssl out of asyncio first (see cli.cmd_run).
+# Imported lazily: launch.serve keeps ssl out of asyncio first.
 
 log = logging.getLogger("corral.supervisor")
 
@@ -22,7 +22,7 @@ class StartupError(Exception):
     """corral cannot start; the message names the fix."""
 
 
-def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+def run(config: Config, reload_config: Callable[[], Awaitable[Config]] | None = None) -> int:
     """Run the supervisor in the foreground until it is stopped; returns the exit status."""
     import asyncio
     import faulthandler

@@ -625,8 +625,10 @@ def secure_standard_fds() -> None:
         except OSError:  # EBADF: closed
             null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one, or a lower closed one
             if null != fd:
-                os.dup2(null, fd)
+                os.dup2(null, fd)  # inheritable, as a standard fd is
                 os.close(null)
+            else:  # a standard fd survives an exec (the supervisor's image: corral.supervisor.launch)
+                os.set_inheritable(fd, True)
     # Python leaves sys.stdout/sys.stderr None for a standard fd that was closed at start-up.
     # They live as long as the process: a context manager would close them at once.
     if sys.stdout is None:

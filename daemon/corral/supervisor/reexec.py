@@ -207,6 +207,11 @@ def exec_in_place(state: dict[str, Any], argv: Sequence[str] | None = None) -> N
 _taken: dict[str, Any] | None = None
 
 
+def state_pending() -> bool:
+    """Whether this process is an in-place re-exec whose state is still to be taken."""
+    return ENV in os.environ
+
+
 def take_state(environ: MutableMapping[str, str] | None = None) -> dict[str, Any] | None:
     """The state a previous image of this process left, or None on a normal start.
 

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -128,7 +128,7 @@ class ReloadHost(Protocol):
     @property
     def config(self) -> Config: ...
     @property
-    def reload_config(self) -> Callable[[], Config] | None: ...
+    def reload_config(self) -> Callable[[], Awaitable[Config]] | None: ...
     @property
     def notifier(self) -> ReloadNotifier: ...
     @property
@@ -256,7 +256,7 @@ class Reloader:
             config = sup.config
             if sup.reload_config is not None:
                 try:
-                    config = sup.reload_config()
+                    config = await sup.reload_config()
                 except ConfigError as exc:
                     self._finish(txn, ReloadOutcome(False, sup.state.serving_number(), f"config error: {exc}",
                                                     self.sup.now() - txn.started), ReloadResult.ABORTED)

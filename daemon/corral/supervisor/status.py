@@ -145,7 +145,7 @@ def _zygotes(sup: Reporting) -> list[dict[str, Any]]:
 
 
 def _loaded(module: object) -> bool:
-    """A real module: sys.modules also holds None for an import that is blocked (cli keeps ssl out)."""
+    """A real module: sys.modules also holds None for an import that is blocked (corral.supervisor.launch keeps ssl out)."""
     return module is not None
 
 

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +86,7 @@ class WorkerExit:
 
 class Supervisor:
     def __init__(self, config: Config, listeners: Listeners, *,
-                 reload_config: Callable[[], Config] | None = None,
+                 reload_config: Callable[[], Awaitable[Config]] | None = None,
                  notifier: Notifier | None = None,
                  spawner: Spawner | None = None,
                  clock: Callable[[], float] = time.monotonic,
