@@ -435,6 +435,13 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; ``argv`` None: this process's own (``sys.argv``)."""
+    from corral.supervisor import launch
+
+    if argv is None and launch.pending():
+        # `corral run` re-executed a command that enters here rather than through corral.entry
+        # (`python -c "from corral.cli import main; main()"`, an older console script): this image
+        # is the supervisor's, and parsing the command line again would exec once more.
+        return launch.serve()
     args = parse_command_line(argv)
     args.argv = None if argv is None else list(argv)  # what `corral run` re-executes (launch)
     try:

@@ -165,3 +165,20 @@ def test_corral_run_from_python_becomes_the_supervisor_in_the_same_process(tmp_p
         assert cmdline[1:] == [b"-P", b"-m", b"corral", b"run", b"--config", str(path).encode()]
     finally:
         assert stop_process(proc, signal.SIGTERM, 30) == 0
+
+
+def test_a_command_that_enters_through_the_command_line_still_becomes_the_supervisor(tmp_path):
+    # Started as `python -c "...corral.cli.main()"`, `corral run` re-executes that same command:
+    # its second run must serve, not parse the command line and re-execute again.
+    port = free_port()
+    path = _config_file(tmp_path, workers=1, bind=[f"127.0.0.1:{port}"],
+                        control_socket=str(tmp_path / "control.sock"))
+    code = "import sys; from corral.cli import main; raise SystemExit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "run", "--config", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: _answers(port) or proc.poll() is not None, 60, 0.05, "an answer from its worker")
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[1] == b"-c"  # the same command
+    finally:
+        assert stop_process(proc, signal.SIGTERM, 30) == 0
