@@ -11,25 +11,24 @@ import pytest
 from corral.config import ConfigError, load
 from corral.engine.settings import EngineSettings
 from corral.worker.main import config_of, zygote_built
-from corral.worker.protocol import KnownConfig
+from corral.worker.protocol import KnownConfig, config_text
 from corral.worker.zygote import engine_settings
 
 
 def _known(tmp_path) -> KnownConfig:
     config = load(None, {"app": "demo:app", "app_dir": str(tmp_path), "workers": 2}, environ={})
-    return KnownConfig(config.to_json(), config)
+    return KnownConfig(config_text(config.to_json()), config)
 
 
 def test_the_same_data_gives_the_zygotes_config_object(tmp_path):
     known = _known(tmp_path)
     hello = {"config": known.config.to_json()}  # equal data, not the same dict
-    assert hello["config"] is not known.data
     assert config_of(hello, known) is known.config
 
 
 def test_other_data_is_read_afresh(tmp_path):
     known = _known(tmp_path)
-    data = {**known.data, "workers": 3}
+    data = {**known.config.to_json(), "workers": 3}
     config = config_of({"config": data}, known)
     assert config is not known.config
     assert config.workers == 3
@@ -37,7 +36,7 @@ def test_other_data_is_read_afresh(tmp_path):
 
 def test_without_a_zygote_the_hello_is_read(tmp_path):
     known = _known(tmp_path)
-    config = config_of({"config": known.data}, None)
+    config = config_of({"config": known.config.to_json()}, None)
     assert config is not known.config
     assert config == known.config
 
@@ -45,7 +44,7 @@ def test_without_a_zygote_the_hello_is_read(tmp_path):
 def test_bad_data_still_fails_when_a_zygote_config_is_known(tmp_path):
     known = _known(tmp_path)
     with pytest.raises(ConfigError):
-        config_of({"config": {**known.data, "workers": "many"}}, known)
+        config_of({"config": {**known.config.to_json(), "workers": "many"}}, known)
 
 
 # What the zygote builds from its config (the engine's settings: zygote.engine_settings; the log
@@ -57,14 +56,14 @@ def test_a_worker_on_the_zygotes_config_takes_what_the_zygote_built(tmp_path):
     config = load(None, {"app": "demo:app", "app_dir": str(tmp_path), "max_connections": 7}, environ={})
     settings = engine_settings(config)
     assert settings == EngineSettings(max_connections=7)
-    known = KnownConfig(config.to_json(), config, settings)
+    known = KnownConfig(config_text(config.to_json()), config, settings)
     assert zygote_built(config_of({"config": config.to_json()}, known), known) is known
 
 
 def test_a_worker_on_another_config_builds_its_own(tmp_path):
     known = _known(tmp_path)
     known = known._replace(settings=engine_settings(known.config))
-    other = config_of({"config": {**known.data, "workers": 3}}, known)
+    other = config_of({"config": {**known.config.to_json(), "workers": 3}}, known)
     assert zygote_built(other, known) is None
     assert zygote_built(known.config, None) is None
 
@@ -79,3 +78,12 @@ def test_settings_the_zygote_cannot_build_are_left_to_each_worker(tmp_path):
     with pytest.raises(ValueError):
         EngineSettings(**broken.engine)
     assert engine_settings(broken) is None
+
+
+def test_the_comparison_ignores_the_order_of_keys(tmp_path):
+    # JSON objects have no order: a hello built in another order is still the zygote's config.
+    known = _known(tmp_path)
+    data = known.config.to_json()
+    reordered = dict(reversed(list(data.items())))
+    assert list(reordered) != list(data)
+    assert config_of({"config": reordered}, known) is known.config

@@ -37,7 +37,7 @@ from corral.logs import install_logging, log_setup, reopen_log_files
 from corral.worker import probe, protocol
 from corral.worker.check import DEPENDENCY_HINT
 from corral.worker.identity import app_identity
-from corral.worker.protocol import WORKER_LOG_ROLE, Channel, ChannelClosed, Kind, KnownConfig
+from corral.worker.protocol import WORKER_LOG_ROLE, Channel, ChannelClosed, Kind, KnownConfig, config_text
 
 if TYPE_CHECKING:
     from corral.engine.settings import EngineSettings
@@ -118,7 +118,7 @@ def run(channel_fd: int, known: KnownConfig | None = None) -> int:
 
 def config_of(hello: dict[str, Any], known: KnownConfig | None) -> Config:
     """The config the hello carries: ``known``'s when it was read from the same data."""
-    if known is not None and hello["config"] == known.data:
+    if known is not None and config_text(hello["config"]) == known.text:
         return known.config
     return Config.from_json(hello["config"])
 

@@ -121,9 +121,17 @@ class Promote(TypedDict):
 WORKER_LOG_ROLE = "corral-worker"  # a worker's name in its log lines: corral-worker[PID]
 
 
+def config_text(data: Mapping[str, Any]) -> str:
+    """A hello's config as canonical JSON text, which a worker compares with its zygote's
+    (KnownConfig.text). Comparing the dicts would take a reference to each of the zygote's
+    values, writing to (and so copying) the pages they sit on."""
+    return json.dumps(data, sort_keys=True)
+
+
 class KnownConfig(NamedTuple):
-    """A config a zygote already read and checked, with the hello data it was read from: a worker
-    it forks takes it as it is when its own hello carries the same data (corral.worker.main.run).
+    """A config a zygote already read and checked, with the hello data it was read from
+    (``text``: its config_text()): a worker it forks takes it as it is when its own hello carries
+    the same data (corral.worker.main.run).
 
     Built in the zygote from it too, since building them in a forked worker writes to (and so
     copies) pages it shares with the zygote: together about 1.4 MiB of a Django tree's USS with
@@ -134,7 +142,7 @@ class KnownConfig(NamedTuple):
     - ``logging``: the worker's log handlers (corral.logs.log_setup, role ``corral-worker``).
     """
 
-    data: dict[str, Any]
+    text: str
     config: Config
     settings: EngineSettings | None = None
     logging: LogSetup | None = None

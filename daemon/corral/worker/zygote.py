@@ -55,7 +55,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from corral.worker.protocol import WORKER_LOG_ROLE, KnownConfig
+from corral.worker.protocol import WORKER_LOG_ROLE, KnownConfig, config_text
 
 if TYPE_CHECKING:
     from corral.engine.settings import EngineSettings
@@ -177,7 +177,7 @@ def run(channel_fd: int, worker_main: WorkerMain) -> int:
         start = time.monotonic()
         error, preloaded = prepare(config)
         seconds = time.monotonic() - start
-        known = KnownConfig(hello["config"], config, None if error else engine_settings(config),
+        known = KnownConfig(config_text(hello["config"]), config, None if error else engine_settings(config),
                             log_setup(config.log_level, role=WORKER_LOG_ROLE))
     if error:
         log.error("%s", error)
