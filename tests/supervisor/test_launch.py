@@ -22,7 +22,7 @@ import yaml
 from corral import cli
 from corral.config import Config, ConfigError, load, load_again
 from corral.supervisor import launch, reexec
-from util import free_port, stop_process, wait_until
+from util import Corral, free_port, stop_process, wait_until
 
 APP_DIR = Path(__file__).parent / "apps"
 
@@ -182,3 +182,20 @@ def test_a_command_that_enters_through_the_command_line_still_becomes_the_superv
         assert Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[1] == b"-c"  # the same command
     finally:
         assert stop_process(proc, signal.SIGTERM, 30) == 0
+
+
+def test_a_reload_reads_the_changed_file_and_the_supervisor_still_never_loads_pyyaml(tmp_path):
+    with Corral(tmp_path, "probe:app", APP_DIR, workers=1) as corral:
+        corral.wait_ready(1)
+        corral.write_config(workers=2)  # what the reload must pick up
+        done = corral.reload()
+        assert done.returncode == 0, done.stdout + done.stderr
+        corral.wait_ready(2, exact=True)
+        status = corral.status()
+        assert status["generation"] == 2
+        assert not {"yaml", "argparse"} & set(status["supervisor"]["modules"]), status["supervisor"]["modules"]
+        corral.write_config(workers="many")  # a broken file: the loader's message, the old config kept
+        failed = corral.reload()
+        assert failed.returncode != 0
+        assert "config error: config key 'workers'" in failed.stdout + failed.stderr, failed.stdout + failed.stderr
+        assert corral.status()["generation"] == 2 and len(corral.ready_workers()) == 2
