@@ -6,8 +6,8 @@
    command line) with the loaded config in a memfd named by ``_CORRAL_CONFIG_FD``.
    The new image (corral.entry) sees the variable and runs the **supervisor**
    (:func:`serve`) with that config. It never imports the command line or PyYAML,
-   which would stay in its memory for as long as the service runs: about 1.4 MiB
-   of a supervisor's 14.
+   which would stay in its memory for as long as the service runs: it is 12.3 MiB
+   USS without them, 14.0-14.3 with them.
 
 A reload reads the config again the way it was loaded (the same file and
 command-line values, the environment of now) in a child interpreter
@@ -25,6 +25,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from corral.supervisor import handover
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -49,20 +51,13 @@ def exec_supervisor(config: Config | None, argv: Sequence[str] | None = None) ->
     whose config no longer loads goes on with the one it ran with (the re-exec state's).
     Returns only by raising LaunchError; then nothing changed.
     """
-    fd = os.memfd_create("corral-config", 0)  # no MFD_CLOEXEC: the new image reads it
     try:
-        data = json.dumps(None if config is None else config.to_json()).encode()
-        os.write(fd, data)
-        os.lseek(fd, 0, os.SEEK_SET)
-        command = ([sys.executable, *sys.orig_argv[1:]] if argv is None
-                   else [sys.executable, "-P", "-m", "corral", *argv])
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.environ[ENV] = str(fd)
-        try:
-            os.execv(command[0], command)
-        finally:
-            os.environ.pop(ENV, None)
+        fd = handover.write_json(None if config is None else config.to_json(), "corral-config")
+    except OSError as exc:
+        raise LaunchError(f"cannot hand the config over: {exc.strerror or exc}") from None
+    try:
+        handover.exec_with([sys.executable, *sys.orig_argv[1:]] if argv is None
+                           else [sys.executable, "-P", "-m", "corral", *argv], ENV, fd)
     except OSError as exc:
         os.close(fd)
         raise LaunchError(f"cannot start the supervisor: exec {sys.executable} failed: "
@@ -84,14 +79,7 @@ def take_config() -> Config | None:
     """
     from corral.config import Config
 
-    fd = int(os.environ.pop(ENV))
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    data = json.loads(b"".join(chunks))
+    data = handover.read_json(int(os.environ.pop(ENV)))
     return None if data is None else Config.from_json(data)
 
 

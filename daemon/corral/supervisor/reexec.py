@@ -48,7 +48,7 @@ from typing import Any, Protocol
 from corral.config import SUPERVISOR_KEYS, BindSpec, Config
 
 # Now, not in capture()/restore(): after an upgrade the disk holds new code.
-from corral.supervisor import rundir
+from corral.supervisor import handover, rundir
 from corral.supervisor.listeners import Listeners
 from corral.supervisor.state import SupervisorState, worker_fields
 from corral.supervisor.worker_process import WorkerProcess
@@ -170,26 +170,19 @@ def fds_of(state: dict[str, Any]) -> list[int]:
 
 def exec_in_place(state: dict[str, Any], argv: Sequence[str] | None = None) -> None:
     """Replace this process image; returns only by raising ReexecError (then nothing changed)."""
-    payload = json.dumps(state, default=str).encode()
-    memfd = os.memfd_create("corral-reexec", 0)  # inheritable: the new image reads it
+    try:
+        memfd = handover.write_json(state, "corral-reexec")
+    except OSError as exc:
+        raise ReexecError(f"cannot hand the state over: {exc.strerror or exc}") from None
     fds = fds_of(state)
     was_inheritable = {fd: os.get_inheritable(fd) for fd in fds}
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
-        os.write(memfd, payload)
-        os.lseek(memfd, 0, os.SEEK_SET)
         for fd in fds:
             os.set_inheritable(fd, True)
         for handler in logging.getLogger().handlers:
             handler.flush()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        command = list(argv) if argv is not None else [sys.executable, *sys.orig_argv[1:]]
-        os.environ[ENV] = str(memfd)
-        try:
-            os.execv(command[0], command)
-        finally:
-            os.environ.pop(ENV, None)
+        handover.exec_with(list(argv) if argv is not None else [sys.executable, *sys.orig_argv[1:]], ENV, memfd)
     except OSError as exc:
         for fd, inheritable in was_inheritable.items():
             try:
@@ -221,14 +214,7 @@ def take_state(environ: MutableMapping[str, str] | None = None) -> dict[str, Any
     value = (os.environ if environ is None else environ).pop(ENV, None)
     if value is None:
         return _taken
-    fd = int(value)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    state = json.loads(b"".join(chunks))
+    state = handover.read_json(int(value))
     if not isinstance(state, dict) or state.get("version") not in ADOPTABLE:
         version = state.get("version") if isinstance(state, dict) else None
         raise ReexecError(f"state version {version} from the previous image is not one of {ADOPTABLE}")
