@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from corral.supervisor import handover
+from corral.supervisor import child, handover
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -125,31 +124,21 @@ async def load_again(data: Mapping[str, Any], timeout: float = LOAD_TIMEOUT) -> 
     """The config loaded as the one whose ``to_json()`` is ``data`` was (corral.config.load_again),
     by a child interpreter: PyYAML is imported there, not in the supervisor. Raises ConfigError
     with the loader's message."""
-    import asyncio  # here: serve() keeps ssl out of asyncio before anything imports it
-
     from corral.config import Config, ConfigError
 
-    # -P: never import a `corral` from the working directory instead of this one.
-    command = [sys.executable, "-P", "-c", "from corral.supervisor.launch import load_again_main; "
-                                           "raise SystemExit(load_again_main())"]
     try:
-        proc = await asyncio.create_subprocess_exec(*command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                    stderr=subprocess.PIPE)
+        done = await child.run_function("corral.supervisor.launch", "load_again_main", json.dumps(data).encode(),
+                                        timeout)
+    except TimeoutError:  # first: it is an OSError too
+        raise ConfigError(f"cannot read the config: its loader did not answer within {timeout:g}s") from None
     except OSError as exc:
         raise ConfigError(f"cannot read the config: cannot run {sys.executable}: {exc.strerror}") from None
     try:
-        out, err = await asyncio.wait_for(proc.communicate(json.dumps(data).encode()), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise ConfigError(f"cannot read the config: its loader did not answer within {timeout:g}s") from None
-    try:
-        reply = json.loads(out) if proc.returncode == 0 else None
+        reply = json.loads(done.out) if done.returncode == 0 else None
     except ValueError:
         reply = None
     if not isinstance(reply, dict):
-        lines = err.decode(errors="replace").strip().splitlines()
-        raise ConfigError(f"cannot read the config: its loader failed ({lines[-1] if lines else proc.returncode})")
+        raise ConfigError(f"cannot read the config: its loader failed ({done.last_line()})")
     if "error" in reply:
         raise ConfigError(str(reply["error"]))
     return Config.from_json(reply["config"])

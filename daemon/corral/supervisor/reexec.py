@@ -31,7 +31,6 @@ image. Nothing here imports the app, uvloop or httptools.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import importlib
 import json
@@ -48,7 +47,7 @@ from typing import Any, Protocol
 from corral.config import SUPERVISOR_KEYS, BindSpec, Config
 
 # Now, not in capture()/restore(): after an upgrade the disk holds new code.
-from corral.supervisor import handover, rundir
+from corral.supervisor import child, handover, rundir
 from corral.supervisor.listeners import Listeners
 from corral.supervisor.state import SupervisorState, worker_fields
 from corral.supervisor.worker_process import WorkerProcess
@@ -114,23 +113,14 @@ async def preflight(argv: Sequence[str], state: dict[str, Any], timeout: float =
     env = dict(os.environ)
     env.pop(ENV, None)
     payload = json.dumps({"argv": list(argv), "state": state}).encode()
-    # -P: never import a `corral` from the working directory instead of the installed one.
-    command = [sys.executable, "-P", "-c", "from corral.supervisor.reexec import _preflight_main; "
-                                           "raise SystemExit(_preflight_main())"]
     try:
-        proc = await asyncio.create_subprocess_exec(*command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                    stderr=subprocess.PIPE, env=env)
+        done = await child.run_function("corral.supervisor.reexec", "_preflight_main", payload, timeout, env)
+    except TimeoutError:  # first: it is an OSError too
+        raise ReexecError(f"the new corral code did not load within {timeout:g}s") from None
     except OSError as exc:
         raise ReexecError(f"cannot run {sys.executable}: {exc.strerror}") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(payload), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise ReexecError(f"the new corral code did not load within {timeout:g}s") from None
-    if proc.returncode != 0:
-        lines = (err or out).decode(errors="replace").strip().splitlines()
-        raise ReexecError(f"the new corral code cannot take over: {lines[-1] if lines else proc.returncode}")
+    if done.returncode != 0:
+        raise ReexecError(f"the new corral code cannot take over: {done.last_line()}")
 
 
 def capture(sup: Handing) -> dict[str, Any]:
