@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_zygote import failed_start_log, the_zygote, zcorral
+from test_zygote import failed_start_log, refused_reload, the_zygote, zcorral
 
 from corral.worker.zygote_warmup import REPEATS, WarmupRefused, warm_up
 from util import wait_until
@@ -206,11 +206,7 @@ def test_a_deploy_whose_warm_up_keeps_a_file_open_fails_the_reload_and_the_old_c
     with zcorral(tmp_path, app_dir, workers=2, app="warmwsgi:app", preload_warmup=True) as corral:
         old = {w["pid"] for w in corral.wait_ready()["workers"]}
         (app_dir / "KEEP").write_text("")
-        result = corral.reload()
-        assert result.returncode != 0, result.stdout
-        assert "preload_warmup refused" in result.stderr + result.stdout
-        status = corral.status()
-        assert status["generation"] == 1 and {w["pid"] for w in corral.ready_workers()} == old
+        refused_reload(corral, old, "preload_warmup refused")
         code, _, _ = corral.get("/")
         assert code == 200
         # Fixed: the next reload's zygote warms up, and its workers serve.

@@ -39,6 +39,17 @@ def failed_start_log(corral: Corral, timeout: float = 60) -> str:
         corral.stop()
 
 
+def refused_reload(corral: Corral, serving: set[int], message: str) -> dict[str, Any]:
+    """``corral reload``, which must fail saying ``message`` while generation 1's workers (``serving``)
+    keep serving; returns the status."""
+    result = corral.reload()
+    assert result.returncode != 0, result.stdout
+    assert message in result.stderr + result.stdout
+    status = corral.status()
+    assert status["generation"] == 1 and {w["pid"] for w in corral.ready_workers()} == serving
+    return status
+
+
 def answers_from_every_worker(corral: Corral, pids: set[int], timeout: float = 60) -> dict[int, dict[str, Any]]:
     """GET / on fresh connections until each of ``pids`` has answered at least once."""
     seen: dict[int, dict[str, Any]] = {}
@@ -169,11 +180,7 @@ def test_a_zygote_that_cannot_import_the_app_fails_the_reload_and_the_old_code_s
         old = {w["pid"] for w in data["workers"]}
         (app_dir / "FAIL_IMPORT").write_text("")
         (app_dir / "VERSION").write_text("2")
-        result = corral.reload()
-        assert result.returncode != 0, result.stdout
-        assert "deploy is broken (FAIL_IMPORT exists)" in result.stderr + result.stdout
-        status = corral.status()
-        assert status["generation"] == 1 and {w["pid"] for w in corral.ready_workers()} == old
+        status = refused_reload(corral, old, "deploy is broken (FAIL_IMPORT exists)")
         assert status["last_reload"]["ok"] is False
         code, body, _ = corral.get("/")
         assert code == 200 and b'"version": "1"' in body
