@@ -37,11 +37,26 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+async def _closed(key: str, timeout: float = 120.0) -> list[Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not any(isinstance(e, dict) and "disconnect" in e for e in EVENTS.get(key, [])):
+        if loop.time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    return EVENTS.get(key, [])
+
+
 async def _http(scope: dict[str, Any], receive: Any, send: Any) -> None:
     q = _query(scope)
     kind = b"application/json"
     if scope["path"] == "/events":
         body = json.dumps(EVENTS.get(q.get("id", ""), [])).encode()
+    elif scope["path"] == "/closed":
+        # Answers once the WebSocket with this id has closed: a page that loads this script has
+        # its load event (and a headless browser's --dump-dom) wait for its socket's close.
+        body = json.dumps(await _closed(q.get("id", ""))).encode()
+        kind = b"text/javascript"
     elif scope["path"] == "/page":  # a page for a browser (test_ws_clients.py)
         with open(os.environ["WS_TEST_PAGE"], "rb") as f:
             body = f.read()
