@@ -563,9 +563,10 @@ def _running_names(name: str) -> list[str]:
     """Names of the corrals whose control sockets are beside ``name``'s default one."""
     if os.environ.get("RUNTIME_DIRECTORY"):
         return []
-    parent = runtime_dir(name).parent
+    parent = os.path.dirname(runtime_dir(name))
     try:
-        return sorted(entry.name for entry in parent.iterdir() if (entry / "control.sock").exists())
+        return sorted(entry for entry in os.listdir(parent)
+                      if os.path.exists(os.path.join(parent, entry, "control.sock")))
     except OSError:
         return []
 

@@ -33,7 +33,6 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from corral.engine.settings import EngineSettings
@@ -1120,14 +1119,25 @@ GUNICORN_CONFIG_HINT = ("corral reads YAML: write the settings as keys of a .yam
                         "to corral's")
 
 
+# Paths are strings and os.path here, not pathlib: this module is loaded by the supervisor, and
+# pathlib brings urllib.parse and ipaddress with it (about 0.6 MiB of the supervisor's memory).
+def _suffix(path: str | os.PathLike[str]) -> str:
+    return os.path.splitext(os.fspath(path))[1]
+
+
+def _read_text(path: str | os.PathLike[str]) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse one YAML config file into a mapping; errors name the file and line."""
-    if Path(path).suffix == ".py":
+    if _suffix(path) == ".py":
         # `corral run -c gunicorn.conf.py`: said plainly, not as "not a mapping" from YAML.
         raise ConfigError(f"config file {os.fspath(path)!r} is a gunicorn config file (Python); "
                           f"{GUNICORN_CONFIG_HINT}")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = _read_text(path)
     except FileNotFoundError:
         raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
     except OSError as exc:
@@ -1152,18 +1162,18 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_log_config(path: str) -> dict[str, Any]:
     """The ``logging.dictConfig`` mapping in ``path`` (``log_config``): JSON for a .json file,
     else YAML (of which JSON is a subset). Raises ConfigError naming the file and the problem."""
-    if Path(path).suffix in (".ini", ".conf", ".cfg"):
+    if _suffix(path) in (".ini", ".conf", ".cfg"):
         # gunicorn's --log-config takes a fileConfig file: say so rather than fail to parse it as YAML.
         raise ConfigError(f"log_config file {path!r} looks like an ini-style logging.fileConfig file "
                           "(gunicorn's --log-config); corral takes a logging.dictConfig mapping in YAML or "
                           "JSON (gunicorn's --log-config-json)")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = _read_text(path)
     except FileNotFoundError:
         raise ConfigError(f"log_config file {path!r} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read log_config file {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    if Path(path).suffix == ".json":
+    if _suffix(path) == ".json":
         import json
 
         try:
@@ -1332,11 +1342,11 @@ def check_app_dir(config: Config) -> None:
 
 def _python(values: Mapping[str, Any], raw: _Raw) -> str:
     if values["virtualenv"]:
-        venv_python = Path(values["virtualenv"]) / "bin" / "python"
-        if not venv_python.exists():
+        venv_python = os.path.join(values["virtualenv"], "bin", "python")
+        if not os.path.exists(venv_python):
             raise ConfigError(f"config key 'virtualenv' ({raw.origin['virtualenv']}): {venv_python} does not "
                               "exist; point it at a virtualenv directory (the one holding bin/python)")
-        return str(venv_python)
+        return venv_python
     if values["python"]:
         python: str = values["python"]
         if os.sep not in python:
@@ -1367,9 +1377,9 @@ def default_name(config_path: str | os.PathLike[str] | None, app_dir: str) -> st
     (/etc/corral/blog.yaml -> blog), else the app directory's (~/src/blog -> blog), so that two
     apps on one machine get two names, and `corral status` run where an app runs finds it."""
     if config_path is not None:
-        return Path(config_path).stem
+        return os.path.splitext(os.path.basename(os.fspath(config_path)))[0]
     # A directory name may hold characters a name may not: they become '-'.
-    return re.sub(r"[^A-Za-z0-9_.@-]+", "-", Path(app_dir).name).strip("-.") or "corral"
+    return re.sub(r"[^A-Za-z0-9_.@-]+", "-", os.path.basename(os.path.normpath(app_dir))).strip("-.") or "corral"
 
 
 @dataclass(frozen=True)
@@ -1382,12 +1392,12 @@ class RuntimeLocation:
     not the user's own 0700 directory (``supervisor.rundir``).
     """
 
-    base: Path
+    base: str
     private: tuple[str, ...] = ()
 
     @property
-    def path(self) -> Path:
-        return self.base.joinpath(*self.private)
+    def path(self) -> str:
+        return os.path.join(self.base, *self.private)
 
 
 def runtime_location(name: str, environ: Mapping[str, str] | None = None) -> RuntimeLocation:
@@ -1399,21 +1409,21 @@ def runtime_location(name: str, environ: Mapping[str, str] | None = None) -> Run
     """
     environ = os.environ if environ is None else environ
     if environ.get("RUNTIME_DIRECTORY"):
-        return RuntimeLocation(Path(environ["RUNTIME_DIRECTORY"].split(":")[0]))
+        return RuntimeLocation(os.path.normpath(environ["RUNTIME_DIRECTORY"].split(":")[0]))
     if os.geteuid() == 0:
-        return RuntimeLocation(Path("/run/corral") / name)
+        return RuntimeLocation(os.path.join("/run/corral", name))
     if environ.get("XDG_RUNTIME_DIR"):
-        return RuntimeLocation(Path(environ["XDG_RUNTIME_DIR"]), ("corral", name))
-    return RuntimeLocation(Path("/tmp"), (f"corral-{os.geteuid()}", name))
+        return RuntimeLocation(os.path.normpath(environ["XDG_RUNTIME_DIR"]), ("corral", name))
+    return RuntimeLocation("/tmp", (f"corral-{os.geteuid()}", name))
 
 
-def runtime_dir(name: str, environ: Mapping[str, str] | None = None) -> Path:
+def runtime_dir(name: str, environ: Mapping[str, str] | None = None) -> str:
     """The directory of the default control socket (see ``runtime_location``)."""
     return runtime_location(name, environ).path
 
 
 def default_control_socket(name: str) -> str:
-    return str(runtime_dir(name) / "control.sock")
+    return os.path.join(runtime_dir(name), "control.sock")
 
 
 # sun_path holds 108 bytes on Linux, the last one the terminating NUL.

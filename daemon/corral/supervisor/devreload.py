@@ -25,12 +25,14 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from corral.config import Config
 from corral.logs import print_error
 from corral.supervisor.state import Phase, ReloadOutcome
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["BANNER_TITLE", "DevReloadError", "DevReloadHost", "DevReloader", "WatchFilter", "WatchPlan", "start"]
 
@@ -80,6 +82,8 @@ class WatchFilter:
 
     @classmethod
     def from_config(cls, config: Config) -> WatchFilter:
+        from pathlib import Path  # only with --reload: the supervisor never loads pathlib otherwise
+
         base = Path(config.app_dir)
         includes = [p for p in DEFAULT_INCLUDES if p not in config.reload_excludes]
         includes += [p for p in config.reload_includes if p not in includes]
@@ -96,6 +100,8 @@ class WatchFilter:
         return cls(tuple(includes), tuple(excludes), tuple(exclude_dirs))
 
     def __call__(self, path: str) -> bool:
+        from pathlib import PurePath
+
         pure = PurePath(path)
         if not any(pure.match(pattern) for pattern in self.includes):
             return False
@@ -117,6 +123,8 @@ class WatchPlan:
 
     @classmethod
     def from_config(cls, config: Config) -> WatchPlan:
+        from pathlib import Path  # only with --reload: the supervisor never loads pathlib otherwise
+
         base = Path(config.app_dir)
         dirs: list[Path] = []
         for name in config.reload_dirs or (config.app_dir,):
@@ -176,7 +184,8 @@ def find_syntax_error(paths: Iterable[str]) -> SyntaxProblem | None:
         if not path.endswith(".py"):
             continue
         try:
-            source = Path(path).read_bytes()
+            with open(path, "rb") as f:
+                source = f.read()
         except OSError:
             continue  # deleted since: an import error, if anything, names it
         try:

@@ -17,14 +17,14 @@ hashlib would map OpenSSL's libcrypto into the supervisor (~2 MiB of its 25).
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import corral
 
-PACKAGE_DIR = Path(corral.__file__).resolve().parent
+PACKAGE_DIR = os.path.dirname(os.path.realpath(corral.__file__))
 
 
 @dataclass(frozen=True)
@@ -36,22 +36,30 @@ class CodeIdentity:
         return f"corral {self.version} ({self.digest[:12]})"
 
 
-def installed(package_dir: Path = PACKAGE_DIR) -> CodeIdentity:
+def installed(package_dir: str = PACKAGE_DIR) -> CodeIdentity:
     """The identity of the corral code on disk now."""
     return CodeIdentity(_installed_version(package_dir), _digest(package_dir))
 
 
-def _digest(package_dir: Path) -> str:
+def _python_files(package_dir: str) -> list[str]:
+    """The package's .py files, relative to it, sorted by path component (as pathlib sorts)."""
+    found = []
+    for directory, subdirs, files in os.walk(package_dir):
+        subdirs[:] = [d for d in subdirs if d != "__pycache__"]
+        rel = os.path.relpath(directory, package_dir)
+        found += [name if rel == "." else os.path.join(rel, name) for name in files if name.endswith(".py")]
+    return sorted(found, key=lambda rel: rel.split(os.sep))
+
+
+def _digest(package_dir: str) -> str:
     records = []
-    for path in sorted(package_dir.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
+    for rel in _python_files(package_dir):
         try:
-            data = path.read_bytes()
+            with open(os.path.join(package_dir, rel), "rb") as f:
+                data = f.read()
         except OSError:  # a file removed mid-upgrade: the next reload sees the final state
             data = b"<unreadable>"
-        records.append(f"{path.relative_to(package_dir)}:{len(data)}:{zlib.crc32(data):08x}:"
-                       f"{zlib.adler32(data):08x}")
+        records.append(f"{rel}:{len(data)}:{zlib.crc32(data):08x}:{zlib.adler32(data):08x}")
     summary = "\n".join(records).encode()
     return f"{zlib.crc32(summary):08x}{zlib.adler32(summary):08x}{len(records):04x}"
 
@@ -72,12 +80,18 @@ def describe_app(identity: dict[str, Any] | None) -> str:
     return " ".join(parts)
 
 
-def _installed_version(package_dir: Path) -> str:
+def _installed_version(package_dir: str) -> str:
     # The version file next to the package (site-packages/corral-X.dist-info/METADATA, or an
     # egg-info's PKG-INFO), read as it is now; importlib.metadata would cost the supervisor
     # ~3 MiB of imports (email, zipfile, csv) for one line.
-    candidates = sorted(package_dir.parent.glob("corral-*.dist-info/METADATA")) + \
-        sorted(package_dir.parent.glob("corral.egg-info/PKG-INFO"))
+    site = os.path.dirname(package_dir)
+    try:
+        entries = sorted(os.listdir(site))
+    except OSError:
+        entries = []
+    candidates = [os.path.join(site, e, "METADATA") for e in entries
+                  if e.startswith("corral-") and e.endswith(".dist-info")]
+    candidates += [os.path.join(site, "corral.egg-info", "PKG-INFO")] if "corral.egg-info" in entries else []
     for path in candidates:
         try:
             with open(path, encoding="utf-8") as metadata:
@@ -89,7 +103,8 @@ def _installed_version(package_dir: Path) -> str:
         except OSError:
             continue
     try:
-        text = (package_dir / "__init__.py").read_text()
+        with open(os.path.join(package_dir, "__init__.py")) as f:
+            text = f.read()
     except OSError:
         return corral.__version__
     for line in text.splitlines():

@@ -29,7 +29,6 @@ import os
 import pwd
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.config import RuntimeLocation, runtime_location, socket_path_too_long
@@ -92,8 +91,8 @@ def claim(socket_path: str, location: RuntimeLocation | None = None) -> Claim:
     if problem is not None:
         raise ClaimError(f"{problem}; choose a shorter name (-n NAME) or control_socket:, or set "
                          "RUNTIME_DIRECTORY to a shorter directory")
-    directory = Path(socket_path).parent
-    if location is None or location.path != directory:
+    directory = os.path.dirname(os.path.normpath(socket_path)) or "."
+    if location is None or os.path.normpath(location.path) != directory:
         location = RuntimeLocation(directory)
     made: list[str] = []
     try:
@@ -147,20 +146,20 @@ def release() -> None:
 def _make_directories(location: RuntimeLocation) -> list[str]:
     """Make what is missing of ``location``; return the directories made, outermost first."""
     made: list[str] = []
-    missing: list[Path] = []
-    path = location.base
+    missing: list[str] = []
+    path = os.path.normpath(location.base)
     while not os.path.lexists(path):
         missing.append(path)
-        path = path.parent
-    leaf = location.path
+        path = os.path.dirname(path) or "."
+    leaf = os.path.normpath(location.path)
     for path in reversed(missing):
         if _mkdir(path, _PRIVATE_MODE if path == leaf else _SHARED_MODE):
-            made.append(str(path))
-    path = location.base
+            made.append(path)
+    path = os.path.normpath(location.base)
     for level in location.private:
-        path = path / level
+        path = os.path.join(path, level)
         if _mkdir(path, _PRIVATE_MODE):
-            made.append(str(path))
+            made.append(path)
         try:
             _check_private(path)
         except ClaimError:
@@ -172,7 +171,7 @@ def _make_directories(location: RuntimeLocation) -> list[str]:
     return made
 
 
-def _mkdir(path: Path, mode: int) -> bool:
+def _mkdir(path: str, mode: int) -> bool:
     """mkdir; True if we made it, False if something was there already."""
     try:
         os.mkdir(path, mode)
@@ -186,7 +185,7 @@ def _mkdir(path: Path, mode: int) -> bool:
     return True
 
 
-def _check_private(path: Path) -> None:
+def _check_private(path: str) -> None:
     """A private level must be a real directory, ours, mode 0700: nobody else can put a
     socket there, or swap the directory for their own."""
     me = os.geteuid()

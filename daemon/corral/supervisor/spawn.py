@@ -14,7 +14,6 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import corral
@@ -22,7 +21,7 @@ from corral.config import Config
 from corral.supervisor.listeners import env_without_systemd
 from corral.supervisor.worker_process import WorkerProcess, spawn
 
-BOOT_SCRIPT = str(Path(corral.__file__).resolve().parent / "worker" / "boot.py")
+BOOT_SCRIPT = os.path.join(os.path.dirname(os.path.realpath(corral.__file__)), "worker", "boot.py")
 
 # The worker's own third-party imports; found in the supervisor's environment
 # without importing them (find_spec only locates a top-level package).
@@ -41,7 +40,7 @@ def dependency_paths(python: str) -> list[str]:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             continue
-        site_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
+        site_dir = os.path.dirname(os.path.normpath(next(iter(spec.submodule_search_locations))))
         if site_dir not in paths:
             paths.append(site_dir)
     return paths
@@ -56,8 +55,8 @@ def _same_interpreter(a: str, b: str) -> bool:
 
 def _venv_of(python: str) -> str:
     # A venv's bin/python is a symlink to the base interpreter: compare the venv too.
-    path = Path(python).absolute().parent.parent
-    return str(path) if (path / "pyvenv.cfg").exists() else ""
+    path = os.path.dirname(os.path.dirname(os.path.abspath(python)))
+    return path if os.path.exists(os.path.join(path, "pyvenv.cfg")) else ""
 
 
 def worker_argv(python: str, args: Sequence[str]) -> list[str]:
