@@ -8,8 +8,9 @@ preload_warmup (the warm-up request, at the page measured, sent once in the zygo
 gunicorn with and without --preload, granian, uvicorn. Bytecode is compiled first, as a package
 install does. Apps: hello world (ASGI; the WSGI twin for gunicorn's sync workers); unless --no-fastapi, a
 small FastAPI service (pydantic models, GET /items/7; gunicorn runs uvicorn's worker class); unless
---no-django, a Django project from `django-admin startproject` (admin on) hitting /admin/login/
-(WSGI for every server).
+--no-django, a Django project from `django-admin startproject` (admin on) hitting /admin/login/,
+and tests/realapps' Django project (an app of its own, the admin, SQLite) hitting its post list, a
+query and a template (WSGI for every server).
 
 Replacement: corral with 2 workers on an app whose import sleeps --import-sleep seconds, under a
 light wrk load; one worker that has served is SIGKILLed and the time until `corral status` (polled every 5 ms over
@@ -275,6 +276,23 @@ def django_project(tmp: Path) -> Path | None:
     return root
 
 
+def blog_project(tmp: Path) -> Path | None:
+    """The Django project of tests/realapps (an app of its own with a model, admin, the contrib
+    apps; SQLite), copied and migrated, with ten posts for its post list (a query and a template)."""
+    if not (BIN / "django-admin").exists():
+        return None
+    root = tmp / "blog"
+    shutil.copytree(REPO / "tests" / "realapps" / "apps" / "blog", root,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.sqlite3", "static", "media"))
+    env = {**os.environ, "BLOG_DATA_DIR": str(root), "DJANGO_SETTINGS_MODULE": "blog.settings"}
+    subprocess.run([str(BIN / "python"), "manage.py", "migrate", "--noinput"], cwd=root, env=env, check=True,
+                   capture_output=True)
+    posts = "from posts.models import Post\nfor i in range(10): Post.objects.create(title=f'post {i}', body='text ' * 50)"
+    subprocess.run([str(BIN / "python"), "manage.py", "shell", "-c", posts], cwd=root, env=env, check=True,
+                   capture_output=True)
+    return root
+
+
 WORKER_STARTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("exec", {}), ("zygote", {"worker_start": "zygote"}),
     ("zygote+preload", {"worker_start": "zygote", "preload": True}),
@@ -425,6 +443,10 @@ def main() -> int:
                 out["memory"] += measure_memory("django", tmp, project, "mysite.wsgi:application",
                                                 "mysite.wsgi:application", "/admin/login/", args.workers,
                                                 args.requests)
+            blog = None if args.no_django else blog_project(tmp)
+            if blog is not None:
+                out["memory"] += measure_memory("django blog", tmp, blog, "blog.wsgi:application",
+                                                "blog.wsgi:application", "/", args.workers, args.requests)
         print(f"replacement, app import sleeping {args.import_sleep:g}s, under wrk -c8:")
         out["replacement"] = replacement_times(tmp, app_dir, args.import_sleep, args.kills)
         print(f"reload, {args.workers} workers, app import sleeping {args.import_sleep:g}s:")
