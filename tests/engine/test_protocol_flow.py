@@ -140,6 +140,22 @@ def test_reading_pauses_while_the_app_does_not_read_the_body_and_resumes_when_it
     still_usable(conn)
 
 
+def test_a_body_left_unread_and_complete_when_the_app_answers_does_not_keep_reading_paused(
+        wire: WireFactory) -> None:
+    """The whole body arrived, over body_buffer_size (reading paused), before the app answered
+    without reading it: the next request on the connection is read and answered."""
+    app = Gate()
+    conn = wire(app, body_buffer_size=1024)
+    conn.send(request("POST", target="/ignore", headers=[("Content-Length", "4096")]) + b"x" * 10)
+    conn.send(b"x" * 4086)  # the rest in one read: over the limit, and the end of the body
+    assert not conn.transport.reading, "over body_buffer_size unread: stop reading from the client"
+    conn.call(lambda: app.open("/ignore"))
+    assert conn.response().body == b"/ignore"
+    assert conn.transport.reading, "the body is complete and answered: read the next request"
+    app.open("/still")
+    still_usable(conn)
+
+
 def test_send_waits_while_the_transport_is_paused_and_goes_on_after_resume(wire: WireFactory) -> None:
     sent: list[int] = []
 

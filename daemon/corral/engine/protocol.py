@@ -696,10 +696,11 @@ class HttpProtocol(asyncio.Protocol):
         if not cycle.keep_alive or self._closed:
             self._close()
             return
-        parsing = self._parsing
-        if parsing is cycle:
-            # Answered before the whole body arrived: keep reading and drop it.
-            cycle.take_body()
+        # Answered without reading the whole body: drop what is buffered, which also resumes
+        # reading if the full buffer had paused it; while the body still arrives, the rest is
+        # dropped as it comes (Cycle.feed_body). Also when the body is complete: it may have
+        # arrived, over body_buffer_size, in the read that ended it, and reading would stay paused.
+        cycle.take_body()
         if self._eof and not self._queue:
             self._close()
             return
