@@ -30,8 +30,10 @@ def test_health_check_probe_reaches_the_new_worker_not_the_old_ones(tmp_path):
             assert proc.returncode == 1
             assert "health check GET /health failed" in proc.stderr and "answered 503" in proc.stderr, proc.stderr
             data = corral.status()
-            assert data["generation"] == 1 and _pids(data) == _pids(before)
+            assert data["generation"] == 1 and _pids(data, 1) == _pids(before)
             assert not data["last_reload"]["ok"]
+            # The failed generation's workers are being stopped (the reply does not wait for them).
+            wait_until(lambda: _pids(corral.status()) == _pids(before), 30, 0.1, "the new workers gone")
             corral.deploy("h3", health_status=200)
             proc = corral.reload()
             assert proc.returncode == 0, proc.stderr
