@@ -173,6 +173,7 @@ class Result:
     version: str | None = None  # the app's x-app-version header
     pid: int | None = None  # the worker's x-worker-pid header
     error: str | None = None  # "reset", "refused", "timeout" or "other: ..."
+    detail: str = ""  # how it failed: the exception chain, and on which connection (for a failure's message)
 
     @property
     def ok(self) -> bool:
@@ -235,7 +236,7 @@ class Load:
 
     def errors(self) -> list[str]:
         """What each failed request got: its status or how it failed (for assertion messages)."""
-        return [f"status {r.status}" if r.status is not None else str(r.error) for r in self.failures()]
+        return [f"status {r.status}" if r.status is not None else f"{r.error} ({r.detail})" for r in self.failures()]
 
     def count(self, error: str) -> int:
         return sum(1 for r in self.done() if r.error == error)
@@ -268,25 +269,50 @@ class Load:
         transport = httpx.HTTPTransport(retries=0, limits=limits)
         with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", transport=transport,
                           timeout=self.timeout) as client:
+            answered = 0  # on this client's kept-alive connection (or, when fresh, on new ones)
             while not self._stop.is_set():
                 result = Result(sent=time.monotonic())
+                failure: httpx.HTTPError | None = None
                 try:
                     response = client.get(self.path)
+                    answered += 1
                     result.status = response.status_code
                     result.version = response.headers.get("x-app-version")
                     result.pid = int(response.headers.get("x-worker-pid", "0"))
-                except httpx.TimeoutException:
-                    result.error = "timeout"
-                except httpx.ConnectError as exc:
-                    result.error = "refused" if _errno(exc) == errno.ECONNREFUSED else f"other: {exc!r}"
-                except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
-                    # The server dropped the connection under the request: RST or EOF mid-exchange.
-                    result.error = "reset" if _errno(exc) in (errno.ECONNRESET, errno.EPIPE, None) \
-                        else f"other: {exc!r}"
                 except httpx.HTTPError as exc:
-                    result.error = f"other: {exc!r}"
+                    failure = exc
+                    result.error = _classify(exc)
                 result.finished = time.monotonic()
+                if failure is not None:
+                    result.detail = _failure_detail(failure, fresh, answered, result)
+                    answered = 0
                 self.results.append(result)
+
+
+def _classify(exc: BaseException) -> str:
+    """A failed request's kind: "timeout", "refused", "reset" or "other: ..."."""
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "refused" if _errno(exc) == errno.ECONNREFUSED else f"other: {exc!r}"
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)):
+        # The server dropped the connection under the request: RST or EOF mid-exchange.
+        return "reset" if _errno(exc) in (errno.ECONNRESET, errno.EPIPE, None) else f"other: {exc!r}"
+    return f"other: {exc!r}"
+
+
+def _failure_detail(exc: BaseException | None, fresh: bool, answered: int, result: Result) -> str:
+    """What a failed request met, for the assertion message: the exception chain (so that a reset
+    tells an RST from an EOF), the kind of connection, and when it failed (monotonic)."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen and len(chain) < 4:
+        seen.add(id(exc))
+        chain.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    conn = "a new connection per request" if fresh else f"kept alive, {answered} answered on it before"
+    return f"{' <- '.join(chain)}; {conn}; sent at {result.sent:.3f}, failed after {result.finished - result.sent:.3f}s"
 
 
 def _errno(exc: BaseException | None) -> int | None:

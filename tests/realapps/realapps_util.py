@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -304,16 +305,23 @@ def reload_under_load(server: CorralServer, path: str, *, clients: int = 6, relo
     """
     from reload.reload_util import Load  # tests/reload: the closed-loop load the reload suites use
 
+    timings = []  # each reload command's start and end (time.monotonic(), as the load's times are)
     with Load(server.port, clients=clients, path=path) as load:
         load.wait_for_more(before, timeout=120)
         for _ in range(reloads):
             generation = server.status()["generation"]
+            started = time.monotonic()
             out = server.reload()
+            timings.append(f"{started:.3f}-{time.monotonic():.3f} (monotonic; wall clock at the end: "
+                           f"{time.strftime('%H:%M:%S')})")
             assert out.returncode == 0, f"reload failed: {out.stdout}{out.stderr}\n{server.log()}"
             wait_until(lambda: server.status()["generation"] > generation, 60, 0.1, "the new generation serving")
             load.wait_for_more(before, timeout=120)
     summary = load.summary()
-    summary["failures"] = [f"{r.status} {r.error}" for r in load.failures()][:10]
+    summary["failures"] = [f"{r.status} {r.error} ({r.detail})" for r in load.failures()][:10]
+    if summary["failures"]:  # what the assertion message needs to tell which part of the reload it was
+        summary["reloads"] = timings
+        summary["log"] = server.log().splitlines()[-30:]
     return summary
 
 
