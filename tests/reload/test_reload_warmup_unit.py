@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import sys
 import types
 from typing import Any
@@ -105,6 +107,56 @@ def test_503_until_the_timeout_fails_with_the_attempts():
 def test_no_answer_within_the_timeout_fails():
     with pytest.raises(probe.WarmupFailed, match=r"no answer within warmup.timeout=0.5s"):
         gate(App(200, delay=30), {**WARMUP, "timeout": 0.5})
+
+
+def raw_answer(answer: bytes, tmp_path: Any, *, timeout: float = 0.6) -> str:
+    """warm_up() against a unix socket that reads the request and writes ``answer`` (then closes):
+    what the gate's own client makes of a server that is not a well-behaved HTTP server."""
+
+    async def main() -> str:
+        address = str(tmp_path / "raw.sock")
+
+        async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(reply, address)
+        async with server:
+            return await probe.warm_up(address, {**WARMUP, "timeout": timeout})
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
+def test_the_gates_client_reads_a_long_head_and_a_body_without_a_length_until_the_close(tmp_path):
+    head = b"HTTP/1.1 302 Found\r\nLocation: /login/\r\nX-Long: " + b"x" * 15000 + b"\r\n\r\n"
+    assert raw_answer(head + b"y" * 200000, tmp_path) == "warm-up GET / (Host: app.test) -> 302 Found"
+
+
+@pytest.mark.parametrize("answer, error", [
+    (b"", "the connection closed without a response"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "not an HTTP response: 'SSH-2.0-OpenSSH_9.2'"),
+    (b"HTTP/1.1 200 OK\r\nX-Endless: " + b"x" * (probe.MAX_RESPONSE_HEAD + 70000),
+     f"the response head is over {probe.MAX_RESPONSE_HEAD} bytes"),
+])
+def test_an_answer_that_is_not_an_http_response_fails_the_warmup_and_says_what_it_was(tmp_path, answer, error):
+    with pytest.raises(probe.WarmupFailed, match=r"failed after \d+ attempts? in warmup.timeout=0.6s: "
+                                                 r"the request failed: " + re.escape(error)):
+        raw_answer(answer, tmp_path)
+
+
+def test_the_private_socket_is_unreachable_once_the_gate_is_over():
+    listener = probe.PrivateListener()
+    try:
+        assert isinstance(listener.address, str) and os.path.exists(listener.address)
+        directory = os.path.dirname(listener.address)
+        assert os.stat(directory).st_mode & 0o777 == 0o700
+        listener.close()
+        assert not os.path.exists(directory)
+    finally:
+        listener.sock.close()
 
 
 def test_an_https_redirect_of_the_same_path_is_asked_again_as_a_tls_proxy_would():

@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
 import sys
 import tempfile
@@ -69,6 +68,7 @@ USER_AGENT = "corral-health-check"
 WARMUP_USER_AGENT = "corral-warmup"
 UNAVAILABLE = 503  # "not yet": the warm-up asks again until its timeout
 DEFAULT_HOST = "localhost"
+SOCKET_NAME = "probe.sock"  # in a fresh 0700 directory of its own
 ACCESS_LOGGER = logging.getLogger("corral.access")  # the engine's (corral.engine.accesslog)
 
 
@@ -121,24 +121,34 @@ class PrivateListener:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.directory = tempfile.mkdtemp(prefix="corral-probe-")  # mode 0700
-            self.address = os.path.join(self.directory, "probe.sock")
+            self.address = os.path.join(self.directory, SOCKET_NAME)
             self.sock.bind(self.address)
         except OSError:
             # No writable temporary directory (a read-only sandbox): an abstract address with
             # an unguessable name. It cannot be unlinked, so it stays reachable from this
             # network namespace, but only by someone who can read /proc/net/unix.
-            if self.directory is not None:
-                shutil.rmtree(self.directory, ignore_errors=True)
-                self.directory = None
+            self._remove()
             self.address = b"\0corral-probe-" + os.urandom(12).hex().encode()
             self.sock.bind(self.address)
         self.sock.listen(16)
 
     def close(self) -> None:
         """Remove the path: the socket (still held by the engine) is unreachable from now on."""
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
+        self._remove()
+
+    def _remove(self) -> None:
+        """Remove the directory and the socket's path in it, which is all it holds."""
+        if self.directory is None:
+            return
+        try:
+            os.unlink(os.path.join(self.directory, SOCKET_NAME))
+        except FileNotFoundError:
+            pass  # bind() failed before making it
+        try:
+            os.rmdir(self.directory)
+        except OSError as exc:  # only a leftover in the temporary directory: never fail a boot over it
+            log.debug("cannot remove the warm-up socket's directory %s: %s", self.directory, exc)
+        self.directory = None
 
 
 async def run_gate(server: Any, gate: Gate, *, strict_warmup: bool) -> list[str]:
@@ -280,48 +290,50 @@ async def _until_passes(address: str | bytes, check: Mapping[str, Any]) -> str:
 
 async def _request(address: str | bytes, path: str, host: str, agent: str,
                    headers: Mapping[str, str] | None = None) -> Answer:
-    """One GET over a fresh connection. Not a hot path."""
-    # As str: typeshed types the path as str only; fsdecode round-trips the abstract bytes name exactly.
-    path_or_name = address if isinstance(address, str) else os.fsdecode(address)
-    reader, writer = await asyncio.open_unix_connection(path_or_name, limit=MAX_RESPONSE_HEAD)
-    try:
+    """One GET over a fresh connection. Not a hot path.
+
+    A bare non-blocking socket and the loop's ``sock_*`` calls, not asyncio's streams: a forked
+    worker would copy the pages of every stream class and method it runs, for one request."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
         extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\n{extra}"
-                     "Connection: close\r\n\r\n".encode("latin-1"))
-        await writer.drain()
-        answer = await _read_head(reader)
+        await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\n{extra}"
+                                      "Connection: close\r\n\r\n".encode("latin-1"))
+        head = bytearray()
+        while (end := head.find(b"\r\n\r\n")) < 0:
+            if len(head) > MAX_RESPONSE_HEAD:
+                raise ValueError(f"the response head is over {MAX_RESPONSE_HEAD} bytes")
+            chunk = await loop.sock_recv(sock, 65536)
+            if not chunk:
+                if not head:
+                    raise ValueError("the connection closed without a response")
+                break
+            head += chunk
+        answer = parse_head(bytes(head if end < 0 else head[:end]))
         # Read the rest, so that the app's response completes normally; the body is not needed.
         try:
-            await asyncio.wait_for(_drain(reader), BODY_GRACE)
+            await asyncio.wait_for(_drain(loop, sock), BODY_GRACE)
         except TimeoutError:
             pass
         return answer
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
 
 
-async def _read_head(reader: asyncio.StreamReader) -> Answer:
-    line = await reader.readline()
-    if not line:
-        raise ValueError("the connection closed without a response")
-    parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+def parse_head(head: bytes) -> Answer:
+    """The status line and the Location header of a response head (without its blank line)."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP response: {line[:80]!r}")
+        raise ValueError(f"not an HTTP response: {lines[0][:80]!r}")
     location = None
-    while True:
-        header = await reader.readline()
-        if header in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = header.decode("latin-1").partition(":")
+    for header in lines[1:]:
+        name, _, value = header.partition(":")
         if name.strip().lower() == "location":
             location = value.strip()
     return Answer(int(parts[1]), parts[2] if len(parts) > 2 else "", location)
 
 
-async def _drain(reader: asyncio.StreamReader) -> None:
-    while await reader.read(65536):
+async def _drain(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    while await loop.sock_recv(sock, 65536):
         pass
