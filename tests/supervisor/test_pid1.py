@@ -379,3 +379,46 @@ def test_reaper_leaves_workers_and_awaited_children_their_exit_status(tmp_path):
     assert out["after_grace"] == 1 and not out["own_after_grace_zombie"]  # until nobody claimed it
     assert out["reaped_total"] == 2
     assert out["awaited"] == [5, 0]  # asyncio got status 5 (not 255: ECHILD), the reaper took nothing
+
+
+HANDOVER_SCRIPT = r'''
+import os, sys, time
+from corral.supervisor import reaper
+
+def orphans_parent():
+    # Where an orphaned grandchild is re-parented: to us only if the kernel holds us a subreaper.
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        middle = os.getpid()
+        if os.fork() == 0:
+            deadline = time.monotonic() + 30
+            while os.getppid() == middle and time.monotonic() < deadline:
+                time.sleep(0.001)
+            os.write(w, str(os.getppid()).encode())
+        os._exit(0)
+    os.waitpid(middle, 0)
+    os.close(w)
+    return int(os.read(r, 32))
+
+if len(sys.argv) > 1:  # the second image, as launch.serve() starts
+    told = os.environ.get(reaper.SUBREAPER_ENV)
+    reaper.take_subreaper()
+    print(told, reaper.is_subreaper(), reaper.role(), reaper.SUBREAPER_ENV in os.environ, "ctypes" in sys.modules,
+          orphans_parent() == os.getpid())
+else:  # the first, as launch.exec_supervisor() does
+    reaper.hand_over_subreaper(make=os.environ["MAKE"] == "1")
+    os.execv(sys.executable, [sys.executable, "-c", SCRIPT, "next"])
+'''
+
+
+@pytest.mark.parametrize("make, expected", [("1", "1 True Role.SUBREAPER False False True"),
+                                            ("0", "0 False None False False False")])
+def test_the_subreaper_attribute_and_the_knowledge_of_it_survive_the_exec_into_the_supervisor(make, expected):
+    """The command line's image makes itself a child subreaper (worker_start: zygote) and says so;
+    the supervisor's image knows it without loading ctypes, and no worker inherits the variable."""
+    script = f"SCRIPT = {HANDOVER_SCRIPT!r}\n{HANDOVER_SCRIPT}"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MAKE": make})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected

@@ -81,6 +81,9 @@ def test_supervisor_never_imports_app_or_engine_and_stays_small(tmp_path):
         # supervisor loads use os.path, and the dev reloader loads pathlib only with --reload.
         # corral.addresses parses IP addresses with socket.inet_pton, not ipaddress (0.2 MiB).
         assert not modules & {"pathlib", "urllib", "ipaddress"}, modules
+        # Nor ctypes (about 0.3 MiB): the command line's image asked prctl() whether it is a child
+        # subreaper (supervisor.reaper), and the answer came over with the config.
+        assert "ctypes" not in modules, modules
         assert "asyncio" in modules and "corral" in modules
         # ... while the workers did load them (the test would be vacuous otherwise).
         worker = psutil.Process(data["workers"][0]["pid"])

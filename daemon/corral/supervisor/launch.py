@@ -7,7 +7,10 @@
    The new image (corral.entry) sees the variable and runs the **supervisor**
    (:func:`serve`) with that config. It never imports the command line or PyYAML,
    which would stay in its memory for as long as the service runs: it is 12.3 MiB
-   USS without them, 14.0-14.3 with them.
+   USS without them, 14.0-14.3 with them. Nor ctypes: the command line's image
+   makes the process a child subreaper when ``worker_start: zygote`` needs one
+   (the attribute survives ``execve``) and hands over whether it is one
+   (corral.supervisor.reaper).
 
 A reload reads the config again the way it was loaded (the same file and
 command-line values, the environment of now) in a child interpreter
@@ -26,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from corral.supervisor import child, handover
+from corral.supervisor.reaper import SUBREAPER_ENV
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -54,11 +58,18 @@ def exec_supervisor(config: Config | None, argv: Sequence[str] | None = None) ->
         fd = handover.write_json(None if config is None else config.to_json(), "corral-config")
     except OSError as exc:
         raise LaunchError(f"cannot hand the config over: {exc.strerror or exc}") from None
+    if os.getpid() != 1:  # a PID 1 inherits orphans anyway, and never asks
+        # worker_start: zygote re-parents forked workers to the supervisor (supervisor.zygote).
+        from corral.supervisor.reaper import hand_over_subreaper
+        from corral.supervisor.zygote import ZYGOTE
+
+        hand_over_subreaper(config is not None and config.worker_start == ZYGOTE)
     try:
         handover.exec_with([sys.executable, *sys.orig_argv[1:]] if argv is None
                            else [sys.executable, "-P", "-m", "corral", *argv], ENV, fd)
     except OSError as exc:
         os.close(fd)
+        os.environ.pop(SUBREAPER_ENV, None)
         raise LaunchError(f"cannot start the supervisor: exec {sys.executable} failed: "
                           f"{exc.strerror or exc}") from None
 
@@ -100,8 +111,9 @@ def serve() -> int:
     """The supervisor's image: runs the supervisor with the config the command line loaded."""
     from corral.logs import print_error
     from corral.supervisor.listeners import secure_standard_fds
-    from corral.supervisor.reaper import prepare_pid1
+    from corral.supervisor.reaper import prepare_pid1, take_subreaper
 
+    take_subreaper()
     secure_standard_fds()  # as the command line's image did: the sockets must not land on fds 0-2
     prepare_pid1()  # again: execve reset the signal handler the command line's image set
     # The supervisor never speaks TLS, but asyncio imports ssl when it can, which maps

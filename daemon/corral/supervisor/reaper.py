@@ -46,7 +46,11 @@ log = logging.getLogger("corral.supervisor")
 OWN_CHILD_GRACE = 1.0  # seconds a zombie of corral's own group is left to whoever started it
 MAX_PER_CALL = 1000  # zombies looked at per call at most: the loop's other work is not starved
 FORGET_AFTER = 60.0  # an own-group zombie not seen again for this long was reaped by its waiter
-PR_GET_CHILD_SUBREAPER = 37  # <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+PR_GET_CHILD_SUBREAPER = 37
+# Set by the command line's image of `corral run` for the supervisor's: "1" if this process is a
+# child subreaper (it made itself one for worker_start: zygote, or was started as one), else "0".
+SUBREAPER_ENV = "_CORRAL_SUBREAPER"  # not CORRAL_*: those are config keys
 EXIT_TERMINATED = 128 + signal.SIGTERM  # a shell's status for "killed by SIGTERM"
 
 
@@ -61,14 +65,57 @@ def role() -> Role | None:
     """Whether orphans are re-parented to this process (and how); None: they go elsewhere."""
     if os.getpid() == 1:
         return Role.INIT
-    return Role.SUBREAPER if _is_subreaper() else None
+    return Role.SUBREAPER if is_subreaper() else None
 
 
-def _is_subreaper() -> bool:
-    import ctypes  # only here: a PID 1 needs no check
+# What this process is, once known: prctl() needs ctypes (about 0.3 MiB), which the supervisor's
+# image never loads when the command line's image found out for it (hand_over_subreaper).
+_subreaper: bool | None = None
+
+
+def hand_over_subreaper(make: bool) -> None:
+    """In the command line's image, before it re-executes itself as the supervisor: make this
+    process a child subreaper if ``make`` (the attribute survives execve), and tell the next image
+    whether it is one. Best effort: the supervisor's image finds out itself if this could not."""
+    if make:
+        become_subreaper()
+    os.environ[SUBREAPER_ENV] = "1" if is_subreaper() else "0"
+
+
+def take_subreaper() -> None:
+    """In the supervisor's image: what the command line's image found (the variable removed, so
+    that no worker sees it)."""
+    global _subreaper
+    told = os.environ.pop(SUBREAPER_ENV, None)
+    if told in ("0", "1"):
+        _subreaper = told == "1"
+
+
+def is_subreaper() -> bool:
+    """Whether orphaned descendants are re-parented to this process (PR_GET_CHILD_SUBREAPER)."""
+    global _subreaper
+    if _subreaper is None:
+        _subreaper = _prctl_subreaper(PR_GET_CHILD_SUBREAPER)
+    return _subreaper
+
+
+def become_subreaper() -> bool:
+    """Make this process a child subreaper (worker_start: zygote re-parents forked workers to it);
+    False if not possible."""
+    global _subreaper
+    if not _subreaper:
+        _subreaper = _prctl_subreaper(PR_SET_CHILD_SUBREAPER)
+    return _subreaper
+
+
+def _prctl_subreaper(option: int) -> bool:
+    """PR_SET_CHILD_SUBREAPER (to 1): whether it succeeded; PR_GET_CHILD_SUBREAPER: the value."""
+    import ctypes  # only here: see _subreaper
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
+        if option == PR_SET_CHILD_SUBREAPER:
+            return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
         value = ctypes.c_int(0)
         if libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) != 0:
             return False

@@ -39,7 +39,7 @@ from corral.supervisor.control import ControlServer
 from corral.supervisor.identity import CodeIdentity
 from corral.supervisor.listeners import Listener, Listeners, SocketError, bind_reuse_port_group
 from corral.supervisor.notify import Notifier
-from corral.supervisor.reaper import Reaper
+from corral.supervisor.reaper import Reaper, become_subreaper
 from corral.supervisor.reload import Reloader, ReloadOutcome, ReloadResult
 from corral.supervisor.slots import STANDBY_SLOT, ExitVerdict, Generation, RespawnBudget, Slot
 from corral.supervisor.spawn import Spawner, SpawnPending, SpawnRequest, spawn_worker
@@ -54,7 +54,7 @@ from corral.supervisor.worker_process import (
     STANDBY,
     WorkerProcess,
 )
-from corral.supervisor.zygote import ZYGOTE, StartingSpawner, become_subreaper
+from corral.supervisor.zygote import ZYGOTE, StartingSpawner
 from corral.worker import inflight, protocol
 from corral.worker.balance import BalanceTable, CellAllocator
 from corral.worker.protocol import ChannelClosed, Kind, Message

@@ -41,6 +41,7 @@ from typing import Any
 
 from corral.config import Config
 from corral.metrics import procfs
+from corral.supervisor.reaper import become_subreaper
 from corral.supervisor.spawn import SpawnPending, SpawnRequest, spawn_worker, worker_argv, worker_env
 from corral.supervisor.worker_process import WorkerProcess
 from corral.worker import inflight
@@ -49,7 +50,6 @@ from corral.worker.protocol import Channel, socketpair
 
 log = logging.getLogger("corral.supervisor")
 
-PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 FORK_TIMEOUT = 10.0  # a fork takes milliseconds; a zygote this slow is treated as dead
 POLL_INTERVAL = 0.05  # how soon a slot waiting for its importing zygote asks again
 BACKOFF_FIRST = 0.1
@@ -69,17 +69,6 @@ class ZygoteState:
 
 class ZygoteError(OSError):
     """A zygote could not be started or could not fork: the slot backs off as for a failed start."""
-
-
-def become_subreaper() -> bool:
-    """Make this process a child subreaper, so forked workers are re-parented to it; False if not possible."""
-    import ctypes  # only here: an exec-only corral never loads it
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 class ForkedProcess:
