@@ -230,7 +230,8 @@ async def big(scope, receive, send, q, key):
 
 
 async def wait_disconnect(scope, receive, send, q, key):
-    """Reads until http.disconnect, records it, then tries to send (which must raise OSError)."""
+    """Reads until http.disconnect, records it, then sends a whole answer, or with ``stream=1`` the
+    first chunk of a stream without a length (which must raise OSError)."""
     while True:
         message = await receive()
         _record(key, message["type"])
@@ -238,7 +239,7 @@ async def wait_disconnect(scope, receive, send, q, key):
             break
     try:
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"too late"})
+        await send({"type": "http.response.body", "body": b"too late", "more_body": q.get("stream") == "1"})
         _record(key, "send-ok")
     except OSError as exc:
         _record(key, f"OSError:{type(exc).__name__}")

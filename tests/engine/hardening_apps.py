@@ -127,11 +127,14 @@ async def send_file(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
     After the first chunk it waits for the client to leave (curl -I leaves as
     soon as it has the head of a HEAD response), then sends the rest.
-    ``?length=no`` leaves out the Content-Length (a stream, maybe endless).
+    ``?length=no`` leaves out the Content-Length (a stream, maybe endless); ``?length=big`` sends
+    the file as the start of a 2 MiB download (a rest too long to finish quietly).
     """
     chunks = [STATIC_BODY[i:i + 4096] for i in range(0, len(STATIC_BODY), 4096)]
     headers = [(b"content-type", b"text/css")]
-    if b"length=no" not in scope["query_string"]:
+    if b"length=big" in scope["query_string"]:
+        headers.append((b"content-length", str(2 << 20).encode()))
+    elif b"length=no" not in scope["query_string"]:
         headers.append((b"content-length", str(len(STATIC_BODY)).encode()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": chunks[0], "more_body": True})

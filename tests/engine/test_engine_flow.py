@@ -77,12 +77,25 @@ def test_client_disconnect_mid_request_gives_http_disconnect(server):
     wait_until(lambda: "http.disconnect" in _events(server, "dc"), what="http.disconnect")
 
 
-def test_send_on_a_closed_connection_raises_an_oserror(server):
+def test_a_stream_sent_on_a_closed_connection_raises_an_oserror(server):
+    # No Content-Length: the stream may never end, and ASGI 2.4's OSError is how it learns to stop.
     with server.connect() as sock:
-        sock.sendall(b"POST /wait-disconnect?id=cl HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nabc")
+        sock.sendall(b"POST /wait-disconnect?id=cl&stream=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nabc")
         wait_until(lambda: "http.request" in _events(server, "cl"), what="app to read the first bytes")
-    events = wait_until(lambda: [e for e in _events(server, "cl") if ":" in e], what="the send attempt")
+    events = wait_until(lambda: [e for e in _events(server, "cl") if ":" in e or e == "send-ok"],
+                        what="the send attempt")
     assert events == ["OSError:ClientDisconnected"]
+
+
+def test_the_last_body_sent_on_a_closed_connection_is_accepted_quietly(server):
+    # As uvicorn does: the app was finishing anyway, and an app that logs the OSError as its own
+    # error (Datasette) would log a client's leaving.
+    with server.connect() as sock:
+        sock.sendall(b"POST /wait-disconnect?id=lb HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nabc")
+        wait_until(lambda: "http.request" in _events(server, "lb"), what="app to read the first bytes")
+    events = wait_until(lambda: [e for e in _events(server, "lb") if ":" in e or e == "send-ok"],
+                        what="the send attempt")
+    assert events == ["send-ok"]
 
 
 def test_disconnect_while_the_app_streams_raises_oserror_in_send(server):

@@ -17,6 +17,7 @@ files and a browser included (issue 12, defect 4).
 from __future__ import annotations
 
 import re
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -173,6 +174,28 @@ def test_head_static_files(diff: Diff) -> None:
         response, _ = diff.same("GET", path)
         assert int(ours.header("content-length") or -1) == len(response.content)
     assert diff.ours.errors_logged()[logged:] == []
+
+
+def test_a_download_the_client_leaves_midway_logs_nothing(diff: Diff) -> None:
+    """A browser that stops loading a script (a tab closed, a page left): no traceback, as with uvicorn.
+
+    Datasette sends a static file in 4 KiB chunks and prints every exception its handler catches
+    with a traceback; an OSError from send() after the client left would be one (ASGI 2.4 allows
+    it). corral finishes such a response quietly when the rest due is short (corral.engine.asgi).
+    """
+    logged, theirs_logged = len(diff.ours.errors_logged()), len(diff.theirs.log())
+    path = "/-/static/codemirror-5.57.0.min.js"  # 256 KB
+    for server in (diff.ours, diff.theirs):
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+                assert sock.recv(200).startswith(b"HTTP/1.1 200")
+            # Closed with most of the file unread: a reset, as a browser's cancelled load.
+        # Still serving, and the whole file to a client that stays.
+        response = httpx.get(server.url + path, timeout=30)
+        assert response.status_code == 200 and len(response.content) == 256115
+    assert diff.ours.errors_logged()[logged:] == []
+    assert "Traceback" not in diff.theirs.log()[theirs_logged:]
 
 
 def test_chromium_renders_the_same(diff: Diff, tmp: Path) -> None:

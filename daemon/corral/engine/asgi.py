@@ -51,6 +51,10 @@ if TYPE_CHECKING:
     from corral.engine.contracts import WebSocketFactory
     from corral.engine.settings import EngineSettings
 
+# After the client left, a response with at most this many bytes still due by its Content-Length
+# is finished quietly (ASGICycle._body_after_disconnect): a page, a script, an image.
+QUIET_REST = 1 << 20
+
 log = logging.getLogger("corral.engine")
 
 _EAGER_C_TASK = sys.version_info >= (3, 12)
@@ -318,6 +322,9 @@ class ASGICycle(Cycle):
         mtype = message["type"]
         if mtype == "http.response.body":
             more = message.get("more_body", False)
+            if self.disconnected:
+                self._body_after_disconnect(message.get("body", b""), more)
+                return
             self.write_body(message.get("body", b""), more)
             if more and self.conn.write_paused:
                 waiter = self.drain()
@@ -325,14 +332,29 @@ class ASGICycle(Cycle):
                     await waiter
             return
         if mtype == "http.response.start":
-            if self.disconnected:
-                raise ClientDisconnected("the client closed the connection")
+            # Also after the client left: what the app sends next decides (_body_after_disconnect).
             self.start_response(message["status"], message.get("headers", ()))
             return
         if self.disconnected:
             raise ClientDisconnected("the client closed the connection")
         raise InvalidResponse(f"unexpected ASGI message type {mtype!r} for an HTTP request; "
                               "expected http.response.start or http.response.body")
+
+
+    def _body_after_disconnect(self, body: bytes, more: bool) -> None:
+        """The client left: a stream is told so, a short finite rest goes quietly.
+
+        ASGI 2.4 has send() raise an OSError after the client left, and that is how a stream
+        (Server-Sent Events, a long download) learns to stop. But apps log that error as their
+        own: Datasette prints a traceback for every script or icon a browser stops loading,
+        and uvicorn, which most apps were written against, never raises. So the last body
+        message, and a body whose declared rest is at most QUIET_REST bytes, are accepted and
+        dropped; a body without a Content-Length, or with more left, raises ClientDisconnected.
+        """
+        rest = self.declared_rest()
+        if more and (rest is None or rest > QUIET_REST):
+            raise ClientDisconnected("the client closed the connection")
+        self.drop_body(more)
 
 
 class ASGIInterface:

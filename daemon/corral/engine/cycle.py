@@ -410,6 +410,29 @@ class Cycle:
             if self._waiter is not None:
                 self.on_body_event()  # the waiting reader now gets "disconnect" (the exchange is over)
 
+    def declared_rest(self) -> int | None:
+        """Body bytes still due by the declared Content-Length; None: no length was declared."""
+        if self._length is None:
+            return None
+        if self._framing == _LENGTH:
+            return self._remaining
+        if self._framing == _NO_BODY:
+            return 0  # HEAD, 204, 304: nothing is ever written
+        return self._length  # the head is not written yet
+
+    def drop_body(self, more: bool) -> None:
+        """Accept body bytes without writing them (the client left); ``more=False`` completes the
+        response, as write_body() would have."""
+        if self.response_complete:
+            raise InvalidResponse("response body sent after the response was complete")
+        if not self.response_started:
+            raise InvalidResponse("response body sent before the response was started")
+        if not more:
+            self.response_complete = True
+            self.conn.response_done(self)
+            if self._waiter is not None:
+                self.on_body_event()
+
     def _write_first(self, body: bytes, more: bool) -> None:
         """Write the head, together with the first body bytes in one write (hot path)."""
         status = self.status
