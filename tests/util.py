@@ -296,7 +296,11 @@ def _classify(exc: BaseException) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "timeout"
     if isinstance(exc, httpx.ConnectError):
-        return "refused" if _errno(exc) == errno.ECONNREFUSED else f"other: {exc!r}"
+        code = _errno(exc)
+        if code == errno.ECONNREFUSED:
+            return "refused"
+        # Reset while connecting: the connection sat in the accept queue of a listener that closed.
+        return "reset" if code == errno.ECONNRESET else f"other: {exc!r}"
     if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)):
         # The server dropped the connection under the request: RST or EOF mid-exchange.
         return "reset" if _errno(exc) in (errno.ECONNRESET, errno.EPIPE, None) else f"other: {exc!r}"
