@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import httptools
 
@@ -307,25 +307,27 @@ def _classify(exc: BaseException) -> str:
     return f"other: {exc!r}"
 
 
-def _failure_detail(exc: BaseException | None, fresh: bool, answered: int, result: Result) -> str:
+def _failure_detail(exc: BaseException, fresh: bool, answered: int, result: Result) -> str:
     """What a failed request met, for the assertion message: the exception chain (so that a reset
     tells an RST from an EOF), the kind of connection, and when it failed (monotonic)."""
-    chain, seen = [], set()
-    while exc is not None and id(exc) not in seen and len(chain) < 4:
-        seen.add(id(exc))
-        chain.append(f"{type(exc).__name__}: {exc}")
-        exc = exc.__cause__ or exc.__context__
+    chain = [f"{type(e).__name__}: {e}" for e in _chain(exc)][:4]
     conn = "a new connection per request" if fresh else f"kept alive, {answered} answered on it before"
     return f"{' <- '.join(chain)}; {conn}; sent at {result.sent:.3f}, failed after {result.finished - result.sent:.3f}s"
 
 
-def _errno(exc: BaseException | None) -> int | None:
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and what caused it, in turn (each once: a chain can loop)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno is not None:
-            return exc.errno
+        yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+def _errno(exc: BaseException | None) -> int | None:
+    for cause in _chain(exc):
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return cause.errno
     return None
 
 

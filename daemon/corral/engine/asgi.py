@@ -340,7 +340,6 @@ class ASGICycle(Cycle):
         raise InvalidResponse(f"unexpected ASGI message type {mtype!r} for an HTTP request; "
                               "expected http.response.start or http.response.body")
 
-
     def _body_after_disconnect(self, body: bytes, more: bool) -> None:
         """The client left: a stream is told so, a short finite rest goes quietly.
 

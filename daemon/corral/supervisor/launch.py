@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from corral.supervisor import child, handover
-from corral.supervisor.reaper import SUBREAPER_ENV
+from corral.supervisor.reaper import SUBREAPER_ENV, hand_over_subreaper
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -60,8 +60,7 @@ def exec_supervisor(config: Config | None, argv: Sequence[str] | None = None) ->
         raise LaunchError(f"cannot hand the config over: {exc.strerror or exc}") from None
     if os.getpid() != 1:  # a PID 1 inherits orphans anyway, and never asks
         # worker_start: zygote re-parents forked workers to the supervisor (supervisor.zygote).
-        from corral.supervisor.reaper import hand_over_subreaper
-        from corral.supervisor.zygote import ZYGOTE
+        from corral.supervisor.zygote import ZYGOTE  # only here: the supervisor's image imports it later
 
         hand_over_subreaper(config is not None and config.worker_start == ZYGOTE)
     try:
