@@ -103,6 +103,9 @@ def test_a_preloaded_zygote_serves_and_its_workers_differ_in_random_state(tmp_pa
         # The workers' parent is a child subreaper without ctypes (about 0.3 MiB): the command
         # line's image of `corral run` made it one before it re-executed as the supervisor.
         assert "ctypes" not in supervisor["modules"]
+        # Nor the zygote's process code and its tempfile (with shutil, bz2 and lzma, about 0.4 MiB):
+        # the supervisor speaks to it through corral.worker.zygote_protocol only.
+        assert {"corral.worker.zygote", "tempfile"}.isdisjoint(supervisor["modules"]), supervisor["modules"]
         assert supervisor["rss"] < 25 << 20, f"supervisor RSS {supervisor['rss'] / 2**20:.1f} MiB"
 
 

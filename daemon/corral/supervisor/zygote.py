@@ -45,7 +45,7 @@ from corral.supervisor.reaper import become_subreaper
 from corral.supervisor.spawn import SpawnPending, SpawnRequest, spawn_worker, worker_argv, worker_env
 from corral.supervisor.worker_process import WorkerProcess
 from corral.worker import inflight
-from corral.worker import zygote as wire
+from corral.worker import zygote_protocol as wire
 from corral.worker.protocol import Channel, socketpair
 
 log = logging.getLogger("corral.supervisor")

@@ -28,35 +28,38 @@ whose import failed (a reload rolls back, a start fails with the app's message).
 The zygote exits when its request channel closes: the supervisor closes it once the zygote's
 generation is gone, and the kernel closes it when the supervisor dies.
 
-Request protocol (``SOCK_SEQPACKET``; one JSON object per datagram, with a ``"t"``):
-  supervisor -> zygote: ``zygote_hello`` {config, generation}; ``fork`` {targets, channel}
-                        with one fd per target (SCM_RIGHTS)
-  zygote -> supervisor: ``zygote_ready`` {pid, preloaded, error, seconds}; ``forked`` {pid};
-                        ``fork_failed`` {error}
+Its request channel's messages are in corral.worker.zygote_protocol.
 
 Only the standard library and corral are imported before the runtime (as in ``boot.py``).
 """
 
 from __future__ import annotations
 
-import enum
 import fcntl
 import gc
-import json
 import logging
 import os
 import random
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 from corral.worker.protocol import WORKER_LOG_ROLE, KnownConfig, config_text
+from corral.worker.zygote_protocol import (
+    MAX_MESSAGE,
+    Forked,
+    ForkFailed,
+    ZygoteKind,
+    ZygoteReady,
+    decode,
+    encode,
+    kind_of,
+)
 
 if TYPE_CHECKING:
     from corral.engine.settings import EngineSettings
@@ -66,7 +69,6 @@ WorkerMain = Callable[[int, KnownConfig | None], int]
 
 log = logging.getLogger("corral.zygote")
 
-MAX_MESSAGE = 1 << 20
 MAX_FDS = 64  # fds one fork request may carry: listeners, balance table, in-flight table, channel
 HELLO_TIMEOUT = 30.0
 EXIT_BOOT_ERROR = 3  # the worker's status for a failed boot (corral.worker.main)
@@ -75,73 +77,6 @@ EXIT_BOOT_ERROR = 3  # the worker's status for a failed boot (corral.worker.main
 # workers serve exactly the code the zygote imported, and the lookup (installed distributions'
 # metadata) costs each worker 100 ms or more before it is ready.
 preloaded_identity: dict[str, Any] | None = None
-
-
-class ZygoteKind(enum.StrEnum):
-    """The ``"t"`` of a request-channel message."""
-
-    HELLO = "zygote_hello"
-    FORK = "fork"
-    READY = "zygote_ready"
-    FORKED = "forked"
-    FORK_FAILED = "fork_failed"
-
-
-class ZygoteHello(TypedDict):
-    t: str
-    config: dict[str, Any]
-    generation: int
-
-
-class ForkRequest(TypedDict):
-    t: str
-    targets: list[int]  # the fd number each passed fd must have in the worker, in order
-    channel: int  # which target is the worker's control channel
-
-
-class ZygoteReady(TypedDict):
-    t: str
-    pid: int
-    preloaded: bool
-    error: str | None  # set: every worker forked reports it as its boot error
-    seconds: float  # how long the imports took
-
-
-class Forked(TypedDict):
-    t: str
-    pid: int
-
-
-class ForkFailed(TypedDict):
-    t: str
-    error: str
-
-
-def zygote_hello(config: dict[str, Any], generation: int) -> ZygoteHello:
-    return {"t": ZygoteKind.HELLO, "config": config, "generation": generation}
-
-
-def fork_request(targets: list[int], channel: int) -> ForkRequest:
-    return {"t": ZygoteKind.FORK, "targets": targets, "channel": channel}
-
-
-def encode(message: Mapping[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode()
-
-
-def decode(data: bytes) -> dict[str, Any]:
-    message = json.loads(data)
-    if not isinstance(message, dict):
-        raise ValueError(f"the request channel sent {type(message).__name__}, not a message object")
-    return message
-
-
-def kind_of(message: Mapping[str, Any]) -> ZygoteKind | None:
-    value = message.get("t")
-    try:
-        return ZygoteKind(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
 
 
 # ---------------------------------------------------------------------- the zygote process
@@ -218,6 +153,8 @@ def prepare(config: Any) -> tuple[str | None, bool]:
         return f"cannot import corral's worker runtime with {sys.executable}: {exc}; {DEPENDENCY_HINT}", False
     # Found once here (tempfile tries each candidate directory with a file of its own) and cached:
     # every worker's warm-up socket goes in a directory made there (corral.worker.probe).
+    import tempfile  # here, not at the top: the supervisor's image never needs it
+
     tempfile.gettempdir()
     if not config.preload:
         return None, False
