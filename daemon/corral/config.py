@@ -843,15 +843,16 @@ class Config:
         HealthCheckKind(), None, Group.RELOAD,
         "a request each new worker must answer through the app before it counts as ready",
         details=(
-            "It is asked on a private socket of the worker's own, at start-up, on reloads and recycles, "
-            "and retried until it gets expect_status or timeout passes; host: the Host header. e.g. "
+            "It is asked over a connection only the worker can reach (a socket pair), at start-up, on "
+            "reloads and recycles, and retried until it gets expect_status or timeout passes; host: the "
+            "Host header. e.g. "
             "health_check: {path: /healthz, expect_status: 200, timeout: 10}")))
     warmup: dict[str, Any] | None = field(metadata=_key(
         WarmupKind(), dict(WarmupKind.DEFAULT), Group.RELOAD,
         "a request each new worker sends its app before it counts as ready, so lazy imports (Django's "
         "URLconf, views) run: a reload whose new code answers above max_status is refused; false: off",
         details=(
-            "It runs on the same private socket, before the health check. Any status up to max_status "
+            "It is asked the same way, before the health check. Any status up to max_status "
             "passes (a 404 or a redirect still proves the code loaded); 503 is asked again until "
             "timeout; a redirect to the https URL of the same path is asked again with "
             "X-Forwarded-Proto: https. A reload whose new workers fail it is refused and the old code "

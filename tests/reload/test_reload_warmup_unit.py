@@ -1,4 +1,4 @@
-"""The warm-up gate in process: a real engine serving a toy ASGI app on the worker's private socket.
+"""The warm-up gate in process: a real engine serving a toy ASGI app over the gate's socket pairs.
 
 What passes (any status up to max_status), what is asked again (503, an https redirect of the
 same path), what fails (a 5xx, no answer in time), a failure let through outside a reload, the
@@ -8,10 +8,13 @@ counters zeroed afterwards, the Host taken from Django's ALLOWED_HOSTS, and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
+import socket
 import sys
+import time
 import types
 from typing import Any
 
@@ -122,9 +125,14 @@ def raw_answer(answer: bytes, tmp_path: Any, *, timeout: float = 0.6) -> str:
             await writer.drain()
             writer.close()
 
+        def connect() -> socket.socket:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(address)
+            return sock
+
         server = await asyncio.start_unix_server(reply, address)
         async with server:
-            return await probe.warm_up(address, {**WARMUP, "timeout": timeout})
+            return await probe.warm_up(connect, {**WARMUP, "timeout": timeout})
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main())
@@ -147,16 +155,36 @@ def test_an_answer_that_is_not_an_http_response_fails_the_warmup_and_says_what_i
         raw_answer(answer, tmp_path)
 
 
-def test_the_private_socket_is_unreachable_once_the_gate_is_over():
-    listener = probe.PrivateListener()
-    try:
-        assert isinstance(listener.address, str) and os.path.exists(listener.address)
-        directory = os.path.dirname(listener.address)
-        assert os.stat(directory).st_mode & 0o777 == 0o700
-        listener.close()
-        assert not os.path.exists(directory)
-    finally:
-        listener.sock.close()
+def sockets() -> set[str]:
+    """This process's open sockets (as /proc names them: ``socket:[inode]``)."""
+    names = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the directory's own fd, closed by now
+            names.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return {name for name in names if name.startswith("socket:")}
+
+
+def test_the_gate_leaves_no_connection_and_no_socket_behind():
+    # Its connections are socket pairs: nothing to bind, nothing to remove, nothing reachable after.
+    async def main() -> tuple[list[str], int, set[str], set[str]]:
+        server = Server(App(503, 200), EngineSettings(), "asgi")
+        await server.startup()
+        try:
+            before = sockets()
+            passed = await probe.run_gate(server, probe.Gate(WARMUP, {"path": "/", "expect_status": 200,
+                                                                      "timeout": 5}), strict_warmup=True)
+            deadline = time.monotonic() + 10
+            while server.connection_count and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return passed, server.connection_count, before, sockets()
+        finally:
+            await server.shutdown(1)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        passed, connections, before, after = runner.run(main())
+    assert passed == ["warm-up GET / (Host: app.test) -> 200 OK", "GET / -> 200 OK"]
+    assert connections == 0
+    assert after == before
 
 
 def test_an_https_redirect_of_the_same_path_is_asked_again_as_a_tls_proxy_would():

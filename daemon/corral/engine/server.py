@@ -157,9 +157,24 @@ class Server:
             sock.setblocking(False)
             self._sockets.append(sock)
         self._serving = True
+        self._start_ticker(ctx)
+        self._update_accepting()
+
+    def serve_connection(self, conn: socket.socket) -> None:
+        """Serve one connected stream socket as if it had just been accepted (plain HTTP).
+
+        The worker's gate hands over its end of a socket pair this way (corral.worker.probe): a
+        connection nobody else can reach, served by the same protocol, app and deadlines as
+        traffic. Returns at once; ``shutdown()`` closes it with the others.
+        """
+        ctx = self._context()
+        self._start_ticker(ctx)
+        conn.setblocking(False)
+        self._start_connection(ctx, conn, None)
+
+    def _start_ticker(self, ctx: EngineContext) -> None:
         if self._ticker is None:
             self._ticker = ctx.loop.call_later(_TICK, self._tick)
-        self._update_accepting()
 
     async def begin_drain(self) -> None:
         """Start a graceful drain without closing idle connections yet (then call shutdown()).
@@ -342,17 +357,21 @@ class Server:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass  # the client reset it already: its transport set-up reports that, once
-            self._pending += 1
-            task = ctx.loop.create_task(self._connect(ctx, conn) if tls is None
-                                        else self._connect_tls(ctx, conn, tls))
-            ctx.tasks.add(task)
-            task.add_done_callback(ctx.tasks.discard)
+            self._start_connection(ctx, conn, tls)
             if self.on_accept is not None:
                 # Accept balancing decides per connection: a burst of connects is
                 # shared out within one readiness event.
                 self.on_accept()
                 if self._paused_by_caller:
                     return
+
+    def _start_connection(self, ctx: EngineContext, conn: socket.socket, tls: ssl.SSLContext | None) -> None:
+        """Set up the transport and protocol of a new connection (a task: TLS has a handshake first)."""
+        self._pending += 1
+        task = ctx.loop.create_task(self._connect(ctx, conn) if tls is None
+                                    else self._connect_tls(ctx, conn, tls))
+        ctx.tasks.add(task)
+        task.add_done_callback(ctx.tasks.discard)
 
     def _make_room(self, ctx: EngineContext) -> bool:
         """At max_connections: close the connection idle longest; False if none is idle.

@@ -2,14 +2,14 @@
 
 Both are requests the worker sends to its own app. They must reach *this*
 worker, never the shared public socket where an old-generation worker could
-answer them. So the worker listens on a private unix socket of its own (in a
-fresh 0700 directory), serves it with the same engine that will serve the
-public sockets, and sends the requests there: they go through accept, the HTTP
-parser, the app and the response writer, exactly like real traffic. Once the
-gate is over the socket's path is removed, after which nothing can connect to
-it again. The gate's requests are not traffic: they are left out of the access
-log, and the engine's counters are zeroed afterwards (``max_requests``, the
-metrics and ``corral status`` count from the first real request).
+answer them. So each goes over a socket pair the worker makes: it hands one end
+to its engine as a connection just accepted (``Server.serve_connection``) and
+sends the request on the other. The request goes through the same HTTP parser,
+app, response writer and deadlines as real traffic, and nothing else can ever
+reach it: no address, no file, nothing left open after the gate. The gate's
+requests are not traffic: they are left out of the access log, and the engine's
+counters are zeroed afterwards (``max_requests``, the metrics and ``corral
+status`` count from the first real request).
 
 **Warm-up** (``warmup:``, on by default). Frameworks such as Django import
 their URLconf, the views it names and their templates on the first request, not
@@ -47,15 +47,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import sys
-import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from corral.engine import Server
 
 log = logging.getLogger("corral.worker")
 
@@ -68,8 +69,10 @@ USER_AGENT = "corral-health-check"
 WARMUP_USER_AGENT = "corral-warmup"
 UNAVAILABLE = 503  # "not yet": the warm-up asks again until its timeout
 DEFAULT_HOST = "localhost"
-SOCKET_NAME = "probe.sock"  # in a fresh 0700 directory of its own
 ACCESS_LOGGER = logging.getLogger("corral.access")  # the engine's (corral.engine.accesslog)
+
+# Opens a new connection to the app, already connected, for one request.
+Connect = Callable[[], socket.socket]
 
 
 class ProbeFailed(Exception):
@@ -112,71 +115,35 @@ class _DropAll(logging.Filter):
         return False
 
 
-class PrivateListener:
-    """A listening unix socket only this process can reach (until ``close()``)."""
-
-    def __init__(self) -> None:
-        self.directory: str | None = None
-        self.address: str | bytes
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.directory = tempfile.mkdtemp(prefix="corral-probe-")  # mode 0700
-            self.address = os.path.join(self.directory, SOCKET_NAME)
-            self.sock.bind(self.address)
-        except OSError:
-            # No writable temporary directory (a read-only sandbox): an abstract address with
-            # an unguessable name. It cannot be unlinked, so it stays reachable from this
-            # network namespace, but only by someone who can read /proc/net/unix.
-            self._remove()
-            self.address = b"\0corral-probe-" + os.urandom(12).hex().encode()
-            self.sock.bind(self.address)
-        self.sock.listen(16)
-
-    def close(self) -> None:
-        """Remove the path: the socket (still held by the engine) is unreachable from now on."""
-        self._remove()
-
-    def _remove(self) -> None:
-        """Remove the directory and the socket's path in it, which is all it holds."""
-        if self.directory is None:
-            return
-        try:
-            os.unlink(os.path.join(self.directory, SOCKET_NAME))
-        except FileNotFoundError:
-            pass  # bind() failed before making it
-        try:
-            os.rmdir(self.directory)
-        except OSError as exc:  # only a leftover in the temporary directory: never fail a boot over it
-            log.debug("cannot remove the warm-up socket's directory %s: %s", self.directory, exc)
-        self.directory = None
-
-
-async def run_gate(server: Any, gate: Gate, *, strict_warmup: bool) -> list[str]:
-    """Send the warm-up, then the health check, to ``server`` (already started) on a private socket.
+async def run_gate(server: Server, gate: Gate, *, strict_warmup: bool) -> list[str]:
+    """Send the warm-up, then the health check, to ``server`` (started up, not yet serving traffic).
 
     Returns a description of each passing answer. Raises ProbeFailed when the health
     check fails, and WarmupFailed when the warm-up does and ``strict_warmup`` is set;
     without it a failed warm-up is logged as a warning and the worker goes on.
     """
-    listener = PrivateListener()
+
+    def connect() -> socket.socket:
+        ours, engines = socket.socketpair()
+        server.serve_connection(engines)
+        return ours
+
     passed: list[str] = []
     quiet = _DropAll()
-    # Only the private socket is served until the gate is over: every access line now is the gate's.
+    # Nothing else is served until the gate is over: every access line now is the gate's.
     ACCESS_LOGGER.addFilter(quiet)
     try:
-        await server.serve([listener.sock])
         if gate.warmup:
             try:
-                passed.append(await warm_up(listener.address, gate.warmup))
+                passed.append(await warm_up(connect, gate.warmup))
             except WarmupFailed as exc:
                 if strict_warmup:
                     raise
                 log.warning("%s; serving anyway (nothing older to fall back to; a reload would be refused)", exc)
         if gate.health_check:
-            passed.append(await _until_passes(listener.address, gate.health_check))
+            passed.append(await _until_passes(connect, gate.health_check))
         return passed
     finally:
-        listener.close()
         ACCESS_LOGGER.removeFilter(quiet)
         # The gate's requests are not traffic (a warm-up that timed out and was let through may
         # still finish later and count one response: that is the app's doing, and rare).
@@ -206,7 +173,7 @@ def app_host() -> str:
     return DEFAULT_HOST
 
 
-async def warm_up(address: str | bytes, settings: Mapping[str, Any]) -> str:
+async def warm_up(connect: Connect, settings: Mapping[str, Any]) -> str:
     """Send the warm-up request until it passes; returns a description, raises WarmupFailed."""
     path = str(settings.get("path") or "/")
     host = str(settings.get("host") or app_host())
@@ -219,7 +186,7 @@ async def warm_up(address: str | bytes, settings: Mapping[str, Any]) -> str:
     while True:
         attempts += 1
         try:
-            answer = await asyncio.wait_for(_request(address, path, host, WARMUP_USER_AGENT, headers),
+            answer = await asyncio.wait_for(_request(connect, path, host, WARMUP_USER_AGENT, headers),
                                             max(deadline - time.monotonic(), 0.05))
         except TimeoutError:
             raise WarmupFailed(f"{what}: no answer within warmup.timeout={timeout:g}s") from None
@@ -258,7 +225,7 @@ def is_https_upgrade(status: int, location: str | None, path: str) -> bool:
 # --------------------------------------------------------------------------- the health check
 
 
-async def _until_passes(address: str | bytes, check: Mapping[str, Any]) -> str:
+async def _until_passes(connect: Connect, check: Mapping[str, Any]) -> str:
     path = str(check.get("path", "/"))
     expect = int(check.get("expect_status", 200))
     timeout = float(check.get("timeout", 10.0))
@@ -270,7 +237,7 @@ async def _until_passes(address: str | bytes, check: Mapping[str, Any]) -> str:
         attempts += 1
         left = deadline - time.monotonic()
         try:
-            answer = await asyncio.wait_for(_request(address, path, host, USER_AGENT), max(left, 0.05))
+            answer = await asyncio.wait_for(_request(connect, path, host, USER_AGENT), max(left, 0.05))
         except TimeoutError:
             last = f"no answer within health_check.timeout={timeout:g}s"
         except (OSError, ValueError) as exc:
@@ -288,16 +255,15 @@ async def _until_passes(address: str | bytes, check: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- one request
 
 
-async def _request(address: str | bytes, path: str, host: str, agent: str,
+async def _request(connect: Connect, path: str, host: str, agent: str,
                    headers: Mapping[str, str] | None = None) -> Answer:
-    """One GET over a fresh connection. Not a hot path.
+    """One GET over a new connection. Not a hot path.
 
     A bare non-blocking socket and the loop's ``sock_*`` calls, not asyncio's streams: a forked
     worker would copy the pages of every stream class and method it runs, for one request."""
     loop = asyncio.get_running_loop()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    with connect() as sock:
         sock.setblocking(False)
-        await loop.sock_connect(sock, address)
         extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\n{extra}"
                                       "Connection: close\r\n\r\n".encode("latin-1"))

@@ -151,11 +151,6 @@ def prepare(config: Any) -> tuple[str | None, bool]:
         from corral.engine import Server  # noqa: F401  (the engine's modules load on first use of a name)
     except ImportError as exc:
         return f"cannot import corral's worker runtime with {sys.executable}: {exc}; {DEPENDENCY_HINT}", False
-    # Found once here (tempfile tries each candidate directory with a file of its own) and cached:
-    # every worker's warm-up socket goes in a directory made there (corral.worker.probe).
-    import tempfile  # here, not at the top: the supervisor's image never needs it
-
-    tempfile.gettempdir()
     if not config.preload:
         return None, False
     threads = _thread_count()
