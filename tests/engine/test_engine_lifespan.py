@@ -1,12 +1,16 @@
-"""ASGI lifespan: auto/on/off, startup failure with the app's own message, Django under auto."""
+"""ASGI lifespan: auto/on/off, startup failure with the app's own message, Django under auto, the
+messages an app receives in turn."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
 import pytest
+import uvloop
 
+from corral.engine.lifespan import Lifespan
 from engine_util import EngineProc, exchange, parse_responses
 
 
@@ -58,3 +62,34 @@ def test_django_works_under_lifespan_auto(make_server):
     assert r.json() == {"method": "POST", "length": 100_000, "path": "/echo", "query": "z"}
     r = httpx.get(proc.url + "/missing")
     assert r.status_code == 404
+
+
+def test_the_app_receives_startup_then_shutdown_and_a_further_receive_waits_until_cancelled():
+    seen: list[str] = []
+
+    async def app(scope, receive, send):
+        assert scope["type"] == "lifespan"
+        while True:
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+            seen.append(message["type"])
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+
+    async def main() -> list[str]:
+        lifespan = Lifespan(app, "on", {})
+        await lifespan.startup()
+        assert lifespan.started and seen == ["lifespan.startup"]
+        for _ in range(10):  # the app waits for the next message while serving
+            await asyncio.sleep(0)
+        assert seen == ["lifespan.startup"]
+        await asyncio.wait_for(lifespan.shutdown(timeout=5), 10)
+        return seen
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(main()) == ["lifespan.startup", "lifespan.shutdown", "cancelled"]

@@ -23,7 +23,11 @@ class Lifespan:
         self.app = app
         self.mode = mode
         self.state = state
-        self._queue: asyncio.Queue[dict[str, Any]] | None = None
+        # The app receives lifespan.startup, then lifespan.shutdown once this is set (shutdown()).
+        # A future, not an asyncio.Queue: a forked worker then runs (and copies the pages of) no
+        # queue or event code that serving never runs.
+        self._shutdown_asked: asyncio.Future[None] | None = None
+        self._received = 0
         self._task: asyncio.Task[None] | None = None
         self._startup_done: asyncio.Future[tuple[bool, str]] | None = None
         self._shutdown_done: asyncio.Future[tuple[bool, str]] | None = None
@@ -36,11 +40,10 @@ class Lifespan:
         if self.mode == "off":
             return
         loop = asyncio.get_running_loop()
-        self._queue = asyncio.Queue()
+        self._shutdown_asked = loop.create_future()
         self._startup_done = loop.create_future()
         self._shutdown_done = loop.create_future()
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
-        await self._queue.put({"type": "lifespan.startup"})
         self._task = loop.create_task(self._main(scope))
         ok, message = await self._startup_done
         if ok:
@@ -92,8 +95,16 @@ class Lifespan:
                 self._shutdown_done.set_result((True, ""))
 
     async def _receive(self) -> dict[str, Any]:
-        assert self._queue is not None
-        return await self._queue.get()
+        assert self._shutdown_asked is not None
+        self._received += 1
+        if self._received == 1:
+            return {"type": "lifespan.startup"}
+        if self._received == 2:
+            await self._shutdown_asked
+            return {"type": "lifespan.shutdown"}
+        # Nothing follows lifespan.shutdown: a further receive() waits until the task is cancelled.
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable: the future above is never resolved")
 
     async def _send(self, message: dict[str, Any]) -> None:
         mtype = message.get("type")
@@ -114,10 +125,11 @@ class Lifespan:
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Send lifespan.shutdown and wait for the answer (at most ``timeout`` seconds)."""
-        if not self.started or self._queue is None or self._shutdown_done is None:
+        if not self.started or self._shutdown_asked is None or self._shutdown_done is None:
             return
         self._shutdown_requested = True
-        await self._queue.put({"type": "lifespan.shutdown"})
+        if not self._shutdown_asked.done():
+            self._shutdown_asked.set_result(None)
         try:
             ok, message = await asyncio.wait_for(asyncio.shield(self._shutdown_done), timeout)
         except TimeoutError:
