@@ -5,14 +5,17 @@ shares with the zygote. A hello with other data is read afresh, and bad data sti
 from __future__ import annotations
 
 import dataclasses
+import sys
+from typing import Any
 
 import pytest
 
 from corral.config import ConfigError, load
+from corral.engine import Server
 from corral.engine.settings import EngineSettings
 from corral.worker.main import config_of, zygote_built
 from corral.worker.protocol import KnownConfig, config_text
-from corral.worker.zygote import engine_settings
+from corral.worker.zygote import engine_for_app, engine_settings
 
 
 def _known(tmp_path) -> KnownConfig:
@@ -87,3 +90,50 @@ def test_the_comparison_ignores_the_order_of_keys(tmp_path):
     reordered = dict(reversed(list(data.items())))
     assert list(reordered) != list(data)
     assert config_of({"config": reordered}, known) is known.config
+
+
+# With preload, the zygote also makes the engine for the app object (zygote.engine_for_app), which
+# each worker on its config starts (corral.worker.main.WorkerRuntime): made in a worker, it copied
+# the pages it touched doing so.
+
+APP_MODULE = '''
+async def app(scope, receive, send):
+    pass
+
+def wsgi(environ, start_response):
+    return []
+
+def make():
+    return app
+'''
+
+
+def _preloaded(tmp_path, spec: str, monkeypatch) -> tuple[Any, EngineSettings | None]:
+    (tmp_path / "zapp_known.py").write_text(APP_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "zapp_known", raising=False)
+    config = load(None, {"app": spec, "app_dir": str(tmp_path)}, environ={})
+    settings = engine_settings(config)
+    return config, settings
+
+
+@pytest.mark.parametrize("spec, interface", [("zapp_known:app", "asgi"), ("zapp_known:wsgi", "wsgi")])
+def test_the_zygote_makes_the_engine_for_the_app_object(tmp_path, monkeypatch, spec, interface):
+    config, settings = _preloaded(tmp_path, spec, monkeypatch)
+    server = engine_for_app(config, settings)
+    assert isinstance(server, Server)
+    assert server.app is getattr(sys.modules["zapp_known"], spec.split(":")[1])
+    assert server.interface == interface and server.settings is settings
+    assert server.connection_count == 0 and not server.accepting  # made, not started
+
+
+@pytest.mark.parametrize("spec", ["zapp_known:make()", "zapp_known:missing"])
+def test_a_factory_or_an_app_that_does_not_load_is_left_to_each_worker(tmp_path, monkeypatch, spec):
+    # A factory is called in each worker; a missing attribute is each worker's boot error to report.
+    config, settings = _preloaded(tmp_path, spec, monkeypatch)
+    assert engine_for_app(config, settings) is None
+
+
+def test_without_engine_settings_the_zygote_makes_no_engine(tmp_path, monkeypatch):
+    config, _ = _preloaded(tmp_path, "zapp_known:app", monkeypatch)
+    assert engine_for_app(config, None) is None

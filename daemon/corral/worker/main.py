@@ -40,6 +40,7 @@ from corral.worker.identity import app_identity
 from corral.worker.protocol import WORKER_LOG_ROLE, Channel, ChannelClosed, Kind, KnownConfig, config_text
 
 if TYPE_CHECKING:
+    from corral.engine import Server
     from corral.engine.settings import EngineSettings
 
 log = logging.getLogger("corral.worker")
@@ -111,7 +112,8 @@ def run(channel_fd: int, known: KnownConfig | None = None) -> int:
         import uvloop
     except ImportError as exc:
         return _boot_failed(channel, f"cannot import uvloop with {sys.executable}: {exc}; {DEPENDENCY_HINT}")
-    runtime = WorkerRuntime(hello, config, channel, built.settings if built is not None else None)
+    runtime = WorkerRuntime(hello, config, channel, built.settings if built is not None else None,
+                            built.server if built is not None else None)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(runtime.run())
 
@@ -137,11 +139,12 @@ def _boot_failed(channel: Channel, message: str) -> int:
 
 class WorkerRuntime:
     def __init__(self, hello: dict[str, Any], config: Config, channel: Channel,
-                 settings: EngineSettings | None = None) -> None:
+                 settings: EngineSettings | None = None, server: Server | None = None) -> None:
         self.hello = hello
         self.config = config
         self.channel = channel
         self.known_settings = settings  # built by the zygote from this config (KnownConfig)
+        self.known_server = server  # made (not started) by a preloading zygote for this config
         self.server: Any = None
         self.stop_event: asyncio.Event | None = None
         self.graceful = True
@@ -167,10 +170,13 @@ class WorkerRuntime:
         loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
         self._heartbeat()
 
-        try:
-            app, interface = self._load_app()
-        except Exception as exc:  # noqa: BLE001  (importing the app runs its code, which may raise anything)
-            return self._report_boot_error(exc)
+        if self.known_server is not None:
+            app, interface = self.known_server.app, self.known_server.interface
+        else:
+            try:
+                app, interface = self._load_app()
+            except Exception as exc:  # noqa: BLE001  (importing the app runs its code, which may raise anything)
+                return self._report_boot_error(exc)
         self.channel.send(protocol.booted(interface))
         try:
             from corral.engine import Server
@@ -186,7 +192,7 @@ class WorkerRuntime:
             tls = self._tls_context(settings)
         except ValueError as exc:
             return _boot_failed(self.channel, f"invalid TLS setting: {exc}")
-        self.server = Server(app, settings, interface)
+        self.server = self.known_server or Server(app, settings, interface)
         self._record_in_flight()
         try:
             await self.server.startup()

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 if TYPE_CHECKING:
     from corral.config import Config
+    from corral.engine import Server
     from corral.engine.settings import EngineSettings
     from corral.logs import LogSetup
 
@@ -139,13 +140,18 @@ class KnownConfig(NamedTuple):
 
     - ``settings``: the engine's settings (None: each worker builds its own, and reports what is
       wrong with them);
-    - ``logging``: the worker's log handlers (corral.logs.log_setup, role ``corral-worker``).
+    - ``logging``: the worker's log handlers (corral.logs.log_setup, role ``corral-worker``);
+    - ``server``: with preload, the engine for the app object (corral.engine.Server, with its app
+      and interface), made but not started: it has no loop and no socket until a worker starts it.
+      None (an app factory, which each worker calls; an app that cannot be loaded): each worker
+      loads its app and builds its own, and reports what is wrong.
     """
 
     text: str
     config: Config
     settings: EngineSettings | None = None
     logging: LogSetup | None = None
+    server: Server | None = None
 
 
 class Retiring(TypedDict):
