@@ -8,6 +8,8 @@ scrubbed environment, ``app_dir`` as cwd, a process group of its own), with ``--
    the app's module; then checks that no thread was started (a fork copies only the forking
    thread: a preloaded app whose threads hold a lock would deadlock its workers); with
    ``preload_warmup`` too, sends the app its warm-up request (``corral.worker.zygote_warmup``);
+   builds what each worker would build alike from the config (``KnownConfig``: the engine's
+   settings, the log handlers and, with ``preload``, the engine for the app object, not started);
 3. ``gc.freeze()``s what it imported, so that no collection in a worker writes to (and so copies)
    the pages it shares with the zygote, and says ``zygote_ready``;
 4. forks one worker per ``fork`` request, with the fds that came with it (SCM_RIGHTS) moved to the
