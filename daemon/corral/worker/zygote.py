@@ -41,7 +41,6 @@ import fcntl
 import gc
 import logging
 import os
-import random
 import signal
 import socket
 import sys
@@ -353,9 +352,9 @@ def _become_worker(sock: socket.socket, fds: Sequence[int], targets: Sequence[in
         move_fds(fds, targets)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        # os.register_at_fork hooks reseeded random's global instance already; reseeding again
-        # from the OS costs nothing and covers a Random the app seeded at import.
-        random.seed()
+        # random's global instance needs no reseeding here: os.fork() ran its os.register_at_fork
+        # hook, which reseeds it from the OS even if the app seeded it at import (as it ran the
+        # app's own hooks). A Random instance the app made itself is the app's to reseed.
         gc.enable()  # the frozen objects stay out of its collections
         if error is not None:
             code = _report(channel_fd, error)

@@ -23,6 +23,9 @@ if (HERE / "IMPORT_SLEEP").exists():  # a deploy whose import hangs
     time.sleep(float((HERE / "IMPORT_SLEEP").read_text()))
 VERSION = (HERE / "VERSION").read_text().strip() if (HERE / "VERSION").exists() else "1"
 IMPORTED_IN = os.getpid()
+# Seeded at import, as some apps do: with preload that runs once, in the zygote, and each worker's
+# draws must still differ (random's os.register_at_fork hook reseeds its global instance).
+random.seed(1234)
 _leak: list[bytearray] = []
 FIRST_DRAW: list[float] = []  # the worker's first random number, drawn at lifespan startup
 
