@@ -192,10 +192,10 @@ def engine_settings(config: Any) -> EngineSettings | None:
 
 def engine_for_app(config: Any, settings: EngineSettings | None) -> Server | None:
     """With preload, the engine for the app object, made once here for every worker (KnownConfig):
-    a worker that made its own would copy the pages it touches doing so (0.2-0.8 MiB of the hello
-    world tree with 4 workers). Not started: no loop, no socket, no thread. None for an app
-    factory (each worker calls it) or anything that fails: each worker then loads its app and
-    builds its engine itself, and reports the error as its boot error."""
+    a worker that made its own would copy the pages it touches doing so (0.14 MiB of the hello
+    world tree with 4 workers, the median of 8 paired runs). Not started: no loop, no socket, no
+    thread. None for an app factory (each worker calls it) or anything that fails: each worker
+    then loads its app and builds its engine itself, and reports the error as its boot error."""
     from corral.appload import interface_of, load_app, parse_spec
     from corral.engine import Server
 
