@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from corral.engine.accesslog import make_access_logger
 from corral.engine.contracts import CycleFactory, Exchange, ServedConnection, SimpleServer, WebSocketFactory
-from corral.engine.proxy import TrustedPeers
+from corral.engine.proxy import trusted_peers
 from corral.engine.settings import EngineSettings
 from corral.engine.stats import EngineStats
 from corral.engine.wire import default_headers
@@ -97,7 +97,7 @@ class EngineContext:
         self.write_buffer_size = s.write_buffer_size
         self.root_path = s.root_path
         self.root_path_bytes = s.root_path.encode("utf-8")
-        self.trusted = TrustedPeers(s.forwarded_allow_ips, s.forwarded_headers)
+        self.trusted = trusted_peers(s.forwarded_allow_ips, s.forwarded_headers)  # parsed when s was validated
         self.access_log: Callable[[Exchange], None] | None = None
         if s.access_log:
             self.access_log = make_access_logger(s.access_log_format)

@@ -39,6 +39,9 @@ class TrustedPeers:
         self.any = False
         self.unix = False
         self._networks: list[_Network] = []
+        # The memo of trusts(): each entry that names one host is in it from the start, so a peer
+        # at a trusted address (what a peer's address is: the kernel's canonical form) is
+        # answered without ipaddress's code, which a forked worker would otherwise run, and copy.
         self._cache: dict[str, bool] = {}
         for entry in entries:
             if not isinstance(entry, str):
@@ -50,11 +53,14 @@ class TrustedPeers:
                 self.unix = True
             else:
                 try:
-                    self._networks.append(ipaddress.ip_network(item, strict=False))
+                    network = ipaddress.ip_network(item, strict=False)
                 except ValueError:
                     raise ValueError(
                         f"forwarded_allow_ips: {entry!r} is not an IP address, a CIDR network, "
                         "'unix' or '*'") from None
+                self._networks.append(network)
+                if network.prefixlen == network.max_prefixlen:
+                    self._cache[str(network.network_address)] = True
 
     def __bool__(self) -> bool:
         return self.any or self.unix or bool(self._networks)
@@ -78,6 +84,30 @@ class TrustedPeers:
         if len(self._cache) < 4096:
             self._cache[host] = result
         return result
+
+
+# TrustedPeers by (forwarded_allow_ips, forwarded_headers): see trusted_peers().
+_PARSED: dict[tuple[tuple[Any, ...], tuple[Any, ...]], TrustedPeers] = {}
+
+
+def trusted_peers(entries: Iterable[str], headers: Iterable[object] = DEFAULT_FORWARDED_HEADERS) -> TrustedPeers:
+    """``TrustedPeers(entries, headers)``, parsed once per process and shared (it raises as the class does).
+
+    EngineSettings parses its ``forwarded_allow_ips`` when it is validated, and the engine's context
+    finds the result here. For a worker forked from a zygote, that parse ran in the zygote, which
+    built the workers' settings before the fork: the worker runs none of ipaddress's code, which
+    would copy the pages it and its objects sit on (about 1 MiB of the hello world tree with 4
+    workers). The lookups a worker adds to the memo of ``trusts()`` stay its own (copied on write).
+    """
+    entries, headers = tuple(entries), tuple(headers)
+    key = (entries, headers)
+    try:
+        peers = _PARSED.get(key)
+    except TypeError:  # an unhashable entry: the class names it in its ValueError
+        return TrustedPeers(entries, headers)
+    if peers is None:
+        peers = _PARSED[key] = TrustedPeers(entries, headers)
+    return peers
 
 
 def _split_list(values: list[bytes]) -> list[str]:

@@ -228,12 +228,13 @@ class EngineSettings:
                              "write e.g. ['127.0.0.1', '10.0.0.0/8']")
         # Import here: proxy imports nothing from settings, and this keeps the
         # validation of addresses next to the code that uses them.
-        from corral.engine.proxy import TrustedPeers
+        from corral.engine.proxy import trusted_peers
         proxy_headers: object = self.forwarded_headers
         if isinstance(proxy_headers, str):
             raise ValueError("forwarded_headers must be a list of header names, not a string; "
                              "write e.g. ['x-forwarded-for', 'x-forwarded-proto']")
-        TrustedPeers(self.forwarded_allow_ips, self.forwarded_headers)  # raises ValueError naming the bad entry
+        # Raises ValueError naming the bad entry; parsed once, kept for the engine (proxy.trusted_peers).
+        trusted_peers(self.forwarded_allow_ips, self.forwarded_headers)
         self._check_tls()
 
     def _check_tls(self) -> None:
