@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 import time
-from email.utils import parsedate_to_datetime
+from email.utils import formatdate, parsedate_to_datetime
 
 import pytest
-
 from engine_util import exchange, parse_responses, wait_until
+
+from corral.engine.wire import http_date
 
 
 def _get(proc, path: bytes = b"/hello", headers: bytes = b""):
@@ -24,6 +26,15 @@ def test_date_header_is_current_and_refreshed(server):
     later = wait_until(lambda: (d := _get(server).header("date")) != first and d, timeout=10,
                        what="the Date header to move on")
     assert parsedate_to_datetime(later).timestamp() > stamp
+
+
+def test_http_date_gives_the_bytes_email_utils_gives():
+    """The Date line is formatted by corral (engine.wire.http_date), not by email.utils: the same bytes."""
+    rng = random.Random(7)
+    stamps = [0.0, 951782400.0, 4102444799.0, time.time()] + [rng.uniform(0, 4.2e9) for _ in range(5000)]
+    for stamp in stamps:
+        assert http_date(stamp) == formatdate(stamp, usegmt=True).encode("ascii"), stamp
+    assert abs(parsedate_to_datetime(http_date().decode()).timestamp() - time.time()) < 5
 
 
 def test_server_header_default_custom_and_off(server, make_server):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import http
 import re
-from email.utils import formatdate
+import time
 
 # Hot path: status lines for every code 100-599, pre-encoded. Responses always
 # say HTTP/1.1, the highest version we speak (RFC 9110 section 2.5), also to 1.0 clients.
@@ -77,8 +77,19 @@ def values_cache() -> set[bytes]:
     return _VALUES
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def http_date(timestamp: float | None = None) -> bytes:
-    return formatdate(timestamp, usegmt=True).encode("ascii")
+    """``timestamp`` (default: now) as an IMF-fixdate (RFC 9110 section 5.6.7), for the Date header.
+
+    Written out here rather than with email.utils.formatdate, which gives the same bytes: a
+    worker refreshes the Date line every second, and running the email package's code in every
+    worker forked from a zygote would copy the pages it sits on."""
+    t = time.gmtime(timestamp)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT").encode("ascii")
 
 
 def default_headers(server_header: str | None, date: bool, timestamp: float | None = None) -> bytes:

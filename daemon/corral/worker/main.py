@@ -258,6 +258,8 @@ class WorkerRuntime:
 
     def _tls_context(self, settings: EngineSettings) -> ssl.SSLContext | None:
         """The TLS context, built from the files as they are now: a reload loads renewed ones."""
+        if settings.ssl_certfile is None:  # TLS off (the settings were checked when they were made)
+            return None
         from corral.engine import tlsconfig
         from corral.engine.tls import build_context
 
