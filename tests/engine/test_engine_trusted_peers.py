@@ -66,3 +66,14 @@ def test_the_memo_of_a_host_entry_agrees_with_ipaddress() -> None:
     for entry in ("127.0.0.1", "::1", "2001:0db8:0000::0001", "::ffff:10.0.0.1", "fe80::1"):
         canonical = str(ipaddress.ip_address(entry))
         assert TrustedPeers((entry,)).trusts(canonical), entry
+
+
+def test_the_parses_kept_are_bounded() -> None:
+    early = ("203.0.113.0/24",)
+    kept = trusted_peers(early)
+    assert trusted_peers(early) is kept
+    for n in range(100):  # many configs in one process: the memo keeps the latest few
+        trusted_peers((f"192.0.2.{n}",))
+    again = trusted_peers(early)
+    assert again is not kept  # dropped, then parsed again
+    assert again.trusts("203.0.113.7") and kept.trusts("203.0.113.7")

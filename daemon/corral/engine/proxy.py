@@ -86,8 +86,10 @@ class TrustedPeers:
         return result
 
 
-# TrustedPeers by (forwarded_allow_ips, forwarded_headers): see trusted_peers().
+# TrustedPeers by (forwarded_allow_ips, forwarded_headers): see trusted_peers(). A process has one
+# config, or a few (tests): past the bound, the oldest parse is dropped.
 _PARSED: dict[tuple[tuple[Any, ...], tuple[Any, ...]], TrustedPeers] = {}
+_PARSED_MAX = 16
 
 
 def trusted_peers(entries: Iterable[str], headers: Iterable[object] = DEFAULT_FORWARDED_HEADERS) -> TrustedPeers:
@@ -107,6 +109,8 @@ def trusted_peers(entries: Iterable[str], headers: Iterable[object] = DEFAULT_FO
         return TrustedPeers(entries, headers)
     if peers is None:
         peers = _PARSED[key] = TrustedPeers(entries, headers)
+        if len(_PARSED) > _PARSED_MAX:
+            del _PARSED[next(iter(_PARSED))]
     return peers
 
 
